@@ -1,0 +1,5 @@
+import sys
+
+from cirtutor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""One configuration system: dataclass presets, overridable field by field.
+
+A preset is a complete, named configuration (`tiny`, `tiny_fashioniq`, `paper_fashioniq`,
+`paper_cirr`). Commands and notebooks start from a preset and override fields
+(`--set data.resolution=128`), never copy one. Later stages add their own sections here.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from cirtutor.errors import CirtutorError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cirr"           # on-disk format and loader: "cirr" or "fashioniq"
+    root: str | None = None         # dataset folder (cirr_dataset/ or fashionIQ_dataset/); None = synthetic, built in the cache
+    annotations: str | None = None  # folder with captions/ and image_splits/, if not under root
+    images: str | None = None       # image root, if not the default one under root
+    resolution: int = 384           # square model input in pixels (facts §2: 384 in paper mode)
+    synthetic_size: int = 1000      # tiny mode: synthetic train references (x5 edits = train triplets)
+    synthetic_resolution: int = 64  # tiny mode: size the synthetic images are drawn at
+    seed: int = 0                   # seeds the synthetic world and Fashion-IQ caption sampling
+
+
+@dataclass
+class Config:
+    name: str = "custom"            # preset name, recorded with every run
+    data: DataConfig = field(default_factory=DataConfig)
+    out_dir: str = "runs"           # where runs write checkpoints, top-K files and reports
+
+
+PRESETS: dict[str, Config] = {
+    # Tiny mode: synthetic world in CIRR's format, 64 px, CPU minutes.
+    "tiny": Config(name="tiny", data=DataConfig(dataset="cirr", resolution=64)),
+    "tiny_fashioniq": Config(name="tiny_fashioniq", data=DataConfig(dataset="fashioniq", resolution=64)),
+    # Paper mode: the real datasets in the authors' layout (facts §1.1), 384 px.
+    "paper_fashioniq": Config(name="paper_fashioniq", data=DataConfig(dataset="fashioniq", root="fashionIQ_dataset")),
+    "paper_cirr": Config(name="paper_cirr", data=DataConfig(dataset="cirr", root="cirr_dataset")),
+}
+
+
+def get_preset(name: str) -> Config:
+    """A fresh copy of preset `name`."""
+    if name not in PRESETS:
+        raise CirtutorError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def _convert(text: str, annotation: typing.Any, key: str):
+    types = [t for t in typing.get_args(annotation) or (annotation,) if t is not type(None)]
+    if text.lower() in ("none", "null") and type(None) in typing.get_args(annotation):
+        return None
+    for t in types:
+        try:
+            if t is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                return text.lower() in ("true", "1")
+            return t(text)
+        except (TypeError, ValueError):
+            continue
+    raise CirtutorError(f"cannot set {key}={text!r}: expected {annotation}")
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `section.field=value` strings (the CLI's --set) to a copy of `cfg`."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CirtutorError(f"override {item!r} must look like section.field=value")
+        *path, leaf = key.split(".")
+        target = cfg
+        for part in path:
+            target = getattr(target, part, None)
+            if not dataclasses.is_dataclass(target):
+                raise CirtutorError(f"unknown config section {part!r} in {key!r}")
+        hints = typing.get_type_hints(type(target))
+        if leaf not in hints:
+            raise CirtutorError(f"unknown field {key!r}; {type(target).__name__} has {', '.join(hints)}")
+        setattr(target, leaf, _convert(value, hints[leaf], key))
+    return cfg

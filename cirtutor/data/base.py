@@ -1,0 +1,108 @@
+"""What both benchmark loaders share: reading annotation JSON with clear errors, the two
+dataset modes of the method (facts §1.4), and a collate function for their dict items.
+
+Modes
+-----
+* ``"queries"``: one item per annotation entry (reference, modification text, target...),
+  with the reference/target images loaded only when asked (training without a feature
+  cache needs them; evaluation looks features up by name in the gallery).
+* ``"gallery"``: one item per image of the split's image list, ``{"name", "image"}``; this
+  is what the filter encodes once and the re-ranker looks candidates up in.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from cirtutor.data.preprocess import ImageTransform, load_image
+from cirtutor.errors import DataError
+
+MODES = ("queries", "gallery")
+
+
+def read_json(path: Path, expected: str, fix: str) -> Any:
+    """Load an annotation file, or explain which file was expected and how to get it."""
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir():
+            present = sorted(p.name for p in path.parent.glob("*.json"))[:6]
+            hint = f"\n  {path.parent} holds: {', '.join(present) or 'no .json files'}"
+        raise DataError(f"missing {expected}: {path}{hint}\n  {fix}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON ({e}); it is probably truncated: download it again.") from None
+
+
+def require_fields(entry: Any, fields: Sequence[str], path: Path, index: int) -> None:
+    """Check one annotation entry has the fields the split's schema promises."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: entry {index} is a {type(entry).__name__}, expected an object with {list(fields)}")
+    missing = [f for f in fields if f not in entry]
+    if missing:
+        raise DataError(
+            f"{path}: entry {index} lacks field(s) {missing} (has {sorted(entry)}).\n"
+            "  Is this the right file for this split and dataset?"
+        )
+
+
+def check_choice(value: str, choices: Sequence[str], what: str, dataset: str) -> str:
+    if value not in choices:
+        raise DataError(f"unknown {what} {value!r} for {dataset}; expected one of {', '.join(choices)}")
+    return value
+
+
+class CIRDataset(torch.utils.data.Dataset):
+    """Common machinery. Subclasses fill `self.queries` (list of dicts), `self.gallery`
+    (list of names, gallery order) and implement `image_path(name)`."""
+
+    dataset_name = "CIR"
+
+    def __init__(self, split: str, mode: str, transform: Callable | None, load_images: bool | None):
+        self.split = split
+        self.mode = check_choice(mode, MODES, "mode", self.dataset_name)
+        self.transform = transform or ImageTransform()
+        # Facts §1.4: training queries come with images, evaluation queries with names only.
+        self.load_images = (split == "train") if load_images is None else load_images
+        self.queries: list[dict] = []
+        self.gallery: list[str] = []
+
+    def image_path(self, name: str) -> Path:
+        raise NotImplementedError
+
+    def load(self, name: str) -> torch.Tensor:
+        """The preprocessed image `name`: (3, R, R)."""
+        return self.transform(load_image(self.image_path(name)))
+
+    def query_text(self, index: int) -> str:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.queries) if self.mode == "queries" else len(self.gallery)
+
+    def __getitem__(self, index: int) -> dict:
+        if self.mode == "gallery":
+            name = self.gallery[index]
+            return {"name": name, "image": self.load(name)}
+        item = dict(self.queries[index], index=index, text=self.query_text(index))
+        if self.load_images:
+            item["ref_image"] = self.load(item["reference"])
+            if "target" in item:
+                item["target_image"] = self.load(item["target"])
+        return item
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(split={self.split!r}, mode={self.mode!r}, queries={len(self.queries)}, gallery={len(self.gallery)})"
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack tensors, keep everything else (names, texts, subsets) as plain lists."""
+    out = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out
