@@ -11,7 +11,6 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
-export MPLBACKEND := Agg
 
 .PHONY: demo test venv notebooks clean
 venv: $(STAMP)
@@ -32,7 +31,7 @@ test: $(STAMP)
 
 # Re-execute every notebook in place (tiny mode) so the committed outputs are fresh.
 notebooks: $(STAMP)
-	$(BIN)/python -m cirtutor.notebook_tools execute notebooks/*.ipynb
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -21,7 +21,7 @@ def cached(name: str, build: Callable[[Path], object], what: str, verbose: bool 
     final = cache_dir() / name
     if final.exists():
         if verbose:
-            print(f"found {what}, loading {final.name}")
+            print(f"found {what}, loading…")
         return final
     if verbose:
         print(f"building {what} (once; it is cached for next time)...")

@@ -38,8 +38,8 @@ PRESETS: dict[str, Config] = {
     "tiny": Config(name="tiny", data=DataConfig(dataset="cirr", resolution=64)),
     "tiny_fashioniq": Config(name="tiny_fashioniq", data=DataConfig(dataset="fashioniq", resolution=64)),
     # Paper mode: the real datasets in the authors' layout (facts §1.1), 384 px.
-    "paper_fashioniq": Config(name="paper_fashioniq", data=DataConfig(dataset="fashioniq", root="fashionIQ_dataset")),
-    "paper_cirr": Config(name="paper_cirr", data=DataConfig(dataset="cirr", root="cirr_dataset")),
+    "paper_fashioniq": Config(name="paper_fashioniq", data=DataConfig(dataset="fashioniq", root="data/fashionIQ_dataset")),
+    "paper_cirr": Config(name="paper_cirr", data=DataConfig(dataset="cirr", root="data/cirr_dataset")),
 }
 
 

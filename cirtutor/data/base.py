@@ -70,6 +70,7 @@ class CIRDataset(torch.utils.data.Dataset):
         self.load_images = (split == "train") if load_images is None else load_images
         self.queries: list[dict] = []
         self.gallery: list[str] = []
+        self.caption_files: list[Path] = []  # the annotation files the queries were read from
 
     def image_path(self, name: str) -> Path:
         raise NotImplementedError

@@ -82,6 +82,7 @@ class CIRR(CIRDataset):
     def _read_captions(self) -> list[dict]:
         path = captions_path(self.annotations_root, self.split)
         entries = read_json(path, f"CIRR {self.split} captions", FETCH_HINT)
+        self.caption_files.append(path)
         test = self.split == "test1"
         fields = ("pairid", "reference", "caption", "img_set") + (() if test else ("target_hard",))
         queries = []

@@ -85,6 +85,7 @@ class FashionIQ(CIRDataset):
     def _read_captions(self, category: str) -> list[dict]:
         path = captions_path(self.root, category, self.split)
         entries = read_json(path, f"Fashion-IQ {category}/{self.split} captions", FETCH_HINT)
+        self.caption_files.append(path)
         fields = ("candidate", "captions") if self.split == "test" else ("candidate", "target", "captions")
         queries = []
         for i, e in enumerate(entries):

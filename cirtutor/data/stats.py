@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from cirtutor.data import cirr as cirr_mod
 from cirtutor.data import fashioniq as fiq_mod
-from cirtutor.data.base import CIRDataset
+from cirtutor.data.base import CIRDataset, read_json
 from cirtutor.data.preprocess import load_image
 from cirtutor.errors import DataError
 
@@ -23,27 +23,29 @@ MAX_LISTED = 20  # problems printed per kind in the text report (all of them go 
 
 
 def _splits(dataset: str, annotations: Path, images: Path | None):
-    """Yield (split, category, dataset-or-None, has_captions) for every split/category file set."""
+    """Yield (split, category, dataset-or-None, captions-path-or-None) for every split/category file set."""
     if dataset == "fashioniq":
         root = fiq_mod.find_annotation_root(annotations)
         for split in fiq_mod.SPLITS:
             for cat in fiq_mod.CATEGORIES:
-                has_caps = fiq_mod.captions_path(root, cat, split).is_file()
+                caps = fiq_mod.captions_path(root, cat, split)
+                caps = caps if caps.is_file() else None
                 if not fiq_mod.split_path(root, cat, split).is_file():
-                    yield split, cat, None, has_caps
+                    yield split, cat, None, caps
                     continue
-                mode = "queries" if has_caps else "gallery"
-                yield split, cat, fiq_mod.FashionIQ(root, split, cat, mode, images=images, load_images=False), has_caps
+                mode = "queries" if caps else "gallery"
+                yield split, cat, fiq_mod.FashionIQ(root, split, cat, mode, images=images, load_images=False), caps
     elif dataset == "cirr":
         root = cirr_mod.find_annotation_root(annotations)
         for split in cirr_mod.SPLITS:
-            has_caps = cirr_mod.captions_path(root, split).is_file()
+            caps = cirr_mod.captions_path(root, split)
+            caps = caps if caps.is_file() else None
             if not cirr_mod.split_path(root, split).is_file():
-                yield split, None, None, has_caps
+                yield split, None, None, caps
                 continue
-            mode = "queries" if has_caps else "gallery"
+            mode = "queries" if caps else "gallery"
             yield split, None, cirr_mod.CIRR(root, split, mode, annotations=root, images=images or root,
-                                             load_images=False), has_caps
+                                             load_images=False), caps
     else:
         raise DataError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
 
@@ -85,11 +87,13 @@ def data_stats(dataset: str, annotations: str | Path, images: str | Path | None 
     images = Path(images) if images is not None else None
     report = {"dataset": dataset, "annotations": str(annotations), "rows": [], "inconsistent": [], "images": None}
     to_check: dict[Path, None] = {}
-    for split, cat, ds, has_caps in _splits(dataset, annotations, images):
+    for split, cat, ds, caps in _splits(dataset, annotations, images):
         row = {"split": split, "category": cat, "queries": None, "gallery": None}
+        if ds is None and caps is not None:  # captions without an image list: count the entries
+            row["queries"] = len(read_json(caps, "captions", ""))
         if ds is not None:
             row["gallery"] = len(ds.gallery)
-            row["queries"] = len(ds.queries) if has_caps else None
+            row["queries"] = len(ds.queries) if caps else None
             known = set(ds.gallery)
             outside = [n for n in referenced_names(ds) if n not in known]
             if outside:
@@ -97,7 +101,7 @@ def data_stats(dataset: str, annotations: str | Path, images: str | Path | None 
             if images is not None:
                 names = list(ds.gallery) + [n for n in referenced_names(ds) if n in known]
                 to_check.update(dict.fromkeys(ds.image_path(n) for n in names))
-        if ds is not None or has_caps:
+        if ds is not None or caps is not None:
             report["rows"].append(row)
     if not any(r["gallery"] or r["queries"] for r in report["rows"]):
         raise DataError(f"no {dataset} annotation files found under {annotations}")
@@ -112,10 +116,10 @@ def report_ok(report: dict) -> bool:
     return not report["inconsistent"] and not (imgs and (imgs["missing"] or imgs["corrupt"]))
 
 
-def format_report(report: dict) -> str:
-    """The human-readable table printed by `cirtutor data-stats`."""
+def format_report(report: dict, show_paths: bool = True) -> str:
+    """The human-readable table printed by `cirtutor data-stats` (paths left out on request)."""
     fmt = lambda v: "absent" if v is None else str(v)
-    lines = [f"{report['dataset']} annotations: {report['annotations']}",
+    lines = [f"{report['dataset']} annotations" + (f": {report['annotations']}" if show_paths else ""),
              f"{'split':<7}{'category':<10}{'queries':>9}{'gallery':>9}"]
     for r in report["rows"]:
         lines.append(f"{r['split']:<7}{r['category'] or '-':<10}{fmt(r['queries']):>9}{fmt(r['gallery']):>9}")
@@ -125,7 +129,7 @@ def format_report(report: dict) -> str:
                      f"e.g. {', '.join(bad['names'][:3])}")
     imgs = report["images"]
     if imgs:
-        lines.append(f"images under {imgs['root']}: {imgs['checked']} checked, "
+        lines.append(f"images{' under ' + imgs['root'] if show_paths else ''}: {imgs['checked']} checked, "
                      f"{len(imgs['missing'])} missing, {len(imgs['corrupt'])} corrupt")
         for kind in ("missing", "corrupt"):
             for p in imgs[kind][:MAX_LISTED]:

@@ -1,0 +1,108 @@
+"""Figures for the notebooks: the two-stage pipeline schematic and query/candidate grids.
+
+Everything here only draws; it takes datasets and names from the package and returns the
+matplotlib Figure so notebooks (and tests) can keep or inspect it.
+"""
+from __future__ import annotations
+
+import textwrap
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
+from PIL import Image
+
+from cirtutor.data.preprocess import BLIP_MEAN, BLIP_STD, ImageTransform, load_image, target_pad
+
+TARGET_COLOR = "#2ca02c"
+
+
+def _box(ax, x, y, w, h, text, color):
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02", fc=color, ec="black", lw=1))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=9, wrap=True)
+
+
+def _arrow(ax, start, end):
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, lw=1.2, color="black"))
+
+
+def plot_two_stage_overview(k: int = 50):
+    """Schematic of the method (paper Fig. 1/2 analogue): filter the gallery, re-rank the top-K."""
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    ax.set(xlim=(0, 11), ylim=(0, 3.6))
+    ax.axis("off")
+    _box(ax, 0.1, 2.2, 1.8, 1.1, "reference image\n+\nmodification text", "#f2f2f2")
+    _box(ax, 0.1, 0.3, 1.8, 1.1, "gallery\n(N images,\nembedded once)", "#f2f2f2")
+    _box(ax, 2.6, 1.6, 2.6, 1.9, "Stage 1: candidate filter\ntext encoder fuses text with\nthe reference image ([ENC])\n"
+                                "→ query embedding;\ncosine similarity vs gallery", "#cfe2f3")
+    _box(ax, 5.9, 1.9, 1.5, 1.3, f"top-{k}\ncandidates", "#fff2cc")
+    _box(ax, 8.0, 1.6, 2.9, 1.9, "Stage 2: dual-encoder re-ranker\nEncoder-t (text) + Encoder-z_t (z_t)\n"
+                                "cross-attend each candidate's\nimage tokens → one score", "#d9ead3")
+    _box(ax, 8.3, 0.2, 2.3, 0.9, "re-ranked list\n(best first)", "#f2f2f2")
+    _arrow(ax, (1.9, 2.75), (2.6, 2.6))
+    _arrow(ax, (1.9, 0.85), (2.6, 1.8))
+    _arrow(ax, (5.2, 2.55), (5.9, 2.55))
+    _arrow(ax, (7.4, 2.55), (8.0, 2.55))
+    _arrow(ax, (9.45, 1.6), (9.45, 1.1))
+    ax.add_patch(FancyArrowPatch((5.2, 1.75), (8.0, 1.75), arrowstyle="-|>", mutation_scale=14, lw=1.2, ls="--"))
+    ax.text(6.6, 1.2, "z_t: the filter's whole output\nsequence, reused by stage 2", ha="center", fontsize=8, style="italic")
+    ax.text(3.9, 1.2, "cheap: one vector per image,\nscales to the whole gallery", ha="center", fontsize=8, style="italic")
+    ax.set_title("Two-stage composed image retrieval: filter the gallery, then re-rank a short list")
+    fig.tight_layout()
+    return fig
+
+
+def _show(ax, ds, name: str, title: str, framed: bool = False):
+    ax.imshow(load_image(ds.image_path(name)).convert("RGB"))
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    if framed:
+        h, w = ax.get_images()[0].get_array().shape[:2]
+        ax.add_patch(Rectangle((0, 0), w - 1, h - 1, fill=False, ec=TARGET_COLOR, lw=4))
+
+
+def show_queries(ds, indices: Sequence[int], width: int = 60):
+    """One row per query: the reference, then the candidates a query is judged against.
+
+    CIRR-style data shows the 5 subset members (the hard negatives of Recall_subset) with the
+    target framed in green; Fashion-IQ-style data shows reference and target.
+    """
+    rows = [ds.queries[i] for i in indices]
+    n_cols = 1 + max(len(q.get("subset", [])) or 1 for q in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.7 * n_cols, 2.1 * len(rows)), squeeze=False)
+    for r, (i, q) in enumerate(zip(indices, rows)):
+        _show(axes[r, 0], ds, q["reference"], "reference")
+        candidates = q.get("subset") or [q.get("target")]
+        for c, name in enumerate(candidates, start=1):
+            is_target = name == q.get("target")
+            _show(axes[r, c], ds, name, "target" if is_target else "candidate", framed=is_target)
+        for c in range(len(candidates) + 1, n_cols):
+            axes[r, c].axis("off")
+        axes[r, 0].set_ylabel("\n".join(textwrap.wrap(ds.query_text(i), 22)), fontsize=8, rotation=0,
+                              ha="right", va="center", labelpad=10)
+    fig.suptitle("Queries: reference + text → target (framed)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def to_display(x: torch.Tensor) -> np.ndarray:
+    """Undo the BLIP normalisation of a (3, H, W) tensor -> (H, W, 3) array in [0, 1]."""
+    mean, std = torch.tensor(BLIP_MEAN).view(3, 1, 1), torch.tensor(BLIP_STD).view(3, 1, 1)
+    return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def show_preprocessing(img: Image.Image, resolution: int = 64):
+    """The facts-§2 pipeline step by step: original, after TargetPad(1.25), model input."""
+    padded, x = target_pad(img), ImageTransform(resolution)(img)
+    panels = [(img.convert("RGB"), f"original {img.width}×{img.height}"),
+              (padded.convert("RGB"), f"TargetPad(1.25) {padded.width}×{padded.height}"),
+              (to_display(x), f"model input {tuple(x.shape)}")]
+    fig, axes = plt.subplots(1, 3, figsize=(9, 2.6))
+    for ax, (im, title) in zip(axes, panels):
+        ax.imshow(im)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
