@@ -34,12 +34,6 @@ def cmd_make_data(args) -> int:
     return 0
 
 
-def cmd_download(args) -> int:
-    from cirtutor.download import cli_main
-
-    return cli_main(args.rest)
-
-
 def cmd_reproduce(args) -> int:
     from cirtutor.config import apply_overrides, get_preset
     from cirtutor.pipeline import reproduce
@@ -74,13 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the full report as JSON")
     s.set_defaults(func=cmd_data_stats)
 
-    s = sub.add_parser("download", help="fetch datasets and weights (see data_scripts/README.md)", add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_download)
+    # Listed for --help; `main` hands `cirtutor download ...` to cirtutor.download's own parser.
+    sub.add_parser("download", help="fetch datasets and weights (see data_scripts/README.md)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["download"]:
+        from cirtutor.download import cli_main
+
+        return cli_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

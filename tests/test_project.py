@@ -1,0 +1,78 @@
+"""Project set-up: pins agree everywhere, presets resolve, the CLI's main commands run."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from cirtutor.cli import main
+from cirtutor.config import PRESETS, apply_overrides, get_preset
+from cirtutor.errors import CirtutorError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pins(text):
+    return dict(re.findall(r"^\s*-?\s*([A-Za-z0-9_.-]+)==([^\s#]+)", text, flags=re.M))
+
+
+def test_environment_yml_pins_match_constraints():
+    constraints = pins((ROOT / "constraints.txt").read_text())
+    assert constraints["torch"] == "2.13.0"
+    assert pins((ROOT / "environment.yml").read_text()) == constraints
+
+
+def test_no_timm_or_torchvision_dependency():
+    text = (ROOT / "pyproject.toml").read_text() + (ROOT / "constraints.txt").read_text()
+    assert "timm" not in text and "torchvision" not in text
+
+
+def test_presets_and_overrides():
+    assert set(PRESETS) == {"tiny", "tiny_fashioniq", "paper_fashioniq", "paper_cirr"}
+    assert get_preset("paper_cirr").data.resolution == 384 and get_preset("tiny").data.root is None
+    cfg = apply_overrides(get_preset("tiny"), ["data.resolution=32", "data.root=/x", "data.root=none"])
+    assert cfg.data.resolution == 32 and cfg.data.root is None
+    assert get_preset("tiny").data.resolution == 64  # presets themselves are never modified
+    for bad in (["data.nope=1"], ["data.resolution=big"], ["model.x=1"], ["resolution"]):
+        with pytest.raises(CirtutorError):
+            apply_overrides(get_preset("tiny"), bad)
+    with pytest.raises(CirtutorError, match="unknown preset"):
+        get_preset("huge")
+
+
+def test_make_data_then_loaders_read_it(tmp_path, capsys):
+    out = tmp_path / "tiny_cirr"
+    assert main(["make-data", "--format", "cirr", "--out", str(out), "--size", "12", "--resolution", "32"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["counts"]["train"]["images"] == 72
+    assert main(["data-stats", "--dataset", "cirr", "--annotations", str(out), "--images", str(out)]) == 0
+    assert main(["make-data", "--format", "cirr", "--out", str(tmp_path), "--size", "12"]) == 2  # non-empty, foreign
+    assert "refusing to write" in capsys.readouterr().err
+
+
+def test_reproduce_tiny_runs_the_data_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CIRTUTOR_CACHE", str(tmp_path / "cache"))
+    argv = ["reproduce", "--preset", "tiny_fashioniq", "--set", "data.synthetic_size=9", "--set", "data.synthetic_resolution=24"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "building synthetic fashioniq dataset" in first and "OK" in first
+    assert main(argv) == 0
+    assert "found synthetic fashioniq dataset" in capsys.readouterr().out
+
+
+def test_cli_download_delegates(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["download", "--help"])
+    assert e.value.code == 0 and "fashioniq" in capsys.readouterr().out
+
+
+def test_open_dataset_resolves_tiny_presets(tmp_path, monkeypatch):
+    from cirtutor.data.registry import open_dataset
+
+    monkeypatch.setenv("CIRTUTOR_CACHE", str(tmp_path))
+    for preset, split in (("tiny", "test1"), ("tiny_fashioniq", "test")):
+        cfg = apply_overrides(get_preset(preset), ["data.synthetic_size=6", "data.synthetic_resolution=24",
+                                                   "data.resolution=16"])
+        ds = open_dataset(cfg.data, "train")
+        assert ds[0]["ref_image"].shape == (3, 16, 16) and len(ds) == 30
+        assert "target" not in open_dataset(cfg.data, split)[0]
