@@ -358,7 +358,7 @@ class Writer:
         self.root, self.cfg, self.bar, self.digests = root, cfg, bar, {}
 
     def bytes(self, rel: str, data: bytes) -> None:
-        atomic_write_bytes(self.root / rel, data)
+        atomic_write_bytes(self.root / rel, data, fsync=False)  # meta.json's "complete", written last, vouches for the set
         self.digests[rel] = hashlib.sha256(data).hexdigest()
 
     def json(self, rel: str, obj) -> None:
