@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from cirtutor.data import CATEGORIES, FashionIQ, ImageTransform, collate
+from cirtutor.data import CATEGORIES, TRAIN_ORDER, FashionIQ, ImageTransform, collate
 from cirtutor.errors import DataError
 from tests.conftest import fabricate_image
 
@@ -49,6 +49,11 @@ def test_gallery_mode_yields_names_and_images_in_list_order(fiq_root):
 def test_multi_category_gallery_concatenates(fiq_root):
     ds = FashionIQ(fiq_root, "val", CATEGORIES, mode="gallery")
     assert len(ds) == 18
+
+
+def test_multi_category_training_keeps_the_authors_order(fiq_root):
+    ds = FashionIQ(fiq_root, "train", TRAIN_ORDER)
+    assert [q["category"] for q in ds.queries] == ["dress"] * 4 + ["toptee"] * 4 + ["shirt"] * 4
 
 
 def test_dataloader_batches_queries(fiq_root):

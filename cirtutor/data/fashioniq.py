@@ -18,6 +18,7 @@ from cirtutor.data.text import join_captions, sample_caption
 from cirtutor.errors import DataError
 
 CATEGORIES = ("dress", "shirt", "toptee")
+TRAIN_ORDER = ("dress", "toptee", "shirt")  # the authors concatenate the training triplets in this order (facts §1.4)
 SPLITS = ("train", "val", "test")
 CAPTION_MODES = ("join", "random")
 FETCH_HINT = "Download the annotations with `python data_scripts/download_fashioniq.py --root DIR`, or point --annotations at the folder that holds captions/ and image_splits/."
