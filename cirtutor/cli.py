@@ -3,6 +3,7 @@
     cirtutor reproduce --preset tiny            the main job (tiny mode: synthetic data, CPU)
     cirtutor make-data --format cirr --out DIR  draw a synthetic CIR dataset in a real format
     cirtutor data-stats --dataset cirr --annotations DIR [--images DIR] [--json]
+    cirtutor model-info --preset paper [--json]     parameter counts of both stages
     cirtutor download {fashioniq,cirr,blip,checkpoints} ...
 
 Expected failures (bad paths, malformed files) print one clear message and exit 2;
@@ -14,6 +15,7 @@ import argparse
 import json
 import sys
 
+from cirtutor.config import Config
 from cirtutor.errors import CirtutorError
 
 
@@ -34,6 +36,16 @@ def cmd_make_data(args) -> int:
     return 0
 
 
+def cmd_model_info(args) -> int:
+    from cirtutor.config import apply_overrides, get_model_config
+    from cirtutor.models.info import format_info, model_info
+
+    cfg = apply_overrides(Config(model=get_model_config(args.preset)), args.set).model
+    info = model_info(cfg)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from cirtutor.config import apply_overrides, get_preset
     from cirtutor.pipeline import reproduce
@@ -51,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a preset field, e.g. --set data.resolution=128 (repeatable)")
     s.set_defaults(func=cmd_reproduce)
+
+    s = sub.add_parser("model-info", help="parameter counts of the filter and the re-ranker")
+    s.add_argument("--preset", default="paper", help="model dims: paper, tiny, or any full preset")
+    s.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
+                   help="override a model field, e.g. --set model.dual_ffn=true (repeatable)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_model_info)
 
     s = sub.add_parser("make-data", help="draw a synthetic composed-retrieval dataset in a real on-disk format")
     s.add_argument("--format", choices=("cirr", "fashioniq"), default="cirr")

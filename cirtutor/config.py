@@ -27,16 +27,60 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    """BLIP backbone dims (facts §4) and the re-ranker's ablation switches (facts §7).
+
+    The defaults are BLIP-base exactly (ViT-B/16 at 384 px, BERT-base MED with cross-attention)."""
+    # vision: BLIP ViT (transformers' BlipVisionModel)
+    image_size: int = 384           # input side; (image_size / patch_size)^2 + 1 tokens (577)
+    patch_size: int = 16
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    vision_mlp: int = 3072
+    vision_eps: float = 1e-6        # BLIP's ViT LayerNorm eps (transformers' default is 1e-5)
+    # text: BLIP MED BERT with cross-attention in every layer (transformers' BlipTextModel)
+    text_width: int = 768
+    text_layers: int = 12
+    text_heads: int = 12            # BLIP-base: 12 (transformers' default is 8)
+    text_intermediate: int = 3072
+    text_eps: float = 1e-12
+    vocab_size: int = 30524         # uncased BERT WordPiece 30522 + [DEC] + [ENC]
+    max_positions: int = 512
+    dropout: float = 0.1            # hidden and attention-probability dropout of the text encoder
+    # stage-1 heads
+    embed_dim: int = 256            # vision_proj / text_proj output
+    temp: float = 0.07              # initial temperature (a BLIP checkpoint overrides it)
+    # stage-2 re-ranker variants (paper Tables 3/4)
+    streams: str = "both"           # "both" | "z_t" (w/o Encoder-t) | "text" (w/o Encoder-z_t)
+    zt_input: str = "z_t"           # Encoder-z_t input: "z_t" | "ref_cls" | "ref_cls_spatial"
+    spatial_grid: int = 6           # ref_cls_spatial: reference patch grid pooled to grid x grid
+    merge: str = "paper"            # "paper": average in the first half of the layers, concat+Linear after; "full_mlp": concat+Linear everywhere
+    dual_ffn: bool = False          # True: a feed-forward per stream instead of one shared
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "paper": ModelConfig(),
+    # Small BLIP-architecture dims for CPU (facts: TINY_MODE_FINDINGS): 64 px, patch 8 (64 patches + [CLS]).
+    "tiny": ModelConfig(image_size=64, patch_size=8, vision_width=96, vision_layers=3, vision_heads=4,
+                        vision_mlp=384, text_width=96, text_layers=4, text_heads=4, text_intermediate=384,
+                        max_positions=64, embed_dim=64),
+}
+
+
+@dataclass
 class Config:
     name: str = "custom"            # preset name, recorded with every run
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     out_dir: str = "runs"           # where runs write checkpoints, top-K files and reports
 
 
 PRESETS: dict[str, Config] = {
     # Tiny mode: synthetic world in CIRR's format, 64 px, CPU minutes.
-    "tiny": Config(name="tiny", data=DataConfig(dataset="cirr", resolution=64)),
-    "tiny_fashioniq": Config(name="tiny_fashioniq", data=DataConfig(dataset="fashioniq", resolution=64)),
+    "tiny": Config(name="tiny", data=DataConfig(dataset="cirr", resolution=64), model=MODEL_PRESETS["tiny"]),
+    "tiny_fashioniq": Config(name="tiny_fashioniq", data=DataConfig(dataset="fashioniq", resolution=64),
+                             model=MODEL_PRESETS["tiny"]),
     # Paper mode: the real datasets in the authors' layout (facts §1.1), 384 px.
     "paper_fashioniq": Config(name="paper_fashioniq", data=DataConfig(dataset="fashioniq", root="data/fashionIQ_dataset")),
     "paper_cirr": Config(name="paper_cirr", data=DataConfig(dataset="cirr", root="data/cirr_dataset")),
@@ -48,6 +92,13 @@ def get_preset(name: str) -> Config:
     if name not in PRESETS:
         raise CirtutorError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
+
+
+def get_model_config(name: str) -> ModelConfig:
+    """Model dims by name: "paper", "tiny", or the model section of a full preset."""
+    if name in MODEL_PRESETS:
+        return copy.deepcopy(MODEL_PRESETS[name])
+    return get_preset(name).model
 
 
 def _convert(text: str, annotation: typing.Any, key: str):

@@ -1,0 +1,153 @@
+"""Stage 2, DualEncoderReranker (facts §6, §7): exactness against transformers' BLIP text
+encoder, batched == per-pair scoring, the merge rules, and every ablation switch."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cirtutor.config import get_model_config
+from cirtutor.models import DualEncoderReranker, tokenize
+from cirtutor.models.backbones import build_text_encoder, text_states
+from cirtutor.models.loading import reranker_state_from_stage1
+from cirtutor.models.reranker import DualOutput
+
+TINY = get_model_config("tiny")
+TEXTS = ["make the red circle blue", "add a square", "remove the small blue triangle at the top left"]
+
+
+def variant(**kw):
+    torch.manual_seed(0)
+    return DualEncoderReranker(dataclasses.replace(TINY, **kw)).eval()
+
+
+def inputs(n=3, k=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids, mask = tokenize(TEXTS[:n])
+    z_t = torch.randn(n, ids.shape[1], 96, generator=g)
+    feats = torch.randn(n, 65, 96, generator=g) if k is None else torch.randn(n, k, 65, 96, generator=g)
+    ref = torch.randn(n, 65, 96, generator=g)
+    return ids, mask, z_t, feats, ref
+
+
+def blip_initialised(model, text_encoder):
+    """Load a BlipTextModel's weights into `model` by the stage-2 duplication rule."""
+    state = {f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()}
+    dup = reranker_state_from_stage1(state, model.cfg, {})
+    missing, unexpected = model.load_state_dict(dup, strict=False)
+    assert not unexpected and all("visual_encoder" in k or "merge_layer" in k or "cls_head" in k for k in missing)
+    return model
+
+
+def test_text_stream_alone_equals_transformers_blip_text_encoder():
+    torch.manual_seed(1)
+    blip = build_text_encoder(TINY).eval()
+    model = blip_initialised(variant(streams="text"), blip)
+    ids, mask, _, V, _ = inputs()
+    _, B = model.text_encoder(None, ids, None, mask, V)
+    expected = text_states(blip, ids, mask, V)
+    keep = mask.bool()
+    assert torch.allclose(B[keep], expected[keep], atol=1e-5)
+
+
+def test_both_streams_with_averaging_merge_reduce_to_blip():
+    """Equal inputs, duplicated weights and a merge layer that averages: both streams are BLIP."""
+    torch.manual_seed(1)
+    blip = build_text_encoder(TINY).eval()
+    model = blip_initialised(variant(), blip)
+    eye = torch.eye(96)
+    for layer in model.text_encoder.encoder.layer[TINY.text_layers // 2:]:
+        layer.crossattention.output.merge_layer.weight.data = torch.cat([eye, eye], 1) / 2
+        layer.crossattention.output.merge_layer.bias.data.zero_()
+    ids, mask, _, V, _ = inputs()
+    A0 = model.text_encoder.embeddings(input_ids=ids)
+    A, B = model.text_encoder(A0, ids, mask, mask, V)
+    expected, keep = text_states(blip, ids, mask, V), mask.bool()
+    assert torch.allclose(A[keep], expected[keep], atol=1e-5) and torch.allclose(B[keep], expected[keep], atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{}, {"streams": "z_t"}, {"streams": "text"}, {"zt_input": "ref_cls"},
+                                {"zt_input": "ref_cls_spatial"}, {"merge": "full_mlp"}, {"dual_ffn": True}])
+def test_batched_scores_equal_per_pair_scores(kw):
+    model = variant(**kw)
+    ids, mask, z_t, cands, ref = inputs(k=4)
+    with torch.no_grad():
+        batched = model.score_candidates(ids, mask, z_t, cands, ref)
+        for i in range(3):
+            n = int(mask[i].sum())  # each query alone, unpadded
+            for j in range(4):
+                single = model(ids[i:i + 1, :n], mask[i:i + 1, :n], z_t[i:i + 1, :n], cands[i, j:j + 1], ref[i:i + 1])
+                assert torch.allclose(batched[i, j], single[0], atol=1e-5), (i, j)
+
+
+def test_bxb_logits_rows_are_queries_columns_are_targets():
+    model = variant()
+    ids, mask, z_t, targets, ref = inputs()
+    with torch.no_grad():
+        logits = model.bxb_logits(ids, mask, z_t, targets, ref)
+        expected = torch.stack([model(ids[i:i + 1].expand(3, -1), mask[i:i + 1].expand(3, -1),
+                                      z_t[i:i + 1].expand(3, -1, -1), targets) for i in range(3)])
+    assert logits.shape == (3, 3) and torch.allclose(logits, expected, atol=1e-5)
+    assert torch.allclose(model.loss(logits), F.cross_entropy(logits, torch.arange(3)))
+
+
+def test_merge_rule_per_layer():
+    layers = variant().text_encoder.encoder.layer
+    assert [hasattr(l.crossattention.output, "merge_layer") for l in layers] == [False, False, True, True]
+    assert not any(hasattr(l.attention.output, "merge_layer") for l in layers)  # only cross-attention merges
+    full = variant(merge="full_mlp").text_encoder.encoder.layer
+    assert all(hasattr(l.crossattention.output, "merge_layer") for l in full)
+    assert not any(hasattr(l.crossattention.output, "merge_layer") for l in variant(streams="z_t").text_encoder.encoder.layer)
+
+
+def test_one_dropout_sample_is_added_to_both_streams():
+    torch.manual_seed(0)
+    out = DualOutput(8, 1e-12, 0.5, "both", merge_layer=False).train()
+    out.LayerNormB.load_state_dict(out.LayerNormA.state_dict())
+    zeros = torch.zeros(2, 5, 8)
+    A, B = out(torch.randn(2, 5, 8), torch.randn(2, 5, 8), zeros, zeros, merge=True)
+    assert torch.equal(A, B)  # same update, same mask; with separate dropout they would differ
+
+
+def test_ref_cls_variants_merge_at_cls_only():
+    torch.manual_seed(0)
+    out = DualOutput(8, 1e-12, 0.0, "both", merge_layer=False).eval()
+    a, b = torch.randn(1, 1, 8), torch.randn(1, 6, 8)
+    A, B = out(a, b, torch.zeros(1, 1, 8), torch.zeros(1, 6, 8), merge=True)
+    ha, hb = out.dense0(a), out.dense1(b)
+    assert torch.allclose(A[:, 0], out.LayerNormA((ha[:, 0] + hb[:, 0]) / 2), atol=1e-6)
+    assert torch.allclose(B[:, 0], out.LayerNormB((ha[:, 0] + hb[:, 0]) / 2), atol=1e-6)
+    assert torch.allclose(B[:, 1:], out.LayerNormB(hb[:, 1:]), atol=1e-6)
+
+
+def test_zt_stream_inputs_per_variant():
+    ids, mask, z_t, _, ref = inputs()
+    A, m = variant().zt_stream_input(z_t, mask, ref)
+    assert A is z_t and m is mask
+    A, m = variant(zt_input="ref_cls").zt_stream_input(z_t, mask, ref)
+    assert torch.equal(A, ref[:, :1]) and m.shape == (3, 1)
+    A, m = variant(zt_input="ref_cls_spatial").zt_stream_input(z_t, mask, ref)
+    grid = ref[:, 1:].reshape(3, 8, 8, 96).permute(0, 3, 1, 2)
+    assert A.shape == (3, 37, 96) and torch.allclose(A[:, 1:], F.adaptive_avg_pool2d(grid, 6).flatten(2).transpose(1, 2))
+    with pytest.raises(ValueError, match="needs the reference image tokens"):
+        variant(zt_input="ref_cls")(ids, mask, z_t, ref, None)
+
+
+def test_ablation_parameter_accounting():
+    d, ff, n = 96, 384, TINY.text_layers
+    full = sum(p.numel() for p in variant().parameters())
+    assert sum(p.numel() for p in variant(merge="full_mlp").parameters()) - full == (n // 2) * (2 * d * d + d)
+    assert sum(p.numel() for p in variant(dual_ffn=True).parameters()) - full == n * (d * ff + ff + ff * d + d + 2 * d)
+    single = variant(streams="z_t")
+    assert single.cls_head[0].in_features == d and not hasattr(single.text_encoder, "embeddings")
+    assert not any(".self1." in k or "LayerNormB" in k for k in single.state_dict())
+    with pytest.raises(ValueError, match="streams"):
+        variant(streams="neither")
+
+
+def test_gradients_reach_every_trainable_tensor_and_not_the_vit():
+    model = variant().train()
+    ids, mask, z_t, targets, ref = inputs()
+    model.loss(model.bxb_logits(ids, mask, z_t, targets, ref)).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in grads.values()) and not any("visual_encoder" in n for n in grads)
