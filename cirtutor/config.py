@@ -59,6 +59,19 @@ class ModelConfig:
     dual_ffn: bool = False          # True: a feed-forward per stream instead of one shared
 
 
+@dataclass
+class Stage1Config:
+    """Training the candidate filter (paper §4.2; facts §8.1-8.2)."""
+    epochs: int = 10                # paper: 10 (the authors' FIQ instructions run 20, CIRR 40 with horizon 10)
+    batch_size: int = 512
+    lr: float = 2e-5                # AdamW, betas (0.9, 0.999), eps 1e-8
+    weight_decay: float = 0.05      # on every trainable tensor, biases, LayerNorms and temp included
+    schedule: str = "epoch"         # cosine to 0 set once per epoch as the authors do; "step": per optimisation step
+    batch_composition: str = "random"  # "random" (paper) | "reference_groups": batches of whole same-reference groups
+    amp: bool = True                # fp16 autocast + GradScaler on CUDA; ignored on CPU
+    eval_batch_size: int = 32       # queries per evaluation batch (facts §11, quirk 14)
+
+
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),
     # Small BLIP-architecture dims for CPU (facts: TINY_MODE_FINDINGS): 64 px, patch 8 (64 patches + [CLS]).
@@ -73,14 +86,19 @@ class Config:
     name: str = "custom"            # preset name, recorded with every run
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
     out_dir: str = "runs"           # where runs write checkpoints, top-K files and reports
 
 
+# Tiny mode's stage 1 (facts: TINY_MODE_FINDINGS): small batches of whole same-reference groups, a higher lr.
+TINY_STAGE1 = Stage1Config(epochs=15, batch_size=64, lr=5e-4, schedule="step", batch_composition="reference_groups")
+
 PRESETS: dict[str, Config] = {
     # Tiny mode: synthetic world in CIRR's format, 64 px, CPU minutes.
-    "tiny": Config(name="tiny", data=DataConfig(dataset="cirr", resolution=64), model=MODEL_PRESETS["tiny"]),
+    "tiny": Config(name="tiny", data=DataConfig(dataset="cirr", resolution=64), model=MODEL_PRESETS["tiny"],
+                   stage1=TINY_STAGE1),
     "tiny_fashioniq": Config(name="tiny_fashioniq", data=DataConfig(dataset="fashioniq", resolution=64),
-                             model=MODEL_PRESETS["tiny"]),
+                             model=MODEL_PRESETS["tiny"], stage1=TINY_STAGE1),
     # Paper mode: the real datasets in the authors' layout (facts §1.1), 384 px.
     "paper_fashioniq": Config(name="paper_fashioniq", data=DataConfig(dataset="fashioniq", root="data/fashionIQ_dataset")),
     "paper_cirr": Config(name="paper_cirr", data=DataConfig(dataset="cirr", root="data/cirr_dataset")),

@@ -77,8 +77,9 @@ class FashionIQ(CIRDataset):
         self.caption_mode = check_choice(caption_mode or ("random" if split == "train" else "join"),
                                          CAPTION_MODES, "caption mode", "Fashion-IQ")
         self.seed, self.epoch = seed, 0
+        self.galleries = {c: self._read_split(c) for c in self.categories}  # each category ranks its own gallery
         for category in self.categories:
-            self.gallery += self._read_split(category)
+            self.gallery += self.galleries[category]
             if mode == "queries":
                 self.queries += self._read_captions(category)
         self.gallery = list(dict.fromkeys(self.gallery))  # categories are disjoint; keep order, drop repeats

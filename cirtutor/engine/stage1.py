@@ -1,0 +1,138 @@
+"""Training and running the candidate filter (paper §3.1 and §4.2; facts §8.1-8.2, §9.1).
+
+One optimisation step: look up the reference and target image tokens (frozen ViT, cached),
+encode the queries with the multimodal text encoder, embed the targets with the frozen
+`vision_proj`, and minimise Eq. 1 over the batch. AdamW at the paper's settings; the cosine
+learning rate is set once per epoch as the authors do (or per step, a tiny-mode option).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from cirtutor.config import Stage1Config
+from cirtutor.engine.features import FeatureStore
+from cirtutor.evaluation import cirr_summary, fashioniq_summary, labels_from_ranking, rank_gallery, subset_ranking
+from cirtutor.models import CandidateFilter, tokenize
+
+
+def cosine_lr(base_lr: float, progress: float) -> float:
+    """lr at `progress` in [0, 1] of the horizon: base * (1 + cos(pi * progress)) / 2, down to 0 (facts §8.1)."""
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_order(queries: list[dict], batch_size: int, composition: str, generator: torch.Generator) -> Iterator[list[int]]:
+    """Query indices per batch for one epoch (drop_last, as the authors' loader).
+
+    "random": a shuffle of all queries (the paper). "reference_groups": whole groups of
+    queries that share a reference, in shuffled group order, so a batch's other targets are
+    that reference's other edits — the hard negatives of a CIRR img_set (a tiny-mode option)."""
+    if composition == "random":
+        order = torch.randperm(len(queries), generator=generator).tolist()
+    elif composition == "reference_groups":
+        groups: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q["reference"], []).append(i)
+        groups_list = list(groups.values())
+        order = [i for g in torch.randperm(len(groups_list), generator=generator).tolist() for i in groups_list[g]]
+    else:
+        raise ValueError(f"stage1.batch_composition={composition!r}; expected 'random' or 'reference_groups'")
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        yield order[start:start + batch_size]
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW over every tensor that requires grad, weight decay on all of them (facts §8.1, quirk 12)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+
+
+def stage1_step(model: CandidateFilter, queries, texts: list[str], store: FeatureStore, device) -> torch.Tensor:
+    """Eq. 1 for one batch of query records (reference/target names) and their texts."""
+    ids, mask = tokenize(texts, device)
+    ref_feats = store[[q["reference"] for q in queries]].to(device)      # (B, L_v, d_v)
+    target_feats = store[[q["target"] for q in queries]].to(device)      # (B, L_v, d_v)
+    query_emb, _ = model(ids, mask, ref_feats)                           # (B, e)
+    target_emb = model.gallery_embed(target_feats)                       # (B, e), frozen vision_proj
+    return model.loss(query_emb, target_emb)
+
+
+def train_stage1(model: CandidateFilter, train_set, store: FeatureStore, cfg: Stage1Config, *, seed: int = 0,
+                 device: str | torch.device = "cpu", log: Callable[[str], None] = print, log_every: int = 50,
+                 on_epoch_end: Callable[[int], None] | None = None) -> list[dict]:
+    """Train `model` on a queries-mode dataset (Fashion-IQ or CIRR); returns the loss history."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = len(train_set.queries) // cfg.batch_size
+    total, step, history = cfg.epochs * steps_per_epoch, 0, []
+    model.to(device).train()
+    for epoch in range(cfg.epochs):
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        for batch in batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, generator):
+            progress = epoch / cfg.epochs if cfg.schedule == "epoch" else step / total
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(cfg.lr, progress)
+            loss = stage1_step(model, [train_set.queries[i] for i in batch], [train_set.query_text(i) for i in batch],
+                               store, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            history.append({"step": step, "epoch": epoch, "loss": loss.item(), "temp": model.temp.item()})
+            if step % log_every == 0:
+                log(f"stage 1 step {step}/{total}  loss {loss.item():.3f}  temp {model.temp.item():.4f}")
+        if on_epoch_end:
+            on_epoch_end(epoch)
+    return history
+
+
+@torch.no_grad()
+def embed_queries(model: CandidateFilter, dataset, store: FeatureStore, indices=None, batch_size: int = 32,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """Query embeddings (N, e) of a queries-mode dataset (or its `indices`), in order, padded per
+    batch of 32 as the authors do (facts §9.1)."""
+    model.eval()
+    indices = list(range(len(dataset.queries)) if indices is None else indices)
+    out = []
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start:start + batch_size]
+        ids, mask = tokenize([dataset.query_text(i) for i in idx], device)
+        ref_feats = store[[dataset.queries[i]["reference"] for i in idx]].to(device)
+        out.append(model(ids, mask, ref_feats)[0].cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def rank_with_filter(model: CandidateFilter, dataset, store: FeatureStore, gallery: list[str], *,
+                     indices=None, remove_reference: bool, top_k: int | None = None, device="cpu") -> np.ndarray:
+    """Stage-1 ranking of `gallery` for the queries `indices` (default all): (N, K) names, best
+    first (facts §9.1). CIRR removes each query's reference from its list; Fashion-IQ keeps it."""
+    indices = range(len(dataset.queries)) if indices is None else indices
+    feats = store[gallery]
+    gallery_emb = torch.cat([model.gallery_embed(feats[i:i + 256].to(device)).cpu() for i in range(0, len(feats), 256)])
+    query_emb = embed_queries(model, dataset, store, indices, device=device)
+    refs = [dataset.queries[i]["reference"] for i in indices]
+    return rank_gallery(query_emb, gallery_emb, gallery, refs, remove_reference=remove_reference, top_k=top_k)
+
+
+def evaluate_filter(model: CandidateFilter, dataset, store: FeatureStore, device="cpu") -> dict:
+    """The paper's stage-1 numbers for a validation split: CIRR R@1/5/10/50 + Rs@1/2/3 over
+    the split's gallery minus the reference, or Fashion-IQ R@10/R@50 per category, each
+    category ranking its own gallery with the reference kept (facts §1.8, §9.2)."""
+    if dataset.dataset_name == "CIRR":
+        ranked = rank_with_filter(model, dataset, store, dataset.gallery, remove_reference=True, device=device)
+        targets = [q["target"] for q in dataset.queries]
+        subset = subset_ranking(ranked, [q["subset"] for q in dataset.queries])
+        return cirr_summary(labels_from_ranking(ranked, targets), labels_from_ranking(subset, targets))
+    per_category = {}
+    for cat, gallery in dataset.galleries.items():
+        idx = [i for i, q in enumerate(dataset.queries) if q["category"] == cat]
+        ranked = rank_with_filter(model, dataset, store, gallery, indices=idx, remove_reference=False, top_k=min(50, len(gallery)),
+                                  device=device)
+        per_category[cat] = labels_from_ranking(ranked, [dataset.queries[i]["target"] for i in idx])
+    return fashioniq_summary(per_category)
