@@ -81,3 +81,13 @@ def test_fashioniq_evaluation_ranks_each_category_in_its_own_gallery(tiny):
     assert metrics["avg"] == pytest.approx((metrics["R@10"] + metrics["R@50"]) / 2)
     assert all(len(g) < 50 for g in val.galleries.values())  # tiny galleries: everything is within the top 50
     assert metrics["R@50"] == pytest.approx(100.0)
+
+
+def test_init_temp_resets_the_checkpoint_temperature(tiny):
+    cfg = apply_overrides(tiny(), ["stage1.epochs=0", "stage1.init_temp=0.05"])
+    model = CandidateFilter(cfg.model)
+    with torch.no_grad():
+        model.temp.fill_(0.004)
+    train_stage1(model, open_dataset(cfg.data, "train", load_images=False), FeatureStore([], torch.zeros(0)), cfg.stage1)
+    assert model.temp.item() == pytest.approx(0.05)
+    assert get_preset("paper_cirr").stage1.init_temp is None  # the paper keeps BLIP's

@@ -66,6 +66,9 @@ def train_stage1(model: CandidateFilter, train_set, store: FeatureStore, cfg: St
     """Train `model` on a queries-mode dataset (Fashion-IQ or CIRR); returns the loss history."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    if cfg.init_temp is not None:
+        with torch.no_grad():
+            model.temp.fill_(cfg.init_temp)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = len(train_set.queries) // cfg.batch_size
     total, step, history = cfg.epochs * steps_per_epoch, 0, []
