@@ -5,6 +5,7 @@
     cirtutor data-stats --dataset cirr --annotations DIR [--images DIR] [--json]
     cirtutor model-info --preset paper [--json]     parameter counts of both stages
     cirtutor download {fashioniq,cirr,blip,checkpoints} ...
+    cirtutor pretrain-tiny --out DIR               pretrain tiny mode's mini-BLIP (ITC + ITM)
 
 Expected failures (bad paths, malformed files) print one clear message and exit 2;
 data-stats exits 1 when it finds missing or corrupt files.
@@ -12,6 +13,7 @@ data-stats exits 1 when it finds missing or corrupt files.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -87,17 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the full report as JSON")
     s.set_defaults(func=cmd_data_stats)
 
-    # Listed for --help; `main` hands `cirtutor download ...` to cirtutor.download's own parser.
+    # Listed for --help; `main` hands these to their modules' own parsers.
     sub.add_parser("download", help="fetch datasets and weights (see data_scripts/README.md)")
+    sub.add_parser("pretrain-tiny", help="pretrain a mini-BLIP (ITC + ITM) on the synthetic image-caption pairs")
     return p
+
+
+DELEGATED = {"download": ("cirtutor.download", "cli_main"),
+             "pretrain-tiny": ("cirtutor.models.mini_blip", "pretrain_tiny_main")}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["download"]:
-        from cirtutor.download import cli_main
-
-        return cli_main(argv[1:])
+    if argv and argv[0] in DELEGATED:
+        module, function = DELEGATED[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -76,3 +76,20 @@ def test_open_dataset_resolves_tiny_presets(tmp_path, monkeypatch):
         ds = open_dataset(cfg.data, "train")
         assert ds[0]["ref_image"].shape == (3, 16, 16) and len(ds) == 30
         assert "target" not in open_dataset(cfg.data, split)[0]
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from cirtutor.io import UMASK, atomic_write_text
+
+    path = atomic_write_text(tmp_path / "a.txt", "hello")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~UMASK
+    assert path.read_text() == "hello" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_cli_pretrain_tiny_is_wired(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain-tiny", "--help"])
+    assert e.value.code == 0 and "--steps" in capsys.readouterr().out
