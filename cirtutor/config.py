@@ -73,6 +73,23 @@ class Stage1Config:
     eval_batch_size: int = 32       # queries per evaluation batch (facts §11, quirk 14)
 
 
+@dataclass
+class Stage2Config:
+    """Training and running the re-ranker (paper §3.2, §4.2; facts §8.3, §9.4)."""
+    epochs: int = 50                # paper: 50 (Fashion-IQ), 80 (CIRR)
+    batch_size: int = 16            # B: the B x B logits of Eq. 2
+    lr: float = 2e-5
+    weight_decay: float = 0.05
+    schedule: str = "epoch"         # cosine set once per epoch (authors) | "step"
+    head_lr_mult: float = 1.0       # learning-rate factor for the new parts (merge layers, cls_head)
+    batch_composition: str = "random"  # "random" (paper) | "hard": a seed query, its same-reference edits and
+                                    # queries whose targets are in the seed's filter top-`hard_pool`
+    hard_pool: int = 60
+    k: int = 50                     # K re-ranked at evaluation (paper: 100 Fashion-IQ, 50 CIRR)
+    eval_ks: tuple = (10, 20, 50, 100)  # K values evaluated from one scoring pass over max(eval_ks)
+    eval_batch_size: int = 8        # queries per scoring forward (x K candidates each)
+
+
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),
     # Small BLIP-architecture dims for CPU (facts: TINY_MODE_FINDINGS): 64 px, patch 8 (64 patches + [CLS]).
@@ -88,6 +105,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
     out_dir: str = "runs"           # where runs write checkpoints, top-K files and reports
 
 
@@ -97,15 +115,21 @@ class Config:
 TINY_STAGE1 = Stage1Config(epochs=15, batch_size=64, lr=5e-4, schedule="step", batch_composition="reference_groups",
                            init_temp=0.07)
 
+# Tiny mode's stage 2 (facts: TINY_MODE_FINDINGS): hard batches, larger lr with x10 on the new parts.
+TINY_STAGE2 = Stage2Config(epochs=5, batch_size=20, lr=3e-4, schedule="step", head_lr_mult=10.0,
+                           batch_composition="hard", k=20, eval_ks=(5, 10, 20, 50))
+
 PRESETS: dict[str, Config] = {
     # Tiny mode: synthetic world in CIRR's format, 64 px, CPU minutes.
     "tiny": Config(name="tiny", data=DataConfig(dataset="cirr", resolution=64), model=MODEL_PRESETS["tiny"],
-                   stage1=TINY_STAGE1),
+                   stage1=TINY_STAGE1, stage2=TINY_STAGE2),
     "tiny_fashioniq": Config(name="tiny_fashioniq", data=DataConfig(dataset="fashioniq", resolution=64),
-                             model=MODEL_PRESETS["tiny"], stage1=TINY_STAGE1),
+                             model=MODEL_PRESETS["tiny"], stage1=TINY_STAGE1, stage2=TINY_STAGE2),
     # Paper mode: the real datasets in the authors' layout (facts §1.1), 384 px.
-    "paper_fashioniq": Config(name="paper_fashioniq", data=DataConfig(dataset="fashioniq", root="data/fashionIQ_dataset")),
-    "paper_cirr": Config(name="paper_cirr", data=DataConfig(dataset="cirr", root="data/cirr_dataset")),
+    "paper_fashioniq": Config(name="paper_fashioniq", data=DataConfig(dataset="fashioniq", root="data/fashionIQ_dataset"),
+                              stage2=Stage2Config(epochs=50, k=100, eval_ks=(50, 70, 90, 100, 150, 200))),
+    "paper_cirr": Config(name="paper_cirr", data=DataConfig(dataset="cirr", root="data/cirr_dataset"),
+                         stage2=Stage2Config(epochs=80, k=50, eval_ks=(30, 40, 50, 100, 150))),
 }
 
 
@@ -129,6 +153,8 @@ def _convert(text: str, annotation: typing.Any, key: str):
         return None
     for t in types:
         try:
+            if t is tuple:  # comma-separated integers, e.g. stage2.eval_ks=10,20,50
+                return tuple(int(x) for x in text.split(","))
             if t is bool:
                 if text.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(text)

@@ -32,6 +32,7 @@ def test_presets_and_overrides():
     assert get_preset("paper_cirr").data.resolution == 384 and get_preset("tiny").data.root is None
     cfg = apply_overrides(get_preset("tiny"), ["data.resolution=32", "data.root=/x", "data.root=none"])
     assert cfg.data.resolution == 32 and cfg.data.root is None
+    assert apply_overrides(cfg, ["stage2.eval_ks=10,20,50"]).stage2.eval_ks == (10, 20, 50)
     assert get_preset("tiny").data.resolution == 64  # presets themselves are never modified
     for bad in (["data.nope=1"], ["data.resolution=big"], ["model.x=1"], ["resolution"]):
         with pytest.raises(CirtutorError):

@@ -95,19 +95,28 @@ def train_stage1(model: CandidateFilter, train_set, store: FeatureStore, cfg: St
 
 
 @torch.no_grad()
-def embed_queries(model: CandidateFilter, dataset, store: FeatureStore, indices=None, batch_size: int = 32,
-                  device: str | torch.device = "cpu") -> torch.Tensor:
-    """Query embeddings (N, e) of a queries-mode dataset (or its `indices`), in order, padded per
-    batch of 32 as the authors do (facts §9.1)."""
+def encode_queries(model: CandidateFilter, dataset, store: FeatureStore, indices=None, batch_size: int = 32,
+                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Eval-mode query embeddings (N, e) and each query's z_t, unpadded (L_i, d), for a
+    queries-mode dataset (or its `indices`), in order; texts padded per batch of 32 as the
+    authors do (facts §9.1). Padding never changes the unpadded positions (it is masked)."""
     model.eval()
     indices = list(range(len(dataset.queries)) if indices is None else indices)
-    out = []
+    embs, z_ts = [], []
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
         ids, mask = tokenize([dataset.query_text(i) for i in idx], device)
         ref_feats = store[[dataset.queries[i]["reference"] for i in idx]].to(device)
-        out.append(model(ids, mask, ref_feats)[0].cpu())
-    return torch.cat(out)
+        query_emb, z_t = model(ids, mask, ref_feats)
+        embs.append(query_emb.cpu())
+        z_ts += [z[: int(m.sum())].cpu() for z, m in zip(z_t, mask)]
+    return torch.cat(embs), z_ts
+
+
+def embed_queries(model: CandidateFilter, dataset, store: FeatureStore, indices=None, batch_size: int = 32,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """Query embeddings (N, e) only (see `encode_queries`)."""
+    return encode_queries(model, dataset, store, indices, batch_size, device)[0]
 
 
 @torch.no_grad()

@@ -1,0 +1,171 @@
+"""Training and running the dual-encoder re-ranker (paper §3.2, §4.2, Eq. 2; facts §6.5, §8.3, §9.4).
+
+Training: for a batch of B queries, score every query against every batch target in one
+forward (B x B logits) and take the cross-entropy against the diagonal. z_t, the filter's
+output sequence, is computed once per query with the trained filter in eval mode and
+cached (the paper notes it can be pre-computed; the authors recompute it every step with
+dropout on — a documented deviation). Image tokens come from the frozen-ViT feature store.
+
+Evaluation: the filter's top-K list of every query is re-ordered by the re-ranker's scores;
+one scoring pass over the largest K serves every smaller K. CIRR's subset metric scores the
+5 subset members directly (facts §9.4).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from cirtutor.config import Stage2Config
+from cirtutor.engine.features import FeatureStore
+from cirtutor.engine.stage1 import cosine_lr, encode_queries, rank_with_filter
+from cirtutor.evaluation import (cirr_summary, labels_from_ranking, rerank_labels_for_ks, subset_ranking,
+                                 subset_ranking_by_scores)
+from cirtutor.evaluation.metrics import recall_at_k
+from cirtutor.models import CandidateFilter, DualEncoderReranker, tokenize
+
+
+def pad_z_t(z_ts: list[torch.Tensor]) -> torch.Tensor:
+    """Unpadded (L_i, d) sequences -> (B, L_w, d), zero-padded (padded positions are masked)."""
+    return torch.nn.utils.rnn.pad_sequence(z_ts, batch_first=True)
+
+
+def query_inputs(dataset, indices, z_ts: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens, mask and padded z_t of the queries `indices` (same padding length for both, facts §3)."""
+    ids, mask = tokenize([dataset.query_text(i) for i in indices], device)
+    z_t = pad_z_t([z_ts[i] for i in indices]).to(device)
+    if z_t.shape[1] != ids.shape[1]:
+        raise ValueError("z_t and the tokens disagree in length: was z_t computed for the same texts?")
+    return ids, mask, z_t
+
+
+# ----------------------------------------------------------------------------- batches
+
+def hard_pools(filter_model: CandidateFilter, train_set, store: FeatureStore, pool: int, device="cpu") -> list[list[int]]:
+    """For every training query, the queries whose targets lie in its filter top-`pool` on the
+    training gallery: the negatives the re-ranker will meet in a top-K list."""
+    ranked = rank_with_filter(filter_model, train_set, store, train_set.gallery,
+                              remove_reference=train_set.dataset_name == "CIRR", top_k=pool, device=device)
+    by_target: dict[str, list[int]] = {}
+    for i, q in enumerate(train_set.queries):
+        by_target.setdefault(q["target"], []).append(i)
+    return [[j for name in row for j in by_target.get(name, [])] for row in ranked]
+
+
+def batch_order(queries: list[dict], batch_size: int, composition: str, generator: torch.Generator,
+                pools: list[list[int]] | None = None) -> Iterator[list[int]]:
+    """Query indices per batch, N // B batches per epoch, no target twice in a batch.
+
+    "random": a shuffle (the paper). "hard" (tiny-mode option): each batch is a seed query,
+    the other queries on its reference, then queries from the seed's filter pool, topped up
+    at random — still the paper's B x B loss, with negatives that look like a top-K list."""
+    n = len(queries)
+    if composition == "random":
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start:start + batch_size]
+        return
+    if composition != "hard" or pools is None:
+        raise ValueError(f"stage2.batch_composition={composition!r}: expected 'random', or 'hard' with filter pools")
+    by_reference: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        by_reference.setdefault(q["reference"], []).append(i)
+    seeds = torch.randperm(n, generator=generator)[: n // batch_size].tolist()
+    for seed in seeds:
+        pool = [j for j in pools[seed] if j not in by_reference[queries[seed]["reference"]]]
+        pool = [pool[k] for k in torch.randperm(len(pool), generator=generator).tolist()]
+        fill = torch.randperm(n, generator=generator).tolist()
+        batch, targets = [], set()
+        for j in [seed, *by_reference[queries[seed]["reference"]], *pool, *fill]:
+            if len(batch) == batch_size:
+                break
+            if j not in batch and queries[j]["target"] not in targets:
+                batch.append(j)
+                targets.add(queries[j]["target"])
+        yield batch
+
+
+# ----------------------------------------------------------------------------- training
+
+def make_optimizer(model: DualEncoderReranker, cfg: Stage2Config) -> torch.optim.AdamW:
+    """AdamW over the trainable tensors; the new parts (merge layers, cls_head) at lr x head_lr_mult."""
+    new = [p for n, p in model.named_parameters() if p.requires_grad and ("merge_layer" in n or n.startswith("cls_head"))]
+    new_ids = {id(p) for p in new}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in new_ids]
+    groups = [{"params": rest, "lr_mult": 1.0}, {"params": new, "lr_mult": cfg.head_lr_mult}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+
+
+def stage2_step(model: DualEncoderReranker, train_set, batch: list[int], z_ts, store: FeatureStore, device) -> torch.Tensor:
+    """Eq. 2 for one batch: B x B logits in one forward, cross-entropy against the diagonal."""
+    ids, mask, z_t = query_inputs(train_set, batch, z_ts, device)
+    queries = [train_set.queries[i] for i in batch]
+    targets = store[[q["target"] for q in queries]].to(device)            # (B, L_v, d_v)
+    refs = store[[q["reference"] for q in queries]].to(device) if model.cfg.zt_input != "z_t" else None
+    return model.loss(model.bxb_logits(ids, mask, z_t, targets, refs))
+
+
+def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor], store: FeatureStore,
+                 cfg: Stage2Config, *, pools=None, seed: int = 0, device="cpu", log: Callable[[str], None] = print,
+                 log_every: int = 50) -> list[dict]:
+    """Train the re-ranker on a queries-mode dataset with cached z_t; returns the loss history."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = len(train_set.queries) // cfg.batch_size
+    total, step, history = cfg.epochs * steps_per_epoch, 0, []
+    model.to(device).train()
+    for epoch in range(cfg.epochs):
+        for batch in batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, generator, pools):
+            progress = epoch / cfg.epochs if cfg.schedule == "epoch" else step / total
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(cfg.lr, progress) * group["lr_mult"]
+            loss = stage2_step(model, train_set, batch, z_ts, store, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            history.append({"step": step, "epoch": epoch, "loss": loss.item()})
+            if step % log_every == 0:
+                log(f"stage 2 step {step}/{total}  loss {loss.item():.3f}")
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def score_lists(model: DualEncoderReranker, dataset, z_ts, store: FeatureStore, candidates: np.ndarray,
+                batch_size: int = 8, device="cpu") -> np.ndarray:
+    """Re-ranker scores (N, K) of every query against its K candidate names (N, K)."""
+    model.eval()
+    out = []
+    for start in range(0, len(candidates), batch_size):
+        idx = list(range(start, min(start + batch_size, len(candidates))))
+        ids, mask, z_t = query_inputs(dataset, idx, z_ts, device)
+        cands = torch.stack([store[list(candidates[i])] for i in idx]).to(device)  # (b, K, L_v, d_v)
+        refs = store[[dataset.queries[i]["reference"] for i in idx]].to(device) if model.cfg.zt_input != "z_t" else None
+        out.append(model.score_candidates(ids, mask, z_t, cands, refs).cpu())
+    return torch.cat(out).numpy()
+
+
+def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker, dataset, store: FeatureStore,
+                      ks, *, batch_size: int = 8, device="cpu") -> dict:
+    """CIRR-format evaluation of the filter (F) and the re-ranker at each K (R_K) from one
+    scoring pass over max(ks) candidates per query (facts §9.4): {"filter": ..., "K=k": ...}."""
+    if dataset.dataset_name != "CIRR":
+        raise NotImplementedError("re-ranked evaluation is implemented for the CIRR format first")
+    query_emb, z_ts = encode_queries(filter_model, dataset, store, device=device)
+    ranked = rank_with_filter(filter_model, dataset, store, dataset.gallery, remove_reference=True, device=device)
+    targets = [q["target"] for q in dataset.queries]
+    labels = labels_from_ranking(ranked, targets)                      # (N, M-1)
+    subsets = [q["subset"] for q in dataset.queries]
+    results = {"filter": cirr_summary(labels, labels_from_ranking(subset_ranking(ranked, subsets), targets))}
+    k_max = max(ks)
+    scores = score_lists(model, dataset, z_ts, store, ranked[:, :k_max], batch_size, device)
+    subset_scores = score_lists(model, dataset, z_ts, store, np.asarray(subsets), batch_size, device)
+    subset_labels = labels_from_ranking(subset_ranking_by_scores(subsets, subset_scores), targets)
+    for k, reranked in rerank_labels_for_ks(labels[:, :k_max], scores, ks).items():
+        results[f"K={k}"] = cirr_summary(reranked, subset_labels)
+        results[f"K={k}"]["coverage"] = recall_at_k(labels, k)
+    return results

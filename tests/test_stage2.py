@@ -1,0 +1,92 @@
+"""Stage-2 engine: batch composition, optimiser groups, training and re-ranked evaluation (tiny dims)."""
+import numpy as np
+import pytest
+import torch
+
+from cirtutor.config import apply_overrides, get_preset
+from cirtutor.data.registry import open_dataset
+from cirtutor.engine.features import encode_gallery
+from cirtutor.engine.stage1 import encode_queries
+from cirtutor.engine.stage2 import (batch_order, evaluate_reranker, hard_pools, make_optimizer, query_inputs,
+                                    score_lists, train_stage2)
+from cirtutor.models import CandidateFilter, DualEncoderReranker
+
+SMALL = ["data.synthetic_size=8", "data.synthetic_resolution=32", "data.resolution=32", "model.image_size=32",
+         "stage2.batch_size=6", "stage2.epochs=2", "stage2.hard_pool=10"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CIRTUTOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+    cfg = apply_overrides(get_preset("tiny"), SMALL)
+    torch.manual_seed(0)
+    filt = CandidateFilter(cfg.model)
+    train, val = open_dataset(cfg.data, "train", load_images=False), open_dataset(cfg.data, "val")
+    st, sv = (encode_gallery(filt.encode_images, open_dataset(cfg.data, s, "gallery"), 16) for s in ("train", "val"))
+    yield cfg, filt, train, val, st, sv
+    mp.undo()
+
+
+def queries(n_refs=6, edits=5):
+    return [{"reference": f"r{i // edits}", "target": f"t{i}"} for i in range(n_refs * edits)]
+
+
+def test_random_batches_cover_n_over_b():
+    batches = list(batch_order(queries(), 7, "random", torch.Generator().manual_seed(0)))
+    assert len(batches) == 30 // 7 and len({i for b in batches for i in b}) == 28
+
+
+def test_hard_batches_start_with_seed_and_its_reference_group():
+    qs = queries()
+    pools = [[(i + 5) % 30, (i + 6) % 30, (i + 7) % 30] for i in range(30)]
+    for batch in batch_order(qs, 8, "hard", torch.Generator().manual_seed(1), pools):
+        seed = batch[0]
+        group = [j for j in range(30) if qs[j]["reference"] == qs[seed]["reference"]]
+        assert set(group) <= set(batch[:5]) and len(batch) == 8
+        assert {(seed + d) % 30 for d in (5, 6, 7)} - set(group) <= set(batch)  # the pool comes next
+        assert len({qs[j]["target"] for j in batch}) == 8
+    with pytest.raises(ValueError, match="hard"):
+        next(batch_order(qs, 8, "hard", torch.Generator(), None))
+
+
+def test_new_parts_get_the_head_learning_rate(world):
+    cfg = world[0]
+    model = DualEncoderReranker(cfg.model)
+    opt = make_optimizer(model, apply_overrides(cfg, ["stage2.head_lr_mult=10"]).stage2)
+    rest, new = opt.param_groups
+    assert new["lr_mult"] == 10 and rest["lr_mult"] == 1
+    n_new = sum(p.numel() for p in new["params"])
+    assert n_new == sum(p.numel() for n, p in model.named_parameters() if "merge_layer" in n or n.startswith("cls_head"))
+
+
+def test_training_runs_seeded_with_hard_batches(world):
+    cfg, filt, train, _, st, _ = world
+    _, z_ts = encode_queries(filt, train, st)
+    assert all(z.shape[0] <= 64 and z.shape[1] == 96 for z in z_ts)
+    ids, mask, z_t = query_inputs(train, [0, 1, 2], z_ts, "cpu")
+    assert z_t.shape[:2] == ids.shape and torch.equal(z_t[0, : int(mask[0].sum())], z_ts[0])
+    pools = hard_pools(filt, train, st, cfg.stage2.hard_pool)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = DualEncoderReranker(cfg.model)
+        runs.append(train_stage2(model, train, z_ts, st, cfg.stage2, pools=pools, log=lambda _: None))
+    assert runs[0] == runs[1] and len(runs[0]) == cfg.stage2.epochs * (len(train.queries) // 6)
+    assert all(np.isfinite(h["loss"]) for h in runs[0])
+
+
+def test_reranked_evaluation_keeps_the_paper_identities(world):
+    cfg, filt, _, val, _, sv = world
+    torch.manual_seed(0)
+    model = DualEncoderReranker(cfg.model)
+    res = evaluate_reranker(filt, model, val, sv, ks=(5, 10))
+    f = res["filter"]
+    assert res["K=5"]["R@5"] == pytest.approx(f["R@5"]) == pytest.approx(res["K=5"]["coverage"])  # a permutation of the top 5
+    assert res["K=5"]["R@10"] == pytest.approx(f["R@5"])    # nothing beyond K in a re-ranked list
+    assert res["K=10"]["R@10"] == pytest.approx(f["R@10"])
+    assert res["K=5"]["Rs@1"] == res["K=10"]["Rs@1"]         # the subset is scored directly, whatever K
+    _, z_ts = encode_queries(filt, val, sv)
+    names = np.array([[val.queries[0]["target"], val.queries[1]["target"]]])
+    direct = model.eval().score_candidates(*query_inputs(val, [0], z_ts, "cpu"), sv[list(names[0])][None])
+    assert np.allclose(score_lists(model, val, z_ts, sv, names), direct.detach().numpy(), atol=1e-6)
