@@ -7,7 +7,8 @@ import torch
 from cirtutor.config import apply_overrides, get_preset
 from cirtutor.data.registry import open_dataset
 from cirtutor.engine.features import FeatureStore, encode_gallery
-from cirtutor.engine.stage1 import batch_order, cosine_lr, evaluate_filter, train_stage1
+from cirtutor.engine.optim import cosine_lr
+from cirtutor.engine.stage1 import batch_order, evaluate_filter, train_stage1
 from cirtutor.errors import CirtutorError
 from cirtutor.models import CandidateFilter
 

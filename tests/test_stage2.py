@@ -7,7 +7,7 @@ from cirtutor.config import apply_overrides, get_preset
 from cirtutor.data.registry import open_dataset
 from cirtutor.engine.features import encode_gallery
 from cirtutor.engine.stage1 import encode_queries
-from cirtutor.engine.stage2 import (batch_order, evaluate_reranker, hard_pools, make_optimizer, query_inputs,
+from cirtutor.engine.stage2 import (batch_order, evaluate_reranker, hard_pools, make_stage2_optimizer, query_inputs,
                                     score_lists, train_stage2)
 from cirtutor.models import CandidateFilter, DualEncoderReranker
 
@@ -53,7 +53,7 @@ def test_hard_batches_start_with_seed_and_its_reference_group():
 def test_new_parts_get_the_head_learning_rate(world):
     cfg = world[0]
     model = DualEncoderReranker(cfg.model)
-    opt = make_optimizer(model, apply_overrides(cfg, ["stage2.head_lr_mult=10"]).stage2)
+    opt = make_stage2_optimizer(model, apply_overrides(cfg, ["stage2.head_lr_mult=10"]).stage2)
     rest, new = opt.param_groups
     assert new["lr_mult"] == 10 and rest["lr_mult"] == 1
     n_new = sum(p.numel() for p in new["params"])

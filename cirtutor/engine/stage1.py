@@ -7,7 +7,6 @@ learning rate is set once per epoch as the authors do (or per step, a tiny-mode 
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterator
 
 import numpy as np
@@ -15,13 +14,9 @@ import torch
 
 from cirtutor.config import Stage1Config
 from cirtutor.engine.features import FeatureStore
+from cirtutor.engine.optim import cosine_lr, make_optimizer, optimise, set_lr
 from cirtutor.evaluation import cirr_summary, fashioniq_summary, labels_from_ranking, rank_gallery, subset_ranking
 from cirtutor.models import CandidateFilter, tokenize
-
-
-def cosine_lr(base_lr: float, progress: float) -> float:
-    """lr at `progress` in [0, 1] of the horizon: base * (1 + cos(pi * progress)) / 2, down to 0 (facts §8.1)."""
-    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def batch_order(queries: list[dict], batch_size: int, composition: str, generator: torch.Generator) -> Iterator[list[int]]:
@@ -44,12 +39,6 @@ def batch_order(queries: list[dict], batch_size: int, composition: str, generato
         yield order[start:start + batch_size]
 
 
-def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW over every tensor that requires grad, weight decay on all of them (facts §8.1, quirk 12)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
-
-
 def stage1_step(model: CandidateFilter, queries, texts: list[str], store: FeatureStore, device) -> torch.Tensor:
     """Eq. 1 for one batch of query records (reference/target names) and their texts."""
     ids, mask = tokenize(texts, device)
@@ -69,7 +58,7 @@ def train_stage1(model: CandidateFilter, train_set, store: FeatureStore, cfg: St
     if cfg.init_temp is not None:
         with torch.no_grad():
             model.temp.fill_(cfg.init_temp)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     steps_per_epoch = len(train_set.queries) // cfg.batch_size
     total, step, history = cfg.epochs * steps_per_epoch, 0, []
     model.to(device).train()
@@ -77,14 +66,10 @@ def train_stage1(model: CandidateFilter, train_set, store: FeatureStore, cfg: St
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         for batch in batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, generator):
-            progress = epoch / cfg.epochs if cfg.schedule == "epoch" else step / total
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(cfg.lr, progress)
+            set_lr(optimizer, cosine_lr(cfg.lr, epoch / cfg.epochs if cfg.schedule == "epoch" else step / total))
             loss = stage1_step(model, [train_set.queries[i] for i in batch], [train_set.query_text(i) for i in batch],
                                store, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimise(optimizer, loss)
             step += 1
             history.append({"step": step, "epoch": epoch, "loss": loss.item(), "temp": model.temp.item()})
             if step % log_every == 0:

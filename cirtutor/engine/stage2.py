@@ -19,7 +19,8 @@ import torch
 
 from cirtutor.config import Stage2Config
 from cirtutor.engine.features import FeatureStore
-from cirtutor.engine.stage1 import cosine_lr, encode_queries, rank_with_filter
+from cirtutor.engine.optim import cosine_lr, make_optimizer, optimise, set_lr
+from cirtutor.engine.stage1 import encode_queries, rank_with_filter
 from cirtutor.evaluation import (cirr_summary, labels_from_ranking, rerank_labels_for_ks, subset_ranking,
                                  subset_ranking_by_scores)
 from cirtutor.evaluation.metrics import recall_at_k
@@ -88,13 +89,14 @@ def batch_order(queries: list[dict], batch_size: int, composition: str, generato
 
 # ----------------------------------------------------------------------------- training
 
-def make_optimizer(model: DualEncoderReranker, cfg: Stage2Config) -> torch.optim.AdamW:
-    """AdamW over the trainable tensors; the new parts (merge layers, cls_head) at lr x head_lr_mult."""
-    new = [p for n, p in model.named_parameters() if p.requires_grad and ("merge_layer" in n or n.startswith("cls_head"))]
-    new_ids = {id(p) for p in new}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in new_ids]
-    groups = [{"params": rest, "lr_mult": 1.0}, {"params": new, "lr_mult": cfg.head_lr_mult}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+def is_new_part(name: str) -> bool:
+    """The re-ranker's parts that BLIP does not provide: merge layers and the score head."""
+    return "merge_layer" in name or name.startswith("cls_head")
+
+
+def make_stage2_optimizer(model: DualEncoderReranker, cfg: Stage2Config) -> torch.optim.AdamW:
+    """AdamW over the trainable tensors; the new parts at lr x head_lr_mult (1 in the paper)."""
+    return make_optimizer(model, cfg.lr, cfg.weight_decay, boosted=is_new_part, boost=cfg.head_lr_mult)
 
 
 def stage2_step(model: DualEncoderReranker, train_set, batch: list[int], z_ts, store: FeatureStore, device) -> torch.Tensor:
@@ -112,19 +114,15 @@ def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor]
     """Train the re-ranker on a queries-mode dataset with cached z_t; returns the loss history."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_stage2_optimizer(model, cfg)
     steps_per_epoch = len(train_set.queries) // cfg.batch_size
     total, step, history = cfg.epochs * steps_per_epoch, 0, []
     model.to(device).train()
     for epoch in range(cfg.epochs):
         for batch in batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, generator, pools):
-            progress = epoch / cfg.epochs if cfg.schedule == "epoch" else step / total
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(cfg.lr, progress) * group["lr_mult"]
+            set_lr(optimizer, cosine_lr(cfg.lr, epoch / cfg.epochs if cfg.schedule == "epoch" else step / total))
             loss = stage2_step(model, train_set, batch, z_ts, store, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimise(optimizer, loss)
             step += 1
             history.append({"step": step, "epoch": epoch, "loss": loss.item()})
             if step % log_every == 0:

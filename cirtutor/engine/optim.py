@@ -1,0 +1,35 @@
+"""The optimiser and schedule both stages share (paper §4.2; facts §8.1)."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+
+def cosine_lr(base_lr: float, progress: float) -> float:
+    """lr at `progress` in [0, 1] of the horizon: base * (1 + cos(pi * progress)) / 2, down to 0.
+    Past the horizon (progress > 1) it rises again, as in the authors' longer CIRR runs (facts §11)."""
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   boosted: Callable[[str], bool] = lambda name: False, boost: float = 1.0) -> torch.optim.AdamW:
+    """AdamW over every tensor that requires grad, weight decay on all of them (biases, LayerNorms,
+    temperature: facts §8.1, quirk 12). Parameters whose name satisfies `boosted` train at lr x `boost`."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if not boosted(n)], "lr_mult": 1.0},
+              {"params": [p for n, p in named if boosted(n)], "lr_mult": boost}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay,
+                             betas=(0.9, 0.999), eps=1e-8)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_mult"]
+
+
+def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
