@@ -10,9 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+import torch
+
+from cirtutor.errors import CirtutorError
 
 
 def _read_umask() -> int:
@@ -64,3 +69,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent) + ("\n" if indent else ""))
+
+
+def torch_load(path: str | os.PathLike, trust: bool = False, allowed: tuple = (), error: type = CirtutorError):
+    """`torch.load` with weights_only=True (plus the `allowed` globals); a file that needs full
+    unpickling is refused with `error`, unless the user trusts its origin (trust=True)."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if trust:  # the user vouched for this file: full unpickling, as they asked
+            return torch.load(path, map_location="cpu", weights_only=False)
+        raise error(
+            f"{path} holds Python objects beyond tensors and plain containers ({str(e).splitlines()[0][:200]}).\n"
+            "  Loading it would run code from the file; if you trust its origin, pass trust=True (--trust)."
+        ) from None
+    except RuntimeError as e:
+        raise error(f"{path} is not a torch.save file ({str(e).splitlines()[0]})") from None

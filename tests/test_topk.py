@@ -104,7 +104,7 @@ def test_authors_files_load_without_trust(tmp_path):
 def test_write_authors_topk_matches_the_described_layout(tmp_path):
     path = write_authors_topk(tmp_path / authors_filename(5, "val", "dress"), fiq_topk())
     assert path.name == "fiq_top_5_val_dress.pt"
-    raw = torch.load(path, weights_only=False)
+    raw = torch.load(path, weights_only=False)  # our own file, written just above: inspect its raw layout
     assert list(raw) == ["sorted_index_names", "target_names", "index_names", "labels", "split", "dress_types"]
     assert raw["sorted_index_names"].dtype == np.dtype("<U13") and raw["sorted_index_names"].shape == (3, 5)
     assert raw["labels"].dtype == torch.bool and raw["dress_types"] == "dress"
@@ -112,10 +112,10 @@ def test_write_authors_topk_matches_the_described_layout(tmp_path):
 
     test1 = TopK(RANKED, GALLERY, "test1")
     path = write_authors_topk(tmp_path / authors_filename(5, "test1"), test1)
-    assert list(torch.load(path, weights_only=False)) == ["sorted_index_names", "index_names", "split"]
+    assert list(torch.load(path, weights_only=False)) == ["sorted_index_names", "index_names", "split"]  # written above
     assert same(read_authors_topk(path, split="test1"), test1)
     cirr = write_authors_topk(tmp_path / "cirr.pt", cirr_topk())
-    assert "group_labels" in torch.load(cirr, weights_only=False)
+    assert "group_labels" in torch.load(cirr, weights_only=False)  # written above
 
 
 def test_other_pickled_objects_need_trust(tmp_path):

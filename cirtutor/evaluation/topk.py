@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -36,7 +35,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from cirtutor.evaluation.metrics import EvaluationError, labels_from_ranking
-from cirtutor.io import atomic_open, atomic_write_bytes, atomic_write_json
+from cirtutor.io import atomic_open, atomic_write_bytes, atomic_write_json, torch_load
 
 FORMAT = "cirtutor.topk"
 VERSION = 1
@@ -195,19 +194,7 @@ def _numpy_globals() -> list:
 def _torch_load(path: Path, trust: bool):
     if not path.is_file():
         raise EvaluationError(f"missing top-K file {path}")
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if trust:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        raise EvaluationError(
-            f"{path} holds Python objects beyond tensors, lists and numpy string arrays "
-            f"({str(e).splitlines()[0][:200]}).\n  Loading it would run code from the file; "
-            "if you trust its origin, pass trust=True (--trust)."
-        ) from None
-    except RuntimeError as e:
-        raise EvaluationError(f"{path} is not a torch.save file ({str(e).splitlines()[0]})") from None
+    return torch_load(path, trust, allowed=tuple(_numpy_globals()), error=EvaluationError)
 
 
 def _bool_array(t) -> np.ndarray | None:

@@ -18,7 +18,6 @@ unpickling is refused unless `trust=True`.
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from safetensors.torch import load_file
 
 from cirtutor.config import ModelConfig
 from cirtutor.errors import CirtutorError
+from cirtutor.io import torch_load
 from cirtutor.models.filter import CandidateFilter
 from cirtutor.models.reranker import DualEncoderReranker
 
@@ -114,19 +114,6 @@ class Source:
     meta: dict = field(default_factory=dict)
 
 
-def torch_load(path: Path, trust: bool = False):
-    """`torch.load` with weights_only=True; full unpickling only when the user trusts the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if not trust:
-            raise CheckpointError(
-                f"{path} contains Python objects beyond tensors and plain containers ({str(e).splitlines()[0]}).\n"
-                "  Loading it would execute code from the file. If you trust its origin, pass trust=True (--trust)."
-            ) from None
-        return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def _ours(raw: dict[str, torch.Tensor], ignored: dict[str, str]) -> dict[str, torch.Tensor]:
     """BLIP-named tensors -> our names; unused keys go to `ignored` with their reason."""
     state = {}
@@ -148,7 +135,7 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Source:
         return _read_transformers_folder(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    obj = torch_load(path, trust)
+    obj = torch_load(path, trust, error=CheckpointError)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
     ignored = {k: "training state, not weights" for k in ("optimizer_state_dict", "optimizer", "scaler", "scheduler") if k in obj}
