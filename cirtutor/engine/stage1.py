@@ -106,13 +106,16 @@ def embed_queries(model: CandidateFilter, dataset, store: FeatureStore, indices=
 
 @torch.no_grad()
 def rank_with_filter(model: CandidateFilter, dataset, store: FeatureStore, gallery: list[str], *,
-                     indices=None, remove_reference: bool, top_k: int | None = None, device="cpu") -> np.ndarray:
+                     indices=None, remove_reference: bool, top_k: int | None = None, device="cpu",
+                     query_emb: torch.Tensor | None = None) -> np.ndarray:
     """Stage-1 ranking of `gallery` for the queries `indices` (default all): (N, K) names, best
-    first (facts §9.1). CIRR removes each query's reference from its list; Fashion-IQ keeps it."""
+    first (facts §9.1). CIRR removes each query's reference from its list; Fashion-IQ keeps it.
+    Pass `query_emb` when the queries are already encoded."""
     indices = range(len(dataset.queries)) if indices is None else indices
     feats = store[gallery]
     gallery_emb = torch.cat([model.gallery_embed(feats[i:i + 256].to(device)).cpu() for i in range(0, len(feats), 256)])
-    query_emb = embed_queries(model, dataset, store, indices, device=device)
+    if query_emb is None:
+        query_emb = embed_queries(model, dataset, store, indices, device=device)
     refs = [dataset.queries[i]["reference"] for i in indices]
     return rank_gallery(query_emb, gallery_emb, gallery, refs, remove_reference=remove_reference, top_k=top_k)
 

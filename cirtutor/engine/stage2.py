@@ -20,6 +20,7 @@ import torch
 from cirtutor.config import Stage2Config
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.optim import cosine_lr, make_optimizer, optimise, set_lr
+from cirtutor.engine.stage1 import batch_order as stage1_batch_order
 from cirtutor.engine.stage1 import encode_queries, rank_with_filter
 from cirtutor.evaluation import (cirr_summary, labels_from_ranking, rerank_labels_for_ks, subset_ranking,
                                  subset_ranking_by_scores)
@@ -63,9 +64,7 @@ def batch_order(queries: list[dict], batch_size: int, composition: str, generato
     at random — still the paper's B x B loss, with negatives that look like a top-K list."""
     n = len(queries)
     if composition == "random":
-        order = torch.randperm(n, generator=generator).tolist()
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield order[start:start + batch_size]
+        yield from stage1_batch_order(queries, batch_size, "random", generator)
         return
     if composition != "hard" or pools is None:
         raise ValueError(f"stage2.batch_composition={composition!r}: expected 'random', or 'hard' with filter pools")
@@ -154,7 +153,8 @@ def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker,
     if dataset.dataset_name != "CIRR":
         raise NotImplementedError("re-ranked evaluation is implemented for the CIRR format first")
     query_emb, z_ts = encode_queries(filter_model, dataset, store, device=device)
-    ranked = rank_with_filter(filter_model, dataset, store, dataset.gallery, remove_reference=True, device=device)
+    ranked = rank_with_filter(filter_model, dataset, store, dataset.gallery, remove_reference=True, device=device,
+                              query_emb=query_emb)
     targets = [q["target"] for q in dataset.queries]
     labels = labels_from_ranking(ranked, targets)                      # (N, M-1)
     subsets = [q["subset"] for q in dataset.queries]
