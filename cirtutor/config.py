@@ -57,6 +57,8 @@ class ModelConfig:
     spatial_grid: int = 6           # ref_cls_spatial: reference patch grid pooled to grid x grid
     merge: str = "paper"            # "paper": average in the first half of the layers, concat+Linear after; "full_mlp": concat+Linear everywhere
     dual_ffn: bool = False          # True: a feed-forward per stream instead of one shared
+    merge_init: str = "bert"        # new merge layers: "bert" N(0, 0.02) as the paper's; "average": [I/2, I/2], so
+                                    # they start as the first half's averaging (a tiny-mode option)
 
 
 @dataclass
@@ -67,9 +69,16 @@ class Stage1Config:
     lr: float = 2e-5                # AdamW, betas (0.9, 0.999), eps 1e-8
     weight_decay: float = 0.05      # on every trainable tensor, biases, LayerNorms and temp included
     schedule: str = "epoch"         # cosine to 0 set once per epoch as the authors do; "step": per optimisation step
+    horizon: int | None = None      # cosine horizon in epochs; None = epochs (paper). Authors' scripts: FIQ 20 run 20,
+                                    # CIRR horizon 10 run 40 (the lr climbs again past it; facts §8.2, quirk 11)
+    grad_accum: int = 1             # batches summed per optimisation step (smaller GPUs; negatives stay per batch)
+    checkpoint_every: int = 0       # steps between mid-epoch checkpoints (0: at epoch ends only)
+    validate_every: int = 1         # epochs between validations (0: none until the end); the authors validate every epoch
+    select: str = "best"            # checkpoint evaluated at the end: "best" on validation (authors) | "last"
     batch_composition: str = "random"  # "random" (paper) | "reference_groups": batches of whole same-reference groups
     init_temp: float | None = None  # None: keep the checkpoint's temperature (paper); a value resets it first
-    amp: bool = True                # fp16 autocast + GradScaler on CUDA; ignored on CPU
+    amp: bool = True                # fp16 autocast + GradScaler on CUDA (the paper's AMP)
+    cpu_bf16: bool = False          # bf16 autocast on CPU (a tiny-mode speed option; the frozen parts stay fp32)
     eval_batch_size: int = 32       # queries per evaluation batch (facts §11, quirk 14)
 
 
@@ -81,6 +90,11 @@ class Stage2Config:
     lr: float = 2e-5
     weight_decay: float = 0.05
     schedule: str = "epoch"         # cosine set once per epoch (authors) | "step"
+    horizon: int | None = None      # cosine horizon in epochs; None = epochs (paper). Authors' CIRR script: 80 run 100
+    grad_accum: int = 1             # batches summed per optimisation step
+    checkpoint_every: int = 0       # steps between mid-epoch checkpoints (0: at epoch ends only)
+    validate_every: int = 1         # epochs between validations (0: none until the end)
+    select: str = "best"            # "best" on validation (authors) | "last"
     head_lr_mult: float = 1.0       # learning-rate factor for the new parts (merge layers, cls_head)
     batch_composition: str = "random"  # "random" (paper) | "hard": a seed query, its same-reference edits and
                                     # queries whose targets are in the seed's filter top-`hard_pool`
@@ -88,6 +102,11 @@ class Stage2Config:
     k: int = 50                     # K re-ranked at evaluation (paper: 100 Fashion-IQ, 50 CIRR)
     eval_ks: tuple = (10, 20, 50, 100)  # K values evaluated from one scoring pass over max(eval_ks)
     eval_batch_size: int = 8        # queries per scoring forward (x K candidates each)
+    amp: bool = True                # fp16 autocast + GradScaler on CUDA (the paper's AMP)
+    cpu_bf16: bool = False          # bf16 autocast on CPU (a tiny-mode speed option)
+    share_kv: bool = True           # B x B: candidate keys/values once per target, not per pair (exact)
+    z_t: str = "cached"             # "cached": z_t computed once per query, filter in eval mode (the paper: pre-computable);
+                                    # "recompute": every step with the filter in train mode, dropout on (authors, quirk 1)
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {

@@ -71,9 +71,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = No
     return atomic_write_text(path, json.dumps(obj, indent=indent) + ("\n" if indent else ""))
 
 
+def _looks_like_torch_save(path) -> bool:
+    """torch.save writes a zip archive (or, in the legacy format, a pickle starting with 0x80)."""
+    import zipfile
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return True  # let torch.load report the OS error
+    return zipfile.is_zipfile(path) or head[:1] == b"\x80"
+
+
 def torch_load(path: str | os.PathLike, trust: bool = False, allowed: tuple = (), error: type = CirtutorError):
     """`torch.load` with weights_only=True (plus the `allowed` globals); a file that needs full
     unpickling is refused with `error`, unless the user trusts its origin (trust=True)."""
+    if not _looks_like_torch_save(path):
+        raise error(f"{path} is not a torch.save file (neither a zip archive nor a pickle): "
+                    "was it truncated or overwritten? Re-create or re-download it")
     try:
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(path, map_location="cpu", weights_only=True)

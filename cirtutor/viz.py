@@ -106,3 +106,122 @@ def show_preprocessing(img: Image.Image, resolution: int = 64):
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- report figures
+# Drawn by cirtutor.report.write_report from the pipeline's `results` dict; each returns a Figure.
+
+def _k_of(key) -> int:
+    """'K=20', '20' or 20 -> 20 (the results dict keys R_K by 'K=…' and timings by str(K))."""
+    return int(str(key).split("=")[-1])
+
+
+def plot_coverage_vs_k(coverage: dict):
+    """GT coverage of the stage-1 top-K vs K (facts §9.4): the ceiling on any re-ranker's R@K′ ≥ K,
+    which is why R_K's R@50 drops below F's when K < 50 (paper Table 6 note)."""
+    ks = sorted(coverage, key=_k_of)
+    x, y = [_k_of(k) for k in ks], [coverage[k] for k in ks]  # (n,), (n,)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(x, y, "o-", color="C0")
+    for xi, yi in zip(x, y):
+        ax.annotate(f"{yi:.1f}", (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set(xlabel="K (size of the stage-1 candidate list, log scale)", ylabel="queries with the target in top-K (%)",
+           ylim=(0, 105), title="Ground-truth coverage of the filter's top-K")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_recall_vs_k(filter_metrics: dict, rerank_by_k: dict, metric_keys: Sequence[str]):
+    """Each recall metric of R_K vs K as a line, F's value as a dashed line of the same colour
+    (paper Tables 5/6 drawn as a figure). `rerank_by_k` maps 'K=…' (or K) to a flat metrics dict."""
+    ks = sorted(rerank_by_k, key=_k_of)
+    x = [_k_of(k) for k in ks]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, key in enumerate(metric_keys):
+        ax.plot(x, [rerank_by_k[k][key] for k in ks], "o-", color=f"C{i}", label=f"{key} (R_K)")
+        ax.axhline(filter_metrics[key], color=f"C{i}", ls="--", lw=1, alpha=0.8)
+    ax.plot([], [], "k--", lw=1, label="F (stage 1), same colour")
+    ax.set(xlabel="K (candidates re-ranked)", ylabel="recall (%)", title="Recall of the re-ranker R_K vs K; F dashed")
+    ax.set_xticks(x)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def plot_time_vs_k(timing: dict):
+    """Per-query inference time vs K (paper Fig. 7): R_K as a line, F as a horizontal line; the
+    fixed overheads (model loading, gallery features, z_t) are not per query and go in the title."""
+    per_k = timing["per_query_s"]
+    ks = sorted(per_k, key=_k_of)
+    x = [_k_of(k) for k in ks]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(x, [per_k[k] for k in ks], "o-", color="C1", label="F + R_K (re-rank top-K)")
+    if timing.get("filter_per_query_s") is not None:
+        ax.axhline(timing["filter_per_query_s"], color="C0", ls="--", label="F (filter only)")
+    fixed = ", ".join(f"{name} {s:.1f} s" for name, s in timing.get("fixed_s", {}).items())
+    ax.set(xlabel="K (candidates re-ranked)", ylabel="time per query (s)", ylim=(0, None),
+           title="Inference time per query vs K" + (f"\nfixed, once per run: {fixed}" if fixed else ""))
+    ax.set_xticks(x)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rank_shift(shift: dict):
+    """Paper Fig. 8: top, the mean shift Δ_i = i − mean(re-ranked index) of the queries first
+    ranked at 0-based index i, drawn at x = i + 1 (up = moved toward the top); bottom, how many
+    queries had their target at each initial index, on a symlog axis."""
+    x = np.asarray(shift["initial"]) + 1                              # (K,)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    top.bar(x, shift["mean_shift"], width=0.9, color="C2")
+    top.axhline(0, color="black", lw=0.8)
+    top.set(ylabel="mean shift Δ (positions)", title="Where re-ranking moves the target, by its initial rank")
+    bottom.bar(x, shift["count"], width=0.9, color="C7")
+    bottom.set_yscale("symlog")
+    bottom.set(xlabel="initial rank of the target in the filter's list (1 = top)", ylabel="queries")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def _show_image(ax, path, title: str, framed: bool = False):
+    """`_show` for a file path instead of a dataset name (the qualitative items carry paths)."""
+    ax.imshow(load_image(path).convert("RGB"))
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    if framed:
+        h, w = ax.get_images()[0].get_array().shape[:2]
+        ax.add_patch(Rectangle((0, 0), w - 1, h - 1, fill=False, ec=TARGET_COLOR, lw=4))
+
+
+def plot_qualitative(qualitative: Sequence[dict], width: int = 22):
+    """One row per query (paper Figs. 4–6 style): the reference with its text, the filter's top
+    candidates (F #1…), then the same list after re-ranking (R #1…); the target framed in green.
+
+    Each item: {"reference": path, "caption": str, "target": name,
+                "filtered": [(name, path), ...], "reranked": [(name, path), ...]}."""
+    n_f = max(len(q["filtered"]) for q in qualitative)
+    n_r = max(len(q["reranked"]) for q in qualitative)
+    n_cols = 1 + n_f + n_r
+    fig, axes = plt.subplots(len(qualitative), n_cols, figsize=(1.5 * n_cols, 1.9 * len(qualitative)), squeeze=False)
+    for r, q in enumerate(qualitative):
+        _show_image(axes[r, 0], q["reference"], "reference")
+        axes[r, 0].set_ylabel("\n".join(textwrap.wrap(q["caption"], width)), fontsize=8, rotation=0,
+                              ha="right", va="center", labelpad=10)
+        for offset, tag, items, n in ((1, "F", q["filtered"], n_f), (1 + n_f, "R", q["reranked"], n_r)):
+            for c in range(n):
+                ax = axes[r, offset + c]
+                if c >= len(items):
+                    ax.axis("off")
+                    continue
+                name, path = items[c]
+                _show_image(ax, path, f"{tag} #{c + 1}", framed=name == q["target"])
+    fig.suptitle("Reference + text | filter's top candidates (F) | after re-ranking (R); target framed in green",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -63,12 +63,12 @@ def test_feature_store_round_trip_and_errors(tmp_path):
 def test_training_lowers_the_loss_and_is_seeded(tiny):
     cfg = tiny()
     model, train, val, store_train, store_val = setup(cfg)
-    history = train_stage1(model, train, store_train, cfg.stage1, log=lambda _: None)
+    history = train_stage1(model, train, store_train, cfg.stage1, log=lambda _: None).train
     per_epoch = [sum(h["loss"] for h in history if h["epoch"] == e) for e in range(cfg.stage1.epochs)]
     assert per_epoch[-1] < per_epoch[0]
     assert all(p.grad is None for p in model.visual_encoder.parameters())
     model2, *_ = setup(cfg)
-    assert train_stage1(model2, train, store_train, cfg.stage1, log=lambda _: None) == history
+    assert train_stage1(model2, train, store_train, cfg.stage1, log=lambda _: None).train == history
     metrics = evaluate_filter(model, val, store_val)
     assert set(metrics) == {"R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "avg"}
     assert all(0 <= v <= 100 for v in metrics.values()) and metrics["R@50"] >= metrics["R@10"] >= metrics["R@1"]

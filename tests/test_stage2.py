@@ -71,7 +71,7 @@ def test_training_runs_seeded_with_hard_batches(world):
     for _ in range(2):
         torch.manual_seed(0)
         model = DualEncoderReranker(cfg.model)
-        runs.append(train_stage2(model, train, z_ts, st, cfg.stage2, pools=pools, log=lambda _: None))
+        runs.append(train_stage2(model, train, z_ts, st, cfg.stage2, pools=pools, log=lambda _: None).train)
     assert runs[0] == runs[1] and len(runs[0]) == cfg.stage2.epochs * (len(train.queries) // 6)
     assert all(np.isfinite(h["loss"]) for h in runs[0])
 

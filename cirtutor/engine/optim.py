@@ -29,7 +29,27 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group["lr_mult"]
 
 
-def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def autocast(device: str | torch.device, amp: bool, cpu_bf16: bool):
+    """Mixed precision around the trainable forward and the loss (facts §8.1): fp16 on CUDA when
+    `amp` (the paper's AMP), bf16 on CPU when `cpu_bf16` (a tiny-mode speed option), else fp32."""
+    kind = torch.device(device).type
+    enabled = amp if kind == "cuda" else cpu_bf16 and kind == "cpu"
+    return torch.autocast(kind, dtype=torch.float16 if kind == "cuda" else torch.bfloat16, enabled=enabled)
+
+
+def grad_scaler(device: str | torch.device, amp: bool) -> torch.amp.GradScaler:
+    """The paper's GradScaler (defaults) for fp16 on CUDA; a disabled no-op elsewhere."""
+    kind = torch.device(device).type
+    return torch.amp.GradScaler(kind, enabled=amp and kind == "cuda")
+
+
+def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler: torch.amp.GradScaler | None = None) -> None:
+    """One update: zero, (scaled) backward, step. No gradient clipping (facts §8.1)."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None or not scaler.is_enabled():
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()

@@ -14,7 +14,8 @@ import torch
 
 from cirtutor.config import Stage1Config
 from cirtutor.engine.features import FeatureStore
-from cirtutor.engine.optim import cosine_lr, make_optimizer, optimise, set_lr
+from cirtutor.engine.loop import History, Schedule, distribute, fit
+from cirtutor.engine.optim import make_optimizer
 from cirtutor.evaluation import cirr_summary, fashioniq_summary, labels_from_ranking, rank_gallery, subset_ranking
 from cirtutor.models import CandidateFilter, tokenize
 
@@ -39,44 +40,52 @@ def batch_order(queries: list[dict], batch_size: int, composition: str, generato
         yield order[start:start + batch_size]
 
 
-def stage1_step(model: CandidateFilter, queries, texts: list[str], store: FeatureStore, device) -> torch.Tensor:
-    """Eq. 1 for one batch of query records (reference/target names) and their texts."""
-    ids, mask = tokenize(texts, device)
-    ref_feats = store[[q["reference"] for q in queries]].to(device)      # (B, L_v, d_v)
-    target_feats = store[[q["target"] for q in queries]].to(device)      # (B, L_v, d_v)
-    query_emb, _ = model(ids, mask, ref_feats)                           # (B, e)
-    target_emb = model.gallery_embed(target_feats)                       # (B, e), frozen vision_proj
-    return model.loss(query_emb, target_emb)
+class FilterObjective(torch.nn.Module):
+    """Eq. 1 as a module, so the loop (and DDP) can call it: one batch's tensors -> loss."""
+
+    def __init__(self, model: CandidateFilter):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, mask, ref_feats, target_feats) -> torch.Tensor:
+        """ids, mask (B, L_w); reference and target image tokens (B, L_v, d_v) -> scalar loss."""
+        query_emb, _ = self.model(ids, mask, ref_feats)                   # (B, e)
+        target_emb = self.model.gallery_embed(target_feats)               # (B, e), frozen vision_proj
+        return self.model.loss(query_emb.float(), target_emb.float())
+
+
+def stage1_inputs(train_set, store: FeatureStore, device):
+    """`inputs(batch, epoch)` for the loop: tokens and cached image tokens of a batch of queries."""
+    def inputs(batch, epoch):
+        if hasattr(train_set, "set_epoch"):                                # Fashion-IQ: caption composition per epoch
+            train_set.set_epoch(epoch)
+        ids, mask = tokenize([train_set.query_text(i) for i in batch], device)
+        queries = [train_set.queries[i] for i in batch]
+        ref_feats = store[[q["reference"] for q in queries]].to(device)     # (B, L_v, d_v)
+        target_feats = store[[q["target"] for q in queries]].to(device)    # (B, L_v, d_v)
+        return ids, mask, ref_feats, target_feats
+    return inputs
 
 
 def train_stage1(model: CandidateFilter, train_set, store: FeatureStore, cfg: Stage1Config, *, seed: int = 0,
                  device: str | torch.device = "cpu", log: Callable[[str], None] = print, log_every: int = 50,
-                 on_epoch_end: Callable[[int], None] | None = None) -> list[dict]:
-    """Train `model` on a queries-mode dataset (Fashion-IQ or CIRR); returns the loss history."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    if cfg.init_temp is not None:
+                 on_epoch_end: Callable[[int], dict | None] | None = None, checkpoint=None, resume: bool = False,
+                 meta: dict | None = None, stop_after: int | None = None, progress: bool | None = None) -> History:
+    """Train `model` on a queries-mode dataset (Fashion-IQ or CIRR) with the shared loop
+    (`cirtutor.engine.loop.fit`): checkpoints every `cfg.checkpoint_every` steps and at each
+    epoch's end to `checkpoint`, exact `resume`, DDP under torchrun. Returns the history."""
+    if cfg.init_temp is not None and not resume:
         with torch.no_grad():
             model.temp.fill_(cfg.init_temp)
+    model.to(device)
+    objective = distribute(FilterObjective(model), device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    steps_per_epoch = len(train_set.queries) // cfg.batch_size
-    total, step, history = cfg.epochs * steps_per_epoch, 0, []
-    model.to(device).train()
-    for epoch in range(cfg.epochs):
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
-        for batch in batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, generator):
-            set_lr(optimizer, cosine_lr(cfg.lr, epoch / cfg.epochs if cfg.schedule == "epoch" else step / total))
-            loss = stage1_step(model, [train_set.queries[i] for i in batch], [train_set.query_text(i) for i in batch],
-                               store, device)
-            optimise(optimizer, loss)
-            step += 1
-            history.append({"step": step, "epoch": epoch, "loss": loss.item(), "temp": model.temp.item()})
-            if step % log_every == 0:
-                log(f"stage 1 step {step}/{total}  loss {loss.item():.3f}  temp {model.temp.item():.4f}")
-        if on_epoch_end:
-            on_epoch_end(epoch)
-    return history
+    batches = lambda gen: batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, gen)
+    return fit(objective, optimizer, Schedule(cfg.epochs, cfg.lr, cfg.schedule, cfg.horizon), batches,
+               stage1_inputs(train_set, store, device), seed=seed, device=device, amp=cfg.amp,
+               cpu_bf16=cfg.cpu_bf16, grad_accum=cfg.grad_accum, checkpoint=checkpoint,
+               checkpoint_every=cfg.checkpoint_every, resume=resume, meta=meta, on_epoch_end=on_epoch_end, log=log,
+               log_every=log_every, desc="stage 1", progress=progress, stop_after=stop_after)
 
 
 @torch.no_grad()

@@ -19,7 +19,8 @@ import torch
 
 from cirtutor.config import Stage2Config
 from cirtutor.engine.features import FeatureStore
-from cirtutor.engine.optim import cosine_lr, make_optimizer, optimise, set_lr
+from cirtutor.engine.loop import History, distribute, fit, Schedule
+from cirtutor.engine.optim import make_optimizer
 from cirtutor.engine.stage1 import batch_order as stage1_batch_order
 from cirtutor.engine.stage1 import encode_queries, rank_with_filter
 from cirtutor.evaluation import (cirr_summary, labels_from_ranking, rerank_labels_for_ks, subset_ranking,
@@ -98,35 +99,63 @@ def make_stage2_optimizer(model: DualEncoderReranker, cfg: Stage2Config) -> torc
     return make_optimizer(model, cfg.lr, cfg.weight_decay, boosted=is_new_part, boost=cfg.head_lr_mult)
 
 
-def stage2_step(model: DualEncoderReranker, train_set, batch: list[int], z_ts, store: FeatureStore, device) -> torch.Tensor:
-    """Eq. 2 for one batch: B x B logits in one forward, cross-entropy against the diagonal."""
-    ids, mask, z_t = query_inputs(train_set, batch, z_ts, device)
-    queries = [train_set.queries[i] for i in batch]
-    targets = store[[q["target"] for q in queries]].to(device)            # (B, L_v, d_v)
-    refs = store[[q["reference"] for q in queries]].to(device) if model.cfg.zt_input != "z_t" else None
-    return model.loss(model.bxb_logits(ids, mask, z_t, targets, refs))
+class BxBObjective(torch.nn.Module):
+    """Eq. 2 as a module, so the loop (and DDP) can call it: one batch's tensors -> loss."""
+
+    def __init__(self, model: DualEncoderReranker, share_kv: bool = True):
+        super().__init__()
+        self.model, self.share_kv = model, share_kv
+
+    def forward(self, ids, mask, z_t, targets, refs=None) -> torch.Tensor:
+        """ids, mask (B, L_w), z_t (B, L_w, d), target tokens (B, L_v, d_v) -> scalar loss."""
+        logits = self.model.bxb_logits(ids, mask, z_t, targets, refs, share_kv=self.share_kv)  # (B, B)
+        return self.model.loss(logits.float())
 
 
-def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor], store: FeatureStore,
-                 cfg: Stage2Config, *, pools=None, seed: int = 0, device="cpu", log: Callable[[str], None] = print,
-                 log_every: int = 50) -> list[dict]:
-    """Train the re-ranker on a queries-mode dataset with cached z_t; returns the loss history."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_ts, device,
+                  filter_model: CandidateFilter | None = None):
+    """`inputs(batch, epoch)` for the loop. With `filter_model`, z_t is recomputed for every
+    batch with the filter in train mode (dropout on, no gradient), as the authors' script
+    does (facts §8.3, quirk 1); otherwise it is read from the cache `z_ts`."""
+    def inputs(batch, epoch):
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        queries = [train_set.queries[i] for i in batch]
+        targets = store[[q["target"] for q in queries]].to(device)            # (B, L_v, d_v)
+        refs = store[[q["reference"] for q in queries]].to(device) if model.cfg.zt_input != "z_t" else None
+        if filter_model is None:
+            ids, mask, z_t = query_inputs(train_set, batch, z_ts, device)
+        else:
+            ids, mask = tokenize([train_set.query_text(i) for i in batch], device)
+            with torch.no_grad():
+                ref_feats = refs if refs is not None else store[[q["reference"] for q in queries]].to(device)
+                z_t = filter_model.train()(ids, mask, ref_feats)[1]         # (B, L_w, d), dropout on
+        return ids, mask, z_t, targets, refs
+    return inputs
+
+
+def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor] | None, store: FeatureStore,
+                 cfg: Stage2Config, *, pools=None, seed: int = 0, device="cpu", filter_model: CandidateFilter | None = None,
+                 log: Callable[[str], None] = print, log_every: int = 50,
+                 on_epoch_end: Callable[[int], dict | None] | None = None, checkpoint=None, resume: bool = False,
+                 meta: dict | None = None, stop_after: int | None = None, progress: bool | None = None) -> History:
+    """Train the re-ranker on a queries-mode dataset with the shared loop (checkpoints, exact
+    resume, DDP). z_t comes from the cache `z_ts` (cfg.z_t="cached"), or is recomputed every
+    step by `filter_model` in train mode (cfg.z_t="recompute"). Returns the history."""
+    if cfg.z_t == "recompute" and filter_model is None:
+        raise ValueError("stage2.z_t='recompute' needs the trained filter (filter_model)")
+    if cfg.z_t not in ("cached", "recompute"):
+        raise ValueError(f"stage2.z_t={cfg.z_t!r}; expected 'cached' or 'recompute'")
+    model.to(device)
+    objective = distribute(BxBObjective(model, cfg.share_kv), device)
     optimizer = make_stage2_optimizer(model, cfg)
-    steps_per_epoch = len(train_set.queries) // cfg.batch_size
-    total, step, history = cfg.epochs * steps_per_epoch, 0, []
-    model.to(device).train()
-    for epoch in range(cfg.epochs):
-        for batch in batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, generator, pools):
-            set_lr(optimizer, cosine_lr(cfg.lr, epoch / cfg.epochs if cfg.schedule == "epoch" else step / total))
-            loss = stage2_step(model, train_set, batch, z_ts, store, device)
-            optimise(optimizer, loss)
-            step += 1
-            history.append({"step": step, "epoch": epoch, "loss": loss.item()})
-            if step % log_every == 0:
-                log(f"stage 2 step {step}/{total}  loss {loss.item():.3f}")
-    return history
+    batches = lambda gen: list(batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, gen, pools))
+    inputs = stage2_inputs(model, train_set, store, z_ts, device, filter_model if cfg.z_t == "recompute" else None)
+    return fit(objective, optimizer, Schedule(cfg.epochs, cfg.lr, cfg.schedule, cfg.horizon), batches, inputs,
+               seed=seed, device=device, amp=cfg.amp, cpu_bf16=cfg.cpu_bf16, grad_accum=cfg.grad_accum,
+               checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, resume=resume, meta=meta,
+               on_epoch_end=on_epoch_end, log=log, log_every=log_every, desc="stage 2", progress=progress,
+               stop_after=stop_after)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -42,6 +42,7 @@ from cirtutor.models.backbones import build_vision_encoder, frozen_image_tokens,
 STREAMS = ("both", "z_t", "text")
 ZT_INPUTS = ("z_t", "ref_cls", "ref_cls_spatial")
 MERGES = ("paper", "full_mlp")
+MERGE_INITS = ("bert", "average")
 
 
 class Attention(nn.Module):
@@ -57,11 +58,26 @@ class Attention(nn.Module):
     def split(self, x: torch.Tensor) -> torch.Tensor:  # (P, L, d) -> (P, heads, L, d / heads)
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (P, L, d) attends `context` (P, L_c, d_c); mask (P, 1, 1, L_c) bool, True = attend."""
-        q, k, v = self.split(self.query(x)), self.split(self.key(context)), self.split(self.value(context))
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None,
+                grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """x (P, L, d) attends `context` (P, L_c, d_c); mask (P, 1, 1, L_c) bool, True = attend.
+
+        With `grid=(n_q, n_c)` the P = n_q * n_c pairs form a grid (row i * n_c + j = query i,
+        candidate j) and `context` holds the n_c candidates once, (n_c, L_c, d_c): keys and
+        values are computed once per candidate instead of once per pair, and every query's
+        tokens attend a candidate in one SDPA call (tokens attend independently, so folding
+        the queries into the length axis is exact). Unmasked context only."""
+        q = self.query(x)
+        if grid is not None:
+            n_q, n_c = grid
+            L = q.shape[1]
+            q = q.view(n_q, n_c, L, -1).transpose(0, 1).flatten(1, 2)       # (n_c, n_q * L, d)
+        q, k, v = self.split(q), self.split(self.key(context)), self.split(self.value(context))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return out.transpose(1, 2).flatten(-2)  # (P, L, d)
+        out = out.transpose(1, 2).flatten(-2)                                # (P, L, d) or (n_c, n_q * L, d)
+        if grid is not None:
+            out = out.view(n_c, n_q, L, -1).transpose(0, 1).flatten(0, 1)   # (P, L, d), pair order restored
+        return out
 
 
 class DualOutput(nn.Module):
@@ -111,9 +127,9 @@ class DualAttention(nn.Module):
             self.self1 = Attention(d, h, kv_width, p)
         self.output = DualOutput(d, cfg.text_eps, p, cfg.streams, merge_layer)
 
-    def forward(self, A, B, ctx_A, ctx_B, mask_A, mask_B, merge: bool):
-        a = self.self0(A, ctx_A, mask_A) if A is not None else None
-        b = self.self1(B, ctx_B, mask_B) if B is not None else None
+    def forward(self, A, B, ctx_A, ctx_B, mask_A, mask_B, merge: bool, grid=None):
+        a = self.self0(A, ctx_A, mask_A, grid) if A is not None else None
+        b = self.self1(B, ctx_B, mask_B, grid) if B is not None else None
         return self.output(a, b, A, B, merge)
 
 
@@ -138,10 +154,11 @@ class DualEncoderLayer(nn.Module):
             return self.output1(self.intermediate1(x), x)
         return self.output(self.intermediate(x), x)
 
-    def forward(self, A, B, V, mask_A, mask_B):
-        """A (P, L_A, d), B (P, L_B, d), candidate tokens V (P, L_v, d_v) -> new (A, B)."""
+    def forward(self, A, B, V, mask_A, mask_B, grid=None):
+        """A (P, L_A, d), B (P, L_B, d), candidate tokens V (P, L_v, d_v) -> new (A, B).
+        With `grid=(n_q, n_c)`, V is (n_c, L_v, d_v): each candidate once (see `Attention`)."""
         A, B = self.attention(A, B, A, B, mask_A, mask_B, merge=False)
-        A, B = self.crossattention(A, B, V, V, None, None, merge=True)
+        A, B = self.crossattention(A, B, V, V, None, None, merge=True, grid=grid)
         A = self.feed_forward(A, "A") if A is not None else None
         B = self.feed_forward(B, "B") if B is not None else None
         return A, B
@@ -157,13 +174,13 @@ class DualEncoder(nn.Module):
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(DualEncoderLayer(cfg, i) for i in range(cfg.text_layers))
 
-    def forward(self, A, input_ids, mask_A, text_mask, V):
+    def forward(self, A, input_ids, mask_A, text_mask, V, grid=None):
         """-> final (A, B) hidden sequences (either None when its stream is ablated)."""
         B = self.embeddings(input_ids=input_ids) if hasattr(self, "embeddings") else None
         mask_A = mask_A[:, None, None, :].bool() if A is not None else None  # (P, 1, 1, L_A)
         mask_B = text_mask[:, None, None, :].bool()
         for layer in self.encoder.layer:
-            A, B = layer(A, B, V, mask_A, mask_B)
+            A, B = layer(A, B, V, mask_A, mask_B, grid)
         return A, B
 
 
@@ -189,7 +206,7 @@ class DualEncoderReranker(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         for value, allowed, name in ((cfg.streams, STREAMS, "streams"), (cfg.zt_input, ZT_INPUTS, "zt_input"),
-                                     (cfg.merge, MERGES, "merge")):
+                                     (cfg.merge, MERGES, "merge"), (cfg.merge_init, MERGE_INITS, "merge_init")):
             if value not in allowed:
                 raise ValueError(f"model.{name}={value!r}; expected one of {allowed}")
         if cfg.zt_input != "z_t" and cfg.vision_width != cfg.text_width:
@@ -199,9 +216,21 @@ class DualEncoderReranker(nn.Module):
         self.visual_encoder.requires_grad_(False)
         self.text_encoder = DualEncoder(cfg)
         bert_init(self.text_encoder)
+        if cfg.merge_init == "average":
+            self.init_merge_as_average()
         n_cls = 2 if cfg.streams == "both" else 1
         self.cls_head = nn.Sequential(nn.Linear(n_cls * cfg.text_width, cfg.text_width), nn.ReLU(),
                                       nn.Linear(cfg.text_width, 2))  # PyTorch's default init, as the authors'
+
+    @torch.no_grad()
+    def init_merge_as_average(self) -> None:
+        """merge_layer = [I/2 | I/2], bias 0: the concat+Linear merge starts as the average of the
+        two updates (the first half's merge) instead of a random mix (tiny-mode option)."""
+        for name, m in self.named_modules():
+            if name.endswith("merge_layer"):
+                d = m.out_features
+                m.weight.copy_(torch.cat([torch.eye(d), torch.eye(d)], dim=1) / 2)
+                m.bias.zero_()
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> image tokens (B, L_v, d_v) from the frozen ViT."""
@@ -223,10 +252,11 @@ class DualEncoderReranker(nn.Module):
             tokens = torch.cat([tokens, pooled], dim=1)        # (P, 1 + g*g, d)
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
 
-    def forward(self, input_ids, text_mask, z_t, cand_feats, ref_feats=None) -> torch.Tensor:
-        """Aligned pairs -> scores (P,) = column 0 of the head."""
+    def forward(self, input_ids, text_mask, z_t, cand_feats, ref_feats=None, grid=None) -> torch.Tensor:
+        """Aligned pairs -> scores (P,) = column 0 of the head. With `grid=(n_q, n_c)` the pairs
+        are every query x every candidate and `cand_feats` holds each candidate once (n_c, L_v, d_v)."""
         A, mask_A = self.zt_stream_input(z_t, text_mask, ref_feats)
-        A, B = self.text_encoder(A, input_ids, mask_A, text_mask, cand_feats)
+        A, B = self.text_encoder(A, input_ids, mask_A, text_mask, cand_feats, grid)
         cls = torch.cat([h[:, 0] for h in (A, B) if h is not None], dim=-1)  # [CLS]_A first, then [CLS]_B
         return self.cls_head(cls)[:, 0]
 
@@ -237,11 +267,18 @@ class DualEncoderReranker(nn.Module):
         scores = self(rep(input_ids), rep(text_mask), rep(z_t), cand_feats.flatten(0, 1), rep(ref_feats))
         return scores.view(Bq, K)
 
-    def bxb_logits(self, input_ids, text_mask, z_t, target_feats, ref_feats=None) -> torch.Tensor:
-        """Training logits (B, B): row i = query i against every target j of the batch, one forward."""
-        Bq = len(input_ids)
-        cand = target_feats[None].expand(Bq, *target_feats.shape)  # (B, B, L_v, d_v): row i holds all targets
-        return self.score_candidates(input_ids, text_mask, z_t, cand, ref_feats)
+    def bxb_logits(self, input_ids, text_mask, z_t, target_feats, ref_feats=None, share_kv: bool = True) -> torch.Tensor:
+        """Training logits (B, B): row i = query i against every target j of the batch, one forward.
+
+        `share_kv` (default) computes each target's cross-attention keys/values once for all B
+        queries (exact; B x fewer K/V projections); False expands the targets to B x B pairs."""
+        Bq, Bt = len(input_ids), len(target_feats)
+        if not share_kv:
+            cand = target_feats[None].expand(Bq, *target_feats.shape)  # (B, B, L_v, d_v): row i holds all targets
+            return self.score_candidates(input_ids, text_mask, z_t, cand, ref_feats)
+        rep = lambda x: None if x is None else x.repeat_interleave(Bt, dim=0)  # query i -> rows i*B .. i*B+B-1
+        scores = self(rep(input_ids), rep(text_mask), rep(z_t), target_feats, rep(ref_feats), grid=(Bq, Bt))
+        return scores.view(Bq, Bt)
 
     @staticmethod
     def loss(logits: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,304 @@
+"""The run report: report.md, metrics.json and figures/ from the pipeline's `results` dict.
+
+Every number printed comes from `results` (nothing is typed in here); the tables follow the
+paper's layouts so a reader can hold them side by side with the paper:
+
+    main table       F and R_K for each K      Table 6 (CIRR val) / Table 5 (Fashion-IQ val)
+    ablations        variants at the main K    Table 4 (CIRR) / Table 3 (Fashion-IQ)
+    seeds            mean ± std over seeds     (not in the paper: how much a number moves by chance)
+    GT coverage      stage-1 top-K coverage    facts §9.4 (the ceiling on R@K′ ≥ K)
+    rank analysis    mean rank of the target   Table 7, Fig. 8
+    timing           seconds per query vs K    Fig. 7
+
+    write_report(results, out_dir, qualitative=None) -> out_dir/report.md
+"""
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+
+if "ipykernel" not in sys.modules:  # scripts and tests draw to files only; a notebook keeps its inline backend
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cirtutor import viz  # noqa: E402
+from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+
+CIRR_KEYS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "avg")  # Table 6 columns, avg = (R@5 + Rs@1) / 2
+FIQ_CATEGORIES = ("dress", "shirt", "toptee")                             # the paper's column order (Table 5)
+CIRR_ABLATION_KEYS = ("R@1", "R@5", "Rs@1", "avg")                        # Table 4 columns
+FIQ_ABLATION_KEYS = ("R@10", "R@50", "avg")                               # Table 3 columns
+CIRR_SEED_KEYS = ("R@1", "R@5", "R@10", "Rs@1")                           # the seed table's columns
+FIQ_SEED_KEYS = ("R@10", "R@50", "avg")
+CIRR_CURVE_KEYS = ("R@1", "R@5", "R@10", "R@50", "Rs@1")                  # lines of the recall-vs-K figure
+FIQ_CURVE_KEYS = ("R@10", "R@50", "avg")
+SEED_DDOF = 0  # the seed table shows the sample standard deviation (numpy ddof=1)
+SUBSAMPLE_WARNING = "**These numbers come from a subsample"  # the bold warning starts with this
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def is_fashioniq(results: dict) -> bool:
+    """Fashion-IQ results carry per-category metrics; CIRR results the flat Table 6 keys."""
+    return results.get("dataset") == "fashioniq" or "per_category" in results["filter"]
+
+
+def categories(metrics: dict) -> list[str]:
+    """The Fashion-IQ categories present, in the paper's order first."""
+    present = list(metrics["per_category"])
+    return [c for c in FIQ_CATEGORIES if c in present] + [c for c in present if c not in FIQ_CATEGORIES]
+
+
+def flat_metrics(metrics: dict, fiq: bool) -> dict:
+    """One flat {name: %} dict. CIRR: R@1 … Rs@3 and avg. Fashion-IQ: "dress R@10", "dress R@50",
+    … for each category present, then the category means R@10, R@50 and avg (Table 5's columns).
+    Anything else in `metrics` (e.g. R_K's "coverage") is left out."""
+    if not fiq:
+        return {key: float(metrics[key]) for key in CIRR_KEYS}
+    out = {f"{cat} {key}": float(metrics["per_category"][cat][key]) for cat in categories(metrics) for key in ("R@10", "R@50")}
+    return out | {key: float(metrics[key]) for key in ("R@10", "R@50", "avg")}
+
+
+def k_items(rerank: dict) -> list[tuple[int, dict]]:
+    """[(K, metrics)] sorted by K, from {"K=10": metrics, ...}."""
+    return sorted((viz._k_of(key), m) for key, m in rerank.items())
+
+
+def seed_stats(results: dict) -> dict | None:
+    """Mean and sample std (ddof=SEED_DDOF) over results["seed_runs"] of F, R_K (every flat metric)
+    and of R − F (the seed-table keys); None when fewer than two seeds ran (no std to take)."""
+    runs = results.get("seed_runs") or []
+    if len(runs) < 2:
+        return None
+    fiq = is_fashioniq(results)
+    f = [flat_metrics(run["filter"], fiq) for run in runs]
+    r = [flat_metrics(run["rerank"], fiq) for run in runs]
+    stat = lambda xs: {"mean": float(np.mean(xs)), "std": float(np.std(xs, ddof=SEED_DDOF))}  # noqa: E731
+    return {"seeds": [run["seed"] for run in runs], "ddof": SEED_DDOF,
+            "filter": {key: stat([m[key] for m in f]) for key in f[0]},
+            "rerank": {key: stat([m[key] for m in r]) for key in r[0]},
+            "R-F": {key: stat([rm[key] - fm[key] for fm, rm in zip(f, r)])
+                    for key in (FIQ_SEED_KEYS if fiq else CIRR_SEED_KEYS)}}
+
+
+def metrics_json(results: dict) -> dict:
+    """What metrics.json holds: flat metrics of F, every R_K and every ablation, the wall time,
+    and "fusion" / "seeds" only when the run produced them."""
+    fiq = is_fashioniq(results)
+    out = {"filter": flat_metrics(results["filter"], fiq),
+           "rerank": {f"K={k}": flat_metrics(m, fiq) for k, m in k_items(results["rerank"])},
+           "ablations": {name: flat_metrics(m, fiq) for name, m in (results.get("ablations") or {}).items()},
+           "wall_time_s": results["wall_time_s"]}
+    if results.get("fusion"):
+        out["fusion"] = flat_metrics(results["fusion"], fiq)
+    if (seeds := seed_stats(results)) is not None:
+        out["seeds"] = seeds
+    return out
+
+
+# ----------------------------------------------------------------------------- markdown
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown pipe table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _f1(x) -> str:
+    return f"{x:.1f}"
+
+
+def _duration(s: float) -> str:
+    return f"{s:.1f} s" if s < 60 else f"{s:.1f} s ({s / 60:.1f} min)"
+
+
+def main_table(results: dict) -> str:
+    """Table 6 (CIRR) / Table 5 (Fashion-IQ) layout: a row for F, one per R_K, plus the score-fusion
+    row when present; the last column is the share of queries whose target is in the top-K."""
+    fiq, k_main = is_fashioniq(results), results["k"]
+    rows = [("F", results["filter"], "—")]
+    rows += [(f"**R_{k}**" if k == k_main else f"R_{k}", m, _f1(m["coverage"]) if "coverage" in m else "—")
+             for k, m in k_items(results["rerank"])]
+    if results.get("fusion"):
+        rows.append((f"R_{k_main} + F score fusion (not the paper's)", results["fusion"], "—"))
+    if fiq:
+        cats = categories(results["filter"])
+        header = ["", *[f"{c} R@10 / R@50" for c in cats], "avg R@10", "avg R@50", "avg", "GT in top-K"]
+        cells = lambda m: [f"{_f1(m['per_category'][c]['R@10'])} / {_f1(m['per_category'][c]['R@50'])}" for c in cats] \
+            + [_f1(m[key]) for key in ("R@10", "R@50", "avg")]  # noqa: E731
+    else:
+        header = ["", *CIRR_KEYS[:-1], "Avg", "GT in top-K"]
+        cells = lambda m: [_f1(m[key]) for key in CIRR_KEYS]  # noqa: E731
+    return _table(header, [[label, *cells(m), cov] for label, m, cov in rows])
+
+
+def ablation_table(results: dict) -> str | None:
+    """Table 4 (CIRR: R@1, R@5, Rs@1, avg) / Table 3 (Fashion-IQ: avg R@10, avg R@50, avg) layout:
+    the full model R_K at the main K, then each variant at the same K; F for reference."""
+    ablations = results.get("ablations") or {}
+    if not ablations:
+        return None
+    fiq, k = is_fashioniq(results), results["k"]
+    keys = FIQ_ABLATION_KEYS if fiq else CIRR_ABLATION_KEYS
+    rows = [(f"full model (R_{k})", results["rerank"].get(f"K={k}"))] + list(ablations.items())
+    rows.append(("F (stage 1 only, for reference)", results["filter"]))
+    header = ["variant", *(f"avg {key}" if fiq and key != "avg" else key for key in keys)]
+    return _table(header, [[name, *(_f1(m[key]) for key in keys)] for name, m in rows if m is not None])
+
+
+def seed_table(stats: dict, k: int, fiq: bool) -> str:
+    """mean ± std over seeds of F, R_K and of the gain R_K − F."""
+    keys = FIQ_SEED_KEYS if fiq else CIRR_SEED_KEYS
+    pm = lambda s: f"{s['mean']:.1f} ± {s['std']:.1f}"  # noqa: E731
+    rows = [[label, *(pm(stats[part][key]) for key in keys)]
+            for label, part in (("F", "filter"), (f"R_{k}", "rerank"), (f"R_{k} − F", "R-F"))]
+    return _table(["", *keys], rows)
+
+
+def coverage_table(coverage: dict) -> str:
+    return _table(["K", "GT in stage-1 top-K (%)"], [[str(k), _f1(v)] for k, v in k_items(coverage)])
+
+
+def rank_table_md(ra: dict) -> str:
+    """Table 7 layout; means of 0-based ranks at 2 decimals, as the paper prints them."""
+    t = ra["table"]
+    return _table(["queries with the target in top-K", "initial", "re-ranked", "difference", "% decrease"],
+                  [[f"{t['queries']} / {t['total']}", f"{t['initial']:.2f}", f"{t['reranked']:.2f}",
+                    f"{t['difference']:.2f}", f"{t['percent_decrease']:.2f}"]])
+
+
+def timing_tables(timing: dict) -> str:
+    """Fig. 7 as numbers: per-query time of F and for each K (and its ratio to F), then the
+    fixed once-per-run costs, which the paper folds into its per-query figure."""
+    f = timing.get("filter_per_query_s")
+    ratio = lambda s: f"{s / f:.1f}×" if f else "—"  # noqa: E731
+    rows = [["F (filter only)", f"{f * 1000:.2f}", "1.0×"]] if f is not None else []
+    rows += [[f"R_{k}", f"{s * 1000:.2f}", ratio(s)] for k, s in k_items(timing.get("per_query_s", {}))]
+    out = _table(["", "time per query (ms)", "× F"], rows)
+    if timing.get("fixed_s"):
+        out += "\n\nFixed costs, paid once per run:\n\n" + _table(
+            ["step", "seconds"], [[name, f"{s:.1f}"] for name, s in timing["fixed_s"].items()])
+    return out
+
+
+def stage_table(results: dict) -> str:
+    wall = results["wall_time_s"]
+    return _table(["stage", "seconds", "% of wall time"],
+                  [[name, f"{s:.1f}", _f1(100 * s / wall)] for name, s in results["stage_times_s"].items()])
+
+
+def summary_line(results: dict) -> str:
+    ks = ", ".join(str(k) for k, _ in k_items(results["rerank"]))
+    seeds = results.get("seeds") or [r["seed"] for r in results.get("seed_runs", [])]
+    return (f"Ran the two-stage pipeline on {results.get('dataset', '?')} with the `{results.get('preset', '?')}` preset "
+            f"in `{results.get('mode', '?')}` mode (seeds {', '.join(map(str, seeds)) or '—'}): filter F, then re-ranking "
+            f"of the top-K for K ∈ {{{ks}}} (main K = {results['k']}). Measured wall time "
+            f"{_duration(results['wall_time_s'])} on {results.get('device', 'an unrecorded device')}"
+            f"{', started ' + results['started'] if results.get('started') else ''}.")
+
+
+PAPER_MAP = """## How this maps to the paper
+
+* **Tables 1 and 2** compare F with R_K at the paper's default K on the full validation (Fashion-IQ) and test
+  (CIRR) splits; here the F row and the bold R_K row of the main table are that comparison.
+* **Tables 5 and 6** vary K: the rows R_K of the main table (Table 5 for Fashion-IQ, Table 6 for CIRR).
+* **Tables 3 and 4** are the ablations (Table 3 Fashion-IQ, Table 4 CIRR): the ablation table above.
+* **Table 7** and **Fig. 8** show where re-ranking moves the target: the rank analysis table and figure.
+* **Fig. 7** is inference time vs K: the timing table and figure.
+
+Numbers here are comparable with the paper's only when the run used the paper's data, splits and models
+(`paper` mode, on the full splits)."""
+
+
+def figure_md(name: str, caption: str) -> str:
+    return f"![{caption}](figures/{name}.png)"
+
+
+def report_markdown(results: dict, figures: dict[str, str]) -> str:
+    """The whole report.md; `figures` maps figure file stems that were written to their captions."""
+    fiq, k = is_fashioniq(results), results["k"]
+    fig = lambda name: ["", figure_md(name, figures[name])] if name in figures else []  # noqa: E731
+    parts = [f"# cirtutor report: `{results.get('preset', '?')}` preset, `{results.get('mode', '?')}` mode", "",
+             summary_line(results)]
+    if results.get("subsample"):
+        parts += ["", f"{SUBSAMPLE_WARNING} ({results['subsample']}), not the full splits: they are not the paper's "
+                      f"numbers and cannot be compared with its tables.**"]
+    parts += ["", f"## Main results (paper Table {5 if fiq else 6} layout)", "",
+              "Recall in %. F = stage-1 filter; R_K = stage-2 re-ranking of F's top-K (bold: the main K). "
+              "\"GT in top-K\" is the share of queries whose target is in the list R_K re-ranks: R_K cannot find "
+              "the others, so R@K′ for K′ ≥ K equals it.", "", main_table(results)]
+    if results.get("fusion"):
+        parts += ["", "The score-fusion row mixes the re-ranker's and the filter's scores; it is an extension, "
+                      "not the paper's method."]
+    parts += fig("recall_vs_k")
+    if (table := ablation_table(results)) is not None:
+        parts += ["", f"## Ablations at K = {k} (paper Table {3 if fiq else 4} layout)", "", table]
+    if (stats := seed_stats(results)) is not None:
+        parts += ["", f"## Variation over seeds ({len(stats['seeds'])} runs)", "",
+                  f"Mean ± sample standard deviation (numpy `std(ddof={SEED_DDOF})`) over seeds "
+                  f"{', '.join(map(str, stats['seeds']))}; the last row is the gain of re-ranking, taken per seed.",
+                  "", seed_table(stats, k, fiq)]
+    if results.get("coverage"):
+        parts += ["", "## Ground-truth coverage of the filter's top-K", "", coverage_table(results["coverage"])]
+        parts += fig("coverage_vs_k")
+    if (ra := results.get("rank_analysis")) and ra.get("table"):
+        parts += ["", f"## Where the target moves (paper Table 7 and Fig. 8 analogue, top-{ra.get('k', '?')} lists)", "",
+                  "Mean 0-based rank of the target, over the queries whose target is in the filter's list; "
+                  "% decrease from the 2-decimal means, as in the paper.", "", rank_table_md(ra)]
+        parts += fig("rank_shift")
+    if results.get("timing"):
+        parts += ["", f"## Inference time (paper Fig. 7 analogue, {results.get('device', 'device unrecorded')})", "",
+                  timing_tables(results["timing"])]
+        parts += fig("time_vs_k")
+    if results.get("stage_times_s"):
+        parts += ["", "## Where the wall time went", "", stage_table(results)]
+    if "qualitative" in figures:
+        parts += ["", "## Examples", "", "Each row: the reference and its text, the filter's top candidates, "
+                  "then the same list after re-ranking; the target is framed in green."]
+        parts += fig("qualitative")
+    parts += ["", PAPER_MAP, ""]
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- figures and files
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """PNG bytes to a buffer, then one atomic write; the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def make_figures(results: dict, qualitative: list[dict] | None = None) -> dict[str, tuple]:
+    """{file stem: (Figure, caption)} for every figure whose data the run produced."""
+    fiq, out = is_fashioniq(results), {}
+    if results.get("coverage"):
+        out["coverage_vs_k"] = (viz.plot_coverage_vs_k(results["coverage"]), "GT coverage of the top-K vs K")
+    if results.get("rerank"):
+        flat = {key: flat_metrics(m, fiq) for key, m in results["rerank"].items()}
+        out["recall_vs_k"] = (viz.plot_recall_vs_k(flat_metrics(results["filter"], fiq), flat,
+                                                   FIQ_CURVE_KEYS if fiq else CIRR_CURVE_KEYS), "recall vs K")
+    if (timing := results.get("timing")) and timing.get("per_query_s"):
+        out["time_vs_k"] = (viz.plot_time_vs_k(timing), "time per query vs K")
+    if (ra := results.get("rank_analysis")) and ra.get("shift"):
+        out["rank_shift"] = (viz.plot_rank_shift(ra["shift"]), "mean shift of the target by initial rank")
+    if qualitative:
+        out["qualitative"] = (viz.plot_qualitative(qualitative), "filtered vs re-ranked examples")
+    return out
+
+
+def write_report(results: dict, out_dir: str | os.PathLike, qualitative: list[dict] | None = None) -> Path:
+    """Write out_dir/report.md, out_dir/metrics.json and out_dir/figures/*.png; return the report's path."""
+    out_dir = Path(out_dir)
+    captions = {}
+    for name, (fig, caption) in make_figures(results, qualitative).items():
+        save_figure(fig, out_dir / "figures" / f"{name}.png")
+        captions[name] = caption
+    atomic_write_json(out_dir / "metrics.json", metrics_json(results), indent=2)
+    return atomic_write_text(out_dir / "report.md", report_markdown(results, captions))

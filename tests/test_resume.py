@@ -1,0 +1,100 @@
+"""Checkpoints and --resume: a run killed mid-epoch and resumed ends exactly like an
+uninterrupted one (weights, loss history and metrics), for both stages (tiny dims)."""
+import pytest
+import torch
+
+from cirtutor.config import apply_overrides, get_preset
+from cirtutor.data.registry import open_dataset
+from cirtutor.engine.features import encode_gallery
+from cirtutor.engine.loop import ResumeError, load_checkpoint
+from cirtutor.engine.stage1 import encode_queries, evaluate_filter, train_stage1
+from cirtutor.engine.stage2 import evaluate_reranker, hard_pools, train_stage2
+from cirtutor.models import CandidateFilter, DualEncoderReranker
+
+SMALL = ["data.synthetic_size=6", "data.synthetic_resolution=32", "data.resolution=32", "model.image_size=32",
+         "stage1.batch_size=5", "stage1.epochs=2", "stage1.lr=1e-3", "stage1.checkpoint_every=2",
+         "stage2.batch_size=6", "stage2.epochs=2", "stage2.hard_pool=10", "stage2.checkpoint_every=2"]
+QUIET = dict(log=lambda _: None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CIRTUTOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+    cfg = apply_overrides(get_preset("tiny"), SMALL)
+    torch.manual_seed(0)
+    filt = CandidateFilter(cfg.model)
+    train, val = open_dataset(cfg.data, "train", load_images=False), open_dataset(cfg.data, "val")
+    stores = [encode_gallery(filt.encode_images, open_dataset(cfg.data, s, "gallery"), 16) for s in ("train", "val")]
+    yield cfg, filt.state_dict(), train, val, *stores
+    mp.undo()
+
+
+def fresh_filter(cfg, init):
+    model = CandidateFilter(cfg.model)
+    model.load_state_dict(init)
+    return model
+
+
+def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_stage1_killed_mid_epoch_resumes_to_the_same_end(world, tmp_path):
+    cfg, init, train, val, st, sv = world
+    steps_per_epoch = len(train.queries) // cfg.stage1.batch_size
+    kill_at = steps_per_epoch + 3                     # mid-epoch 1, one step after the checkpoint at an even step
+    assert kill_at % 2 == 1 and 3 < steps_per_epoch
+
+    whole = fresh_filter(cfg, init)
+    h_whole = train_stage1(whole, train, st, cfg.stage1, seed=3, **QUIET)
+
+    ckpt = tmp_path / "last.pt"
+    killed = fresh_filter(cfg, init)
+    train_stage1(killed, train, st, cfg.stage1, seed=3, checkpoint=ckpt, stop_after=kill_at, **QUIET)
+    assert load_checkpoint(ckpt)["position"] == {"epoch": 1, "step_in_epoch": 2, "step": kill_at - 1}
+
+    resumed = CandidateFilter(cfg.model)              # weights, optimizer, RNG all come from the checkpoint
+    h_resumed = train_stage1(resumed, train, st, cfg.stage1, seed=3, checkpoint=ckpt, resume=True, **QUIET)
+    assert h_resumed.train == h_whole.train
+    assert states_equal(resumed, whole)
+    assert evaluate_filter(resumed, val, sv) == evaluate_filter(whole, val, sv)
+    assert not states_equal(resumed, fresh_filter(cfg, init))   # it did train
+
+
+def test_stage2_killed_mid_epoch_resumes_to_the_same_end(world, tmp_path):
+    cfg, init, train, val, st, sv = world
+    filt = fresh_filter(cfg, init)
+    _, z_ts = encode_queries(filt, train, st)
+    pools = hard_pools(filt, train, st, cfg.stage2.hard_pool)
+    run = lambda model, **kw: train_stage2(model, train, z_ts, st, cfg.stage2, pools=pools, seed=1, **QUIET, **kw)
+
+    torch.manual_seed(0)
+    whole = DualEncoderReranker(cfg.model)
+    start = {k: v.clone() for k, v in whole.state_dict().items()}
+    h_whole = run(whole)
+
+    ckpt = tmp_path / "stage2.pt"
+    killed = DualEncoderReranker(cfg.model)
+    killed.load_state_dict(start)
+    run(killed, checkpoint=ckpt, stop_after=len(h_whole.train) - 2)
+    resumed = DualEncoderReranker(cfg.model)
+    h_resumed = run(resumed, checkpoint=ckpt, resume=True)
+    assert h_resumed.train == h_whole.train and states_equal(resumed, whole)
+    assert evaluate_reranker(filt, resumed, val, sv, ks=(5,)) == evaluate_reranker(filt, whole, val, sv, ks=(5,))
+
+
+def test_resume_refuses_a_missing_or_foreign_checkpoint(world, tmp_path):
+    cfg, init, train, _, st, _ = world
+    with pytest.raises(ResumeError, match="no checkpoint"):
+        train_stage1(fresh_filter(cfg, init), train, st, cfg.stage1, checkpoint=tmp_path / "none.pt", resume=True, **QUIET)
+    ckpt = tmp_path / "last.pt"
+    train_stage1(fresh_filter(cfg, init), train, st, cfg.stage1, checkpoint=ckpt, meta={"lr": 1e-3}, stop_after=3, **QUIET)
+    with pytest.raises(ResumeError, match="other settings"):
+        train_stage1(fresh_filter(cfg, init), train, st, cfg.stage1, checkpoint=ckpt, resume=True, meta={"lr": 5e-4},
+                     **QUIET)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ResumeError, match="not a torch.save file"):
+        train_stage1(fresh_filter(cfg, init), train, st, cfg.stage1, checkpoint=tmp_path / "junk.pt", resume=True,
+                     **QUIET)
