@@ -1,6 +1,12 @@
 """The one command line: `cirtutor <command> ...`.
 
-    cirtutor reproduce --preset tiny            the main job (tiny mode: synthetic data, CPU)
+    cirtutor reproduce --preset tiny [--seeds 3]  the main job (tiny mode: synthetic data, CPU), report.md
+    cirtutor train-stage1 --preset P --run DIR [--seed S] [--resume]     the candidate filter
+    cirtutor extract-topk --preset P --run DIR [--k 200]                 its top-K lists of the val split
+    cirtutor train-stage2 --preset P --run DIR [--ablation A] [--resume] the re-ranker
+    cirtutor evaluate     --preset P --run DIR [--ablation A]            F and R_K for the preset's K values
+    cirtutor submit       --preset P --run DIR                           CIRR test1 server files + validation
+    cirtutor analyze      --stage1 A --stage2 B [--out DIR]              Table 7 / Fig. 8 from label arrays
     cirtutor make-data --format cirr --out DIR  draw a synthetic CIR dataset in a real format
     cirtutor data-stats --dataset cirr --annotations DIR [--images DIR] [--json]
     cirtutor model-info --preset paper [--json]     parameter counts of both stages
@@ -13,6 +19,7 @@ data-stats exits 1 when it finds missing or corrupt files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -48,23 +55,100 @@ def cmd_model_info(args) -> int:
     return 0
 
 
-def cmd_reproduce(args) -> int:
+def preset_config(args) -> Config:
     from cirtutor.config import apply_overrides, get_preset
-    from cirtutor.pipeline import reproduce
 
     cfg = apply_overrides(get_preset(args.preset), args.set)
-    return reproduce(cfg)
+    if getattr(args, "subsample", None):
+        cfg.subsample = args.subsample
+    return cfg
+
+
+def cmd_reproduce(args) -> int:
+    from cirtutor.pipeline import reproduce
+
+    with distributed_context(preset_config(args)) as cfg:
+        return reproduce(cfg, seeds=args.seeds, out=args.run, resume=args.resume)
+
+
+def cmd_stage(args) -> int:
+    from cirtutor import stages
+
+    with distributed_context(preset_config(args)) as cfg:
+        return getattr(stages, args.command.replace("-", "_"))(cfg, args)
+
+
+def cmd_analyze(args) -> int:
+    from cirtutor.stages import analyze
+
+    return analyze(args)
+
+
+@contextlib.contextmanager
+def distributed_context(cfg: Config):
+    """Under torchrun (RANK / WORLD_SIZE set): one process group (nccl on GPUs, gloo on CPU),
+    each rank on its own GPU; torn down at the end. Otherwise nothing."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield cfg
+        return
+    use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    try:
+        yield cfg
+    finally:
+        dist.destroy_process_group()
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cirtutor", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("reproduce", help="run the main job for a preset")
-    s.add_argument("--preset", default="tiny", help="tiny, tiny_fashioniq, paper_fashioniq or paper_cirr")
-    s.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a preset field, e.g. --set data.resolution=128 (repeatable)")
+    def preset_args(s, run_required: bool):
+        s.add_argument("--preset", default="tiny", help="tiny, tiny_fashioniq, paper_fashioniq or paper_cirr")
+        s.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="override a preset field, e.g. --set stage2.k=50 (repeatable)")
+        s.add_argument("--subsample", metavar="SPEC",
+                       help="seeded subsets of the real data, e.g. train=0.1,val=500,gallery=2000 (not the paper's numbers)")
+        s.add_argument("--run", required=run_required, metavar="DIR",
+                       help="the run folder" + ("" if run_required else " (default: runs/<preset>-<time>)"))
+
+    s = sub.add_parser("reproduce", help="run the main job for a preset and write report.md + metrics.json")
+    preset_args(s, run_required=False)
+    s.add_argument("--seeds", type=int, default=1, help="train and evaluate seeds 0..N-1 (mean ± std in the report)")
+    s.add_argument("--resume", action="store_true", help="continue the trainings of --run from their checkpoints")
     s.set_defaults(func=cmd_reproduce)
+
+    for name, text in (("train-stage1", "train the candidate filter (stage 1)"),
+                       ("extract-topk", "write stage 1's top-K lists of the validation split"),
+                       ("train-stage2", "train the dual-encoder re-ranker (stage 2) on the filter of --run"),
+                       ("evaluate", "evaluate F and R_K of --run on the validation split"),
+                       ("submit", "write and validate the CIRR test1 submission files of --run")):
+        s = sub.add_parser(name, help=text)
+        preset_args(s, run_required=True)
+        s.add_argument("--seed", type=int, default=0)
+        if name.startswith("train"):
+            s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+        if name in ("train-stage2", "evaluate", "submit"):
+            s.add_argument("--ablation", default=None, help="re-ranker variant: no_text, no_zt, ref_cls, ref_cls_spatial, "
+                                                             "full_mlp, dual_ffn")
+        if name == "extract-topk":
+            s.add_argument("--k", type=int, default=200, help="list length (the authors' files: 200)")
+        s.set_defaults(func=cmd_stage)
+
+    s = sub.add_parser("analyze", help="Table 7 and Figure 8 from stage-1 and stage-2 label arrays")
+    s.add_argument("--stage1", required=True, help="stage-1 labels (N, K) bool: .npy, or a top-K file (ours or the authors')")
+    s.add_argument("--stage2", required=True, help="stage-2 labels of the same lists after re-ranking (.npy or .pt)")
+    s.add_argument("--out", help="folder for rank_shift.png and rank_analysis.json")
+    s.add_argument("--trust", action="store_true", help="allow full unpickling of .pt files you trust")
+    s.set_defaults(func=cmd_analyze)
 
     s = sub.add_parser("model-info", help="parameter counts of the filter and the re-ranker")
     s.add_argument("--preset", default="paper", help="model dims: paper, tiny, or any full preset")

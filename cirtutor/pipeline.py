@@ -1,29 +1,463 @@
-"""`cirtutor reproduce`: the main job for a preset.
+"""The main job, stage by stage: what `cirtutor reproduce | train-stage1 | extract-topk |
+train-stage2 | evaluate` run (paper §3-§4; facts §8-§9).
 
-This version runs the data stage of the pipeline: it resolves the preset's dataset (in tiny
-mode, the seeded synthetic world, generated once into the cache), checks every split and
-image, and prints the statistics. The two model stages (candidate filter, dual-encoder
-re-ranker) and their evaluation are added by the models and engine work.
+One run folder holds everything a run makes:
+
+    RUN/config.json                      the resolved configuration
+    RUN/seed{s}/stage1/last.pt           training checkpoint (resumable), best.pt / final weights
+    RUN/seed{s}/stage1/metrics.csv       loss per step; validation.csv per validation
+    RUN/seed{s}/topk/                    stage-1 top-K lists of the validation split (our format)
+    RUN/seed{s}/stage2[-ablation]/...    the same for the re-ranker and its ablations
+    RUN/report.md, metrics.json, figures/   written by `reproduce`
+
+Every stage loads what the previous one wrote, so a run can be continued command by command
+and a killed training resumes with --resume. Tiny mode and paper mode share every line here;
+only the preset differs (data root, weights, dims, schedule).
 """
 from __future__ import annotations
 
+import copy
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import platform
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from cirtutor.cache import cache_dir
 from cirtutor.config import Config
-from cirtutor.data.registry import dataset_root
-from cirtutor.data.stats import data_stats, format_report, report_ok
+from cirtutor.data.registry import dataset_root, open_dataset
+from cirtutor.engine.features import FeatureStore, encode_gallery
+from cirtutor.engine.loop import world
+from cirtutor.engine.stage1 import encode_queries, evaluate_filter, rank_with_filter, train_stage1
+from cirtutor.engine.stage2 import evaluate_reranker, hard_pools, score_lists, train_stage2
+from cirtutor.errors import CirtutorError
+from cirtutor.evaluation import TopK, rank_shift_by_initial, rank_table, save_topk
+from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from cirtutor.models import CandidateFilter, DualEncoderReranker
+from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
+
+ABLATIONS = {  # name in config -> (label in the report, model overrides); paper Tables 3/4
+    "no_text": ("w/o Encoder-t", {"streams": "z_t"}),
+    "no_zt": ("w/o Encoder-z_t", {"streams": "text"}),
+    "ref_cls": ("w. Ref_CLS", {"zt_input": "ref_cls"}),
+    "ref_cls_spatial": ("w. Ref_CLS + Spatial-6x6", {"zt_input": "ref_cls_spatial"}),
+    "full_mlp": ("Full-MLP merge", {"merge": "full_mlp"}),
+    "dual_ffn": ("Dual feed-forward", {"dual_ffn": True}),
+}
 
 
-def reproduce(cfg: Config) -> int:
+# ----------------------------------------------------------------------------- plumbing
+
+def resolve_device(cfg: Config) -> torch.device:
+    """cfg.device -> a torch device, with a clear error for a GPU that is not there."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CirtutorError(f"device={cfg.device!r} but this machine has no CUDA GPU visible to torch; "
+                            "use --set device=cpu (or auto)")
+    return device
+
+
+def is_tiny(cfg: Config) -> bool:
+    return cfg.weights is None
+
+
+def init_weights(cfg: Config) -> Path:
+    """The initial weights both stages start from: BLIP (paper) or the pretrained mini-BLIP (tiny)."""
+    if is_tiny(cfg):
+        from cirtutor.models.mini_blip import mini_blip_folder
+        return mini_blip_folder(cfg)
+    path = Path(cfg.weights)
+    if not path.exists():
+        raise CirtutorError(f"initial weights {path} not found: download BLIP's model_base.pth with "
+                            "`python data_scripts/download_blip.py --out models` or point --set weights=PATH at it")
+    return path
+
+
+def config_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+@contextmanager
+def timed(times: dict, name: str):
     start = time.perf_counter()
-    mode = "paper" if cfg.data.root else "tiny"
-    print(f"cirtutor reproduce: preset {cfg.name!r} ({mode} mode, {cfg.data.dataset} format, {cfg.data.resolution} px)")
-    root = dataset_root(cfg.data)
-    images = cfg.data.images or (root / "images" if cfg.data.dataset == "fashioniq" else root)
-    report = data_stats(cfg.data.dataset, cfg.data.annotations or root, images, progress=sys.stderr.isatty())
-    print(format_report(report).replace(str(Path.home()), "~"))
-    print(f"data stage done in {time.perf_counter() - start:.1f} s. "
-          "Stage 1 (filter) and stage 2 (re-ranker) are not part of this version yet.")
-    return 0 if report_ok(report) else 1
+    yield
+    times[name] = times.get(name, 0.0) + time.perf_counter() - start
+
+
+def say(message: str) -> None:
+    if world()[0] == 0:
+        print(message, flush=True)
+
+
+# ----------------------------------------------------------------------------- data and features
+
+def datasets(cfg: Config):
+    """(train queries, validation queries) for the preset, subsampled when cfg.subsample says so."""
+    train = open_dataset(cfg.data, "train", load_images=False)
+    val = open_dataset(cfg.data, "val", load_images=False)
+    if cfg.subsample:
+        from cirtutor.data.subsample import subsample
+        train, val = subsample(train, val, cfg.subsample, seed=cfg.data.seed)
+    return train, val
+
+
+def feature_store(cfg: Config, split: str, weights: Path, device, names: list[str] | None = None) -> FeatureStore:
+    """Frozen-ViT image tokens of every image of `split` (or only `names`, for a subsample),
+    computed once and cached on disk (safetensors, keyed by weights + data + resolution +
+    names); later runs load them."""
+    key = config_digest(str(weights.resolve()), dataclasses.asdict(cfg.data), cfg.model.image_size, cfg.model.patch_size,
+                        names)
+    path = cache_dir() / "features" / f"{cfg.data.dataset}-{split}-{key}.safetensors"
+    if path.is_file():
+        return FeatureStore.load(path)
+    filt, _ = load_filter(weights, cfg.model)
+    filt.to(device)
+    dtype = torch.float32 if is_tiny(cfg) else torch.float16   # paper dims: 577 x 768 per image, halved on disk
+    gallery = open_dataset(cfg.data, split, "gallery")
+    if names is not None:
+        gallery.gallery = list(names)
+    store = encode_gallery(filt.encode_images, gallery, batch_size=16 if not is_tiny(cfg) else 64,
+                           device=device, dtype=dtype, progress=sys.stderr.isatty())
+    if world()[0] == 0:
+        store.save(path)
+    return store
+
+
+def feature_stores(cfg: Config, train, val, weights: Path, device) -> dict[str, FeatureStore]:
+    """Image tokens of the train and val splits (only the subsample's images when subsampled)."""
+    names = (lambda ds: sorted(set(ds.gallery) | {n for q in ds.queries for n in (q["reference"], q.get("target")) if n})
+             ) if cfg.subsample else (lambda ds: None)
+    return {"train": feature_store(cfg, "train", weights, device, names(train)),
+            "val": feature_store(cfg, "val", weights, device, names(val))}
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+def stage1_dir(run: Path, seed: int) -> Path:
+    return Path(run) / f"seed{seed}" / "stage1"
+
+
+def run_stage1(cfg: Config, run: Path, seed: int, *, train, val, stores, weights: Path, device,
+               resume: bool = False) -> tuple[CandidateFilter, dict]:
+    """Train the candidate filter (Eq. 1), validate as configured, keep the selected weights."""
+    out = stage1_dir(run, seed)
+    final = out / "filter.pt"
+    filt, report = load_filter(weights, cfg.model)
+    if final.is_file() and not resume:
+        filt.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
+        say(f"stage 1 (seed {seed}): found trained filter {final}, loading…")
+        return filt.to(device), json.loads((out / "metrics.json").read_text())
+    say(f"stage 1 (seed {seed}): {report.summary()}")
+    best = {"score": -1.0}
+
+    def validate(epoch: int) -> dict | None:
+        every = cfg.stage1.validate_every
+        if not every or (epoch + 1) % every and epoch + 1 != cfg.stage1.epochs:
+            return None
+        metrics = evaluate_filter(filt, val, stores["val"], device=device)
+        score = selection_score(metrics)
+        if score > best["score"] and world()[0] == 0:
+            best.update(score=score, epoch=epoch)
+            atomic_write_bytes(out / "best.pt", state_bytes(filt))
+        say(f"stage 1 epoch {epoch}: {short(metrics)}")
+        return flatten(metrics)
+
+    meta = {"stage": 1, "seed": seed, "config": json.dumps(dataclasses.asdict(cfg.stage1), sort_keys=True)}
+    history = train_stage1(filt, train, stores["train"], cfg.stage1, seed=seed, device=device, log=say,
+                           log_every=200, on_epoch_end=validate, checkpoint=out / "last.pt", resume=resume, meta=meta)
+    if cfg.stage1.select == "best" and (out / "best.pt").is_file():
+        filt.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
+    metrics = evaluate_filter(filt, val, stores["val"], device=device)
+    if world()[0] == 0:
+        write_csv(out / "metrics.csv", history.train)
+        write_csv(out / "validation.csv", history.val)
+        atomic_write_json(out / "metrics.json", metrics, indent=2)
+        atomic_write_bytes(final, state_bytes(filt))
+    return filt, metrics
+
+
+def state_bytes(model: torch.nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    return buffer.getvalue()
+
+
+def selection_score(metrics: dict) -> float:
+    """The authors' model selection (facts §8.4): CIRR (R@5 + Rs@1) / 2, Fashion-IQ (avg R@10 + avg R@50) / 2."""
+    return float(metrics["avg"])
+
+
+def flatten(metrics: dict) -> dict:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update({f"{key} {k}": v for k, v in flatten(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def short(metrics: dict) -> str:
+    keys = ["R@1", "R@5", "R@10", "R@50", "Rs@1"] if "Rs@1" in metrics else ["R@10", "R@50", "avg"]
+    return "  ".join(f"{k} {metrics[k]:.1f}" for k in keys if k in metrics)
+
+
+# ----------------------------------------------------------------------------- top-K
+
+def extract_topk(cfg: Config, run: Path, seed: int, filt: CandidateFilter, val, stores, device, k: int = 200) -> list[Path]:
+    """Stage 1's top-K lists of the validation split (facts §9.3), in our pickle-free format."""
+    out, paths = Path(run) / f"seed{seed}" / "topk", []
+    groups = {None: list(range(len(val.queries)))} if val.dataset_name == "CIRR" else {
+        cat: [i for i, q in enumerate(val.queries) if q["category"] == cat] for cat in val.galleries}
+    for cat, idx in groups.items():
+        gallery = val.gallery if cat is None else val.galleries[cat]
+        ranked = rank_with_filter(filt, val, stores["val"], gallery, indices=idx, remove_reference=cat is None,
+                                  top_k=min(k, len(gallery) - (cat is None)), device=device)
+        topk = TopK(ranked, gallery, split="val", target_names=[val.queries[i]["target"] for i in idx], category=cat)
+        name = f"cirr_top_{topk.k}_val" if cat is None else f"fiq_top_{topk.k}_val_{cat}"
+        if world()[0] == 0:
+            paths.append(save_topk(out / f"{name}.safetensors", topk))
+    return paths
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+def variant_config(cfg: Config, ablation: str | None) -> Config:
+    cfg = copy.deepcopy(cfg)
+    if ablation:
+        if ablation not in ABLATIONS:
+            raise CirtutorError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
+        for key, value in ABLATIONS[ablation][1].items():
+            setattr(cfg.model, key, value)
+    return cfg
+
+
+def usable_ks(cfg: Config, val) -> tuple[int, ...]:
+    """The K values to evaluate (stage2.eval_ks and stage2.k) that fit the validation gallery."""
+    longest = len(val.gallery) - 1 if val.dataset_name == "CIRR" else min(map(len, val.galleries.values()))
+    ks = tuple(k for k in sorted(set(cfg.stage2.eval_ks) | {cfg.stage2.k}) if k <= longest)
+    if cfg.stage2.k > longest:
+        raise CirtutorError(f"stage2.k={cfg.stage2.k} exceeds the validation gallery ({longest} candidates per query)")
+    return ks
+
+
+def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, train, val, stores, weights: Path,
+               device, ablation: str | None = None, resume: bool = False, details: dict | None = None,
+               z_ts_train=None, pools=None) -> tuple[DualEncoderReranker, dict]:
+    """Train the re-ranker (Eq. 2) on the filter's z_t, then evaluate F and R_K for every K."""
+    cfg = variant_config(cfg, ablation)
+    out = Path(run) / f"seed{seed}" / ("stage2" + (f"-{ablation}" if ablation else ""))
+    torch.manual_seed(seed)                                   # the new head's initialisation
+    if cfg.stage2.init == "stage1":
+        model, report = reranker_from_filter(filt.cpu(), cfg.model)
+        filt.to(device)
+    elif cfg.stage2.init == "blip":
+        model, report = load_reranker(weights, cfg.model)
+    else:
+        raise CirtutorError(f"stage2.init={cfg.stage2.init!r}; expected 'blip' or 'stage1'")
+    final = out / "reranker.pt"
+    label = f"stage 2{' (' + ABLATIONS[ablation][0] + ')' if ablation else ''} (seed {seed})"
+    if final.is_file() and not resume:
+        say(f"{label}: found trained re-ranker {final}, loading…")
+        model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
+    else:
+        say(f"{label}: {report.summary()}")
+        if z_ts_train is None and cfg.stage2.z_t == "cached":
+            z_ts_train = encode_queries(filt, train, stores["train"], device=device)[1]
+        if pools is None and cfg.stage2.batch_composition == "hard":
+            pools = hard_pools(filt, train, stores["train"], cfg.stage2.hard_pool, device=device)
+        best = {"score": -1.0}
+
+        def validate(epoch: int) -> dict | None:
+            every = cfg.stage2.validate_every
+            if not every or (epoch + 1) % every and epoch + 1 != cfg.stage2.epochs:
+                return None
+            metrics = evaluate_reranker(filt, model, val, stores["val"], (cfg.stage2.k,), device=device)[f"K={cfg.stage2.k}"]
+            if selection_score(metrics) > best["score"] and world()[0] == 0:
+                best["score"] = selection_score(metrics)
+                atomic_write_bytes(out / "best.pt", state_bytes(model))
+            say(f"{label} epoch {epoch}: R_{cfg.stage2.k} {short(metrics)}")
+            return flatten(metrics)
+
+        meta = {"stage": 2, "seed": seed, "ablation": ablation or "",
+                "config": json.dumps([dataclasses.asdict(cfg.stage2), dataclasses.asdict(cfg.model)], sort_keys=True)}
+        history = train_stage2(model, train, z_ts_train, stores["train"], cfg.stage2, pools=pools, seed=seed,
+                               device=device, filter_model=filt, log=say, log_every=200, on_epoch_end=validate,
+                               checkpoint=out / "last.pt", resume=resume, meta=meta)
+        if cfg.stage2.select == "best" and (out / "best.pt").is_file():
+            model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
+        if world()[0] == 0:
+            write_csv(out / "metrics.csv", history.train)
+            write_csv(out / "validation.csv", history.val)
+            atomic_write_bytes(final, state_bytes(model))
+    model.to(device)
+    ks = usable_ks(cfg, val)
+    metrics = evaluate_reranker(filt, model, val, stores["val"], ks, device=device, details=details)
+    if world()[0] == 0:
+        atomic_write_json(out / "metrics.json", metrics, indent=2)
+    return model, metrics
+
+
+# ----------------------------------------------------------------------------- analysis
+
+def inference_times(cfg: Config, filt, model, val, stores, device, ks, n: int = 64) -> dict:
+    """Fig. 7: wall time per query of the filter (encode the query, rank the gallery) and of
+    re-ranking its top-K for each K, on the first `n` validation queries, batch 1 as the
+    authors' evaluation. Fixed overheads (model loading, image features) are reported apart."""
+    idx = list(range(min(n, len(val.queries))))
+    gallery = val.gallery if val.dataset_name == "CIRR" else next(iter(val.galleries.values()))
+    start = time.perf_counter()
+    ranked = rank_with_filter(filt, val, stores["val"], gallery, indices=idx, remove_reference=val.dataset_name == "CIRR",
+                              top_k=max(ks), device=device)
+    filter_s = (time.perf_counter() - start) / len(idx)
+    _, z_ts = encode_queries(filt, val, stores["val"], indices=idx, device=device)
+    z_all = [None] * len(val.queries)
+    for i, z in zip(idx, z_ts):
+        z_all[i] = z
+    per_query = {}
+    for k in ks:
+        start = time.perf_counter()
+        score_lists(model, val, z_all, stores["val"], ranked[:, :k], batch_size=1, device=device, indices=idx)
+        per_query[str(k)] = filter_s + (time.perf_counter() - start) / len(idx)
+    return {"filter_per_query_s": filter_s, "per_query_s": per_query, "queries_timed": len(idx)}
+
+
+def qualitative_items(val, details: dict, n: int = 4) -> list[dict]:
+    """A few validation queries whose target the re-ranker moved up: reference, caption,
+    top-6 filtered and top-6 re-ranked (names and image paths) for the qualitative figure."""
+    if "stage1" not in details:                               # Fashion-IQ: the first category's lists
+        details = next(iter(details.values()))
+    s1, s2 = details["stage1"], details["stage2"]
+    pos = lambda lab: np.where(lab.any(1), lab.argmax(1), 10**6)
+    gain = pos(s1) - pos(s2)
+    rows = [r for r in np.argsort(-gain, kind="stable")[:n] if gain[r] > 0] or list(range(min(n, len(s1))))
+    items = []
+    for r in rows:
+        q = val.queries[details["indices"][r]]
+        order = np.argsort(-details["scores"][r], kind="stable")
+        names_f = list(details["ranked"][r][:6])
+        names_r = [details["ranked"][r][j] for j in order[:6]]
+        items.append({"reference": str(val.image_path(q["reference"])), "caption": val.query_text(details["indices"][r]),
+                      "target": q["target"], "filtered": [(n_, str(val.image_path(n_))) for n_ in names_f],
+                      "reranked": [(n_, str(val.image_path(n_))) for n_ in names_r]})
+    return items
+
+
+def rank_analysis(details: dict) -> dict:
+    """Table 7 and Fig. 8 over the largest evaluated K (facts §9.6)."""
+    if "stage1" not in details:                               # Fashion-IQ: pool the categories
+        parts = list(details.values())
+        s1 = np.concatenate([p["stage1"] for p in parts])
+        s2 = np.concatenate([p["stage2"] for p in parts])
+    else:
+        s1, s2 = details["stage1"], details["stage2"]
+    shift = rank_shift_by_initial(s1, s2)
+    return {"k": int(s1.shape[1]), "table": rank_table(s1, s2),
+            "shift": {key: np.asarray(v).tolist() for key, v in shift.items()}}
+
+
+def coverage_curve(filter_metrics_labels: np.ndarray, ks=(1, 5, 10, 20, 50, 100, 200)) -> dict:
+    from cirtutor.evaluation import coverage_at_k
+    width = filter_metrics_labels.shape[1]
+    return {str(k): coverage_at_k(filter_metrics_labels, k) for k in ks if k <= width}
+
+
+# ----------------------------------------------------------------------------- the main job
+
+def new_run_folder(cfg: Config, out: str | None) -> Path:
+    if out:
+        return Path(out)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return Path(cfg.out_dir) / f"{cfg.name}-{stamp}"
+
+
+def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bool = False) -> int:
+    """The whole pipeline for a preset: data, features, stage 1, top-K, stage 2 (+ ablations),
+    evaluation of F and R_K for several K, rank analysis, timing, report.md + metrics.json."""
+    t0, times = time.perf_counter(), {}
+    device = resolve_device(cfg)
+    run = new_run_folder(cfg, out)
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run / "config.json", config_dict(cfg), indent=2)
+    mode = "tiny" if is_tiny(cfg) else "paper"
+    say(f"cirtutor reproduce: preset {cfg.name!r} ({mode} mode, {cfg.data.dataset} format), device {device}, run {run}")
+    with timed(times, "data"):
+        dataset_root(cfg.data, verbose=True)
+        train, val = datasets(cfg)
+        weights = init_weights(cfg)
+    with timed(times, "image features"):
+        stores = feature_stores(cfg, train, val, weights, device)
+    results = {"preset": cfg.name, "dataset": cfg.data.dataset, "mode": mode, "subsample": cfg.subsample,
+               "seeds": list(range(seeds)), "k": cfg.stage2.k, "ablations": {}, "seed_runs": [],
+               "device": f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device),
+               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "platform": platform.platform()}
+    for seed in range(seeds):
+        with timed(times, "stage 1"):
+            filt, f_metrics = run_stage1(cfg, run, seed, train=train, val=val, stores=stores, weights=weights,
+                                         device=device, resume=resume)
+        say(f"F (seed {seed}): {short(f_metrics)}")
+        with timed(times, "top-K"):
+            extract_topk(cfg, run, seed, filt, val, stores, device)
+        with timed(times, "stage 2"):
+            z_ts = encode_queries(filt, train, stores["train"], device=device)[1] if cfg.stage2.z_t == "cached" else None
+            pools = (hard_pools(filt, train, stores["train"], cfg.stage2.hard_pool, device=device)
+                     if cfg.stage2.batch_composition == "hard" else None)
+            details = {}
+            model, metrics = run_stage2(cfg, run, seed, filt, train=train, val=val, stores=stores, weights=weights,
+                                        device=device, resume=resume, details=details, z_ts_train=z_ts, pools=pools)
+        main = metrics[f"K={cfg.stage2.k}"]
+        say(f"R_{cfg.stage2.k} (seed {seed}): {short(main)}")
+        results["seed_runs"].append({"seed": seed, "filter": metrics["filter"], "rerank": main})
+        if seed > 0:
+            continue
+        results["filter"] = metrics["filter"]
+        results["rerank"] = {k: v for k, v in metrics.items() if k.startswith("K=")}
+        with timed(times, "analysis"):
+            results["rank_analysis"] = rank_analysis(details)
+            s1 = details["stage1"] if "stage1" in details else np.concatenate([d["stage1"] for d in details.values()])
+            results["coverage"] = coverage_curve(s1)
+            ks = usable_ks(cfg, val)
+            results["timing"] = inference_times(cfg, filt, model, val, stores, device, ks)
+            results["timing"]["fixed_s"] = {k: round(times[k], 2) for k in ("data", "image features") if k in times}
+            qualitative = qualitative_items(val, details)
+        for ablation in cfg.ablations:
+            with timed(times, f"ablation {ablation}"):
+                _, a_metrics = run_stage2(cfg, run, seed, filt, train=train, val=val, stores=stores, weights=weights,
+                                          device=device, ablation=ablation, resume=resume, z_ts_train=z_ts, pools=pools)
+            results["ablations"][ABLATIONS[ablation][0]] = a_metrics[f"K={cfg.stage2.k}"]
+            say(f"{ABLATIONS[ablation][0]} (seed {seed}): {short(a_metrics[f'K={cfg.stage2.k}'])}")
+    if seeds == 1:
+        results.pop("seed_runs")
+    results["stage_times_s"] = {k: round(v, 1) for k, v in times.items()}
+    results["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    if world()[0] == 0:
+        from cirtutor.report import write_report
+        path = write_report(results, run, qualitative)
+        atomic_write_json(run / "results.json", results, indent=2)
+        say(f"done in {results['wall_time_s']:.0f} s: {path} and {run / 'metrics.json'}")
+    return 0

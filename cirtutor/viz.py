@@ -126,6 +126,8 @@ def plot_coverage_vs_k(coverage: dict):
     for xi, yi in zip(x, y):
         ax.annotate(f"{yi:.1f}", (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     ax.set_xscale("log")
+    ax.set_xticks(x, [str(k) for k in x])
+    ax.minorticks_off()
     ax.set(xlabel="K (size of the stage-1 candidate list, log scale)", ylabel="queries with the target in top-K (%)",
            ylim=(0, 105), title="Ground-truth coverage of the filter's top-K")
     ax.grid(alpha=0.3)
@@ -158,7 +160,7 @@ def plot_time_vs_k(timing: dict):
     ks = sorted(per_k, key=_k_of)
     x = [_k_of(k) for k in ks]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(x, [per_k[k] for k in ks], "o-", color="C1", label="F + R_K (re-rank top-K)")
+    ax.plot(x, [per_k[k] for k in ks], "o-", color="C1", label="R_K (two-stage: filter, then re-rank top-K)")
     if timing.get("filter_per_query_s") is not None:
         ax.axhline(timing["filter_per_query_s"], color="C0", ls="--", label="F (filter only)")
     fixed = ", ".join(f"{name} {s:.1f} s" for name, s in timing.get("fixed_s", {}).items())

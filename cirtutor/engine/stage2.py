@@ -162,37 +162,65 @@ def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor]
 
 @torch.no_grad()
 def score_lists(model: DualEncoderReranker, dataset, z_ts, store: FeatureStore, candidates: np.ndarray,
-                batch_size: int = 8, device="cpu") -> np.ndarray:
-    """Re-ranker scores (N, K) of every query against its K candidate names (N, K)."""
+                batch_size: int = 8, device="cpu", indices=None) -> np.ndarray:
+    """Re-ranker scores (N, K) of the queries `indices` (default 0..N-1) against their K
+    candidate names (N, K): a scoring forward per `batch_size` queries, eval mode, fp32."""
     model.eval()
+    indices = list(range(len(candidates)) if indices is None else indices)
     out = []
-    for start in range(0, len(candidates), batch_size):
-        idx = list(range(start, min(start + batch_size, len(candidates))))
+    for start in range(0, len(indices), batch_size):
+        rows = list(range(start, min(start + batch_size, len(indices))))
+        idx = [indices[r] for r in rows]
         ids, mask, z_t = query_inputs(dataset, idx, z_ts, device)
-        cands = torch.stack([store[list(candidates[i])] for i in idx]).to(device)  # (b, K, L_v, d_v)
+        cands = torch.stack([store[list(candidates[r])] for r in rows]).to(device)  # (b, K, L_v, d_v)
         refs = store[[dataset.queries[i]["reference"] for i in idx]].to(device) if model.cfg.zt_input != "z_t" else None
-        out.append(model.score_candidates(ids, mask, z_t, cands, refs).cpu())
-    return torch.cat(out).numpy()
+        out.append(model.score_candidates(ids, mask, z_t, cands, refs).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, candidates.shape[1] if np.ndim(candidates) == 2 else 0))
 
 
 def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker, dataset, store: FeatureStore,
-                      ks, *, batch_size: int = 8, device="cpu") -> dict:
-    """CIRR-format evaluation of the filter (F) and the re-ranker at each K (R_K) from one
-    scoring pass over max(ks) candidates per query (facts §9.4): {"filter": ..., "K=k": ...}."""
-    if dataset.dataset_name != "CIRR":
-        raise NotImplementedError("re-ranked evaluation is implemented for the CIRR format first")
+                      ks, *, batch_size: int = 8, device="cpu", details: dict | None = None) -> dict:
+    """The filter (F) and the re-ranker at each K (R_K) on a validation split, from one scoring
+    pass over max(ks) candidates per query (facts §9.4): {"filter": ..., "K=k": ... + "coverage"}.
+
+    CIRR: the split's gallery minus the reference; the 5 subset members are scored directly.
+    Fashion-IQ: each category ranks its own gallery, reference kept (facts §1.8). Pass a dict
+    as `details` to receive the label arrays ("stage1" (N, K_max), "stage2" (N, K_max)), the
+    ranked names and the scores, per category for Fashion-IQ (for Table 7 / Fig. 8 and figures)."""
     query_emb, z_ts = encode_queries(filter_model, dataset, store, device=device)
-    ranked = rank_with_filter(filter_model, dataset, store, dataset.gallery, remove_reference=True, device=device,
-                              query_emb=query_emb)
-    targets = [q["target"] for q in dataset.queries]
-    labels = labels_from_ranking(ranked, targets)                      # (N, M-1)
-    subsets = [q["subset"] for q in dataset.queries]
-    results = {"filter": cirr_summary(labels, labels_from_ranking(subset_ranking(ranked, subsets), targets))}
     k_max = max(ks)
-    scores = score_lists(model, dataset, z_ts, store, ranked[:, :k_max], batch_size, device)
-    subset_scores = score_lists(model, dataset, z_ts, store, np.asarray(subsets), batch_size, device)
-    subset_labels = labels_from_ranking(subset_ranking_by_scores(subsets, subset_scores), targets)
-    for k, reranked in rerank_labels_for_ks(labels[:, :k_max], scores, ks).items():
-        results[f"K={k}"] = cirr_summary(reranked, subset_labels)
-        results[f"K={k}"]["coverage"] = recall_at_k(labels, k)
+    if dataset.dataset_name == "CIRR":
+        ranked = rank_with_filter(filter_model, dataset, store, dataset.gallery, remove_reference=True, device=device,
+                                  query_emb=query_emb)
+        targets = [q["target"] for q in dataset.queries]
+        labels = labels_from_ranking(ranked, targets)                  # (N, M-1)
+        subsets = [q["subset"] for q in dataset.queries]
+        results = {"filter": cirr_summary(labels, labels_from_ranking(subset_ranking(ranked, subsets), targets))}
+        scores = score_lists(model, dataset, z_ts, store, ranked[:, :k_max], batch_size, device)
+        subset_scores = score_lists(model, dataset, z_ts, store, np.asarray(subsets), batch_size, device)
+        subset_labels = labels_from_ranking(subset_ranking_by_scores(subsets, subset_scores), targets)
+        reranked = rerank_labels_for_ks(labels[:, :k_max], scores, ks)
+        for k in ks:
+            results[f"K={k}"] = {**cirr_summary(reranked[k], subset_labels), "coverage": recall_at_k(labels, k)}
+        if details is not None:
+            details.update(stage1=labels[:, :k_max], stage2=reranked[k_max], ranked=ranked[:, :k_max], scores=scores,
+                           indices=list(range(len(dataset.queries))))
+        return results
+    per_f, per_r, cover = {}, {k: {} for k in ks}, {k: [] for k in ks}
+    for cat, gallery in dataset.galleries.items():
+        idx = [i for i, q in enumerate(dataset.queries) if q["category"] == cat]
+        ranked = rank_with_filter(filter_model, dataset, store, gallery, indices=idx, remove_reference=False,
+                                  top_k=min(max(k_max, 50), len(gallery)), device=device, query_emb=query_emb[idx])
+        labels = labels_from_ranking(ranked, [dataset.queries[i]["target"] for i in idx])
+        per_f[cat] = labels
+        scores = score_lists(model, dataset, z_ts, store, ranked[:, :k_max], batch_size, device, indices=idx)
+        for k, rr in rerank_labels_for_ks(labels[:, :k_max], scores, ks).items():
+            per_r[k][cat] = rr
+            cover[k].append(recall_at_k(labels, k))
+        if details is not None:
+            details[cat] = dict(stage1=labels[:, :k_max], stage2=per_r[k_max][cat], ranked=ranked[:, :k_max],
+                                scores=scores, indices=idx)
+    results = {"filter": fashioniq_summary(per_f)}
+    for k in ks:
+        results[f"K={k}"] = {**fashioniq_summary(per_r[k]), "coverage": float(np.mean(cover[k]))}
     return results

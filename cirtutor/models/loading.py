@@ -273,6 +273,17 @@ def load_reranker(path: str | Path, cfg: ModelConfig, trust: bool = False) -> tu
     return model, LoadReport(src.kind, len(state), ignored, new, src.meta)
 
 
+def reranker_from_filter(filt: CandidateFilter, cfg: ModelConfig) -> tuple[DualEncoderReranker, LoadReport]:
+    """A re-ranker whose streams both start from the *trained* filter's text encoder (and its
+    frozen ViT) by the duplication rule, instead of from BLIP (a tiny-mode option: measured
+    on the synthetic CIRR val, R_20 R@1 12.4 vs 8.4 and Rs@1 72.4 vs 66.6 after 1000 steps)."""
+    ignored: dict[str, str] = {}
+    state = reranker_state_from_stage1(filt.state_dict(), cfg, ignored)
+    model = DualEncoderReranker(cfg)
+    new = load_exact(model, state, [r"\.merge_layer\.", r"^cls_head\."])
+    return model, LoadReport("trained stage-1 filter", len(state), ignored, new, {})
+
+
 # ----------------------------------------------------------------------------- exporting
 
 def to_original_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,163 @@
+"""The per-stage commands (`cirtutor train-stage1 | extract-topk | train-stage2 | evaluate |
+submit | analyze`): each loads what the previous stage left in the run folder and runs one
+step of `cirtutor.pipeline`. `reproduce` runs them all in one go."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cirtutor import pipeline as P
+from cirtutor.config import Config
+from cirtutor.errors import CirtutorError
+from cirtutor.io import atomic_write_json
+
+
+def context(cfg: Config, args) -> dict:
+    device = P.resolve_device(cfg)
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    if P.world()[0] == 0:
+        P.atomic_write_json(run / "config.json", P.config_dict(cfg), indent=2)
+    train, val = P.datasets(cfg)
+    weights = P.init_weights(cfg)
+    stores = P.feature_stores(cfg, train, val, weights, device)
+    return dict(device=device, run=run, train=train, val=val, weights=weights, stores=stores)
+
+
+def trained_filter(cfg: Config, ctx: dict, seed: int):
+    path = P.stage1_dir(ctx["run"], seed) / "filter.pt"
+    if not path.is_file():
+        raise CirtutorError(f"no trained filter at {path}: run `cirtutor train-stage1 --run {ctx['run']}` first")
+    filt, _ = P.load_filter(ctx["weights"], cfg.model)
+    try:
+        filt.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except RuntimeError as e:
+        raise CirtutorError(f"{path} does not fit the preset's model ({str(e).splitlines()[0]}): "
+                            "use the --preset and --set the run was trained with") from None
+    return filt.to(ctx["device"])
+
+
+def train_stage1(cfg: Config, args) -> int:
+    ctx = context(cfg, args)
+    _, metrics = P.run_stage1(cfg, ctx["run"], args.seed, train=ctx["train"], val=ctx["val"], stores=ctx["stores"],
+                              weights=ctx["weights"], device=ctx["device"], resume=args.resume)
+    P.say(f"F: {P.short(metrics)}  ({P.stage1_dir(ctx['run'], args.seed)})")
+    return 0
+
+
+def extract_topk(cfg: Config, args) -> int:
+    ctx = context(cfg, args)
+    filt = trained_filter(cfg, ctx, args.seed)
+    for path in P.extract_topk(cfg, ctx["run"], args.seed, filt, ctx["val"], ctx["stores"], ctx["device"], k=args.k):
+        P.say(f"wrote {path}")
+    return 0
+
+
+def train_stage2(cfg: Config, args) -> int:
+    ctx = context(cfg, args)
+    filt = trained_filter(cfg, ctx, args.seed)
+    _, metrics = P.run_stage2(cfg, ctx["run"], args.seed, filt, train=ctx["train"], val=ctx["val"], stores=ctx["stores"],
+                              weights=ctx["weights"], device=ctx["device"], ablation=args.ablation, resume=args.resume)
+    print_table(metrics)
+    return 0
+
+
+def evaluate(cfg: Config, args) -> int:
+    ctx = context(cfg, args)
+    filt = trained_filter(cfg, ctx, args.seed)
+    folder = ctx["run"] / f"seed{args.seed}" / ("stage2" + (f"-{args.ablation}" if args.ablation else ""))
+    if not (folder / "reranker.pt").is_file():
+        raise CirtutorError(f"no trained re-ranker at {folder / 'reranker.pt'}: run `cirtutor train-stage2` first")
+    _, metrics = P.run_stage2(cfg, ctx["run"], args.seed, filt, train=ctx["train"], val=ctx["val"], stores=ctx["stores"],
+                              weights=ctx["weights"], device=ctx["device"], ablation=args.ablation)
+    print_table(metrics)
+    return 0
+
+
+def print_table(metrics: dict) -> None:
+    for name, m in metrics.items():
+        P.say(f"{name:8s} {P.short(m)}")
+
+
+def submit(cfg: Config, args) -> int:
+    """CIRR test1: the filter ranks the test gallery (reference removed), the re-ranker re-orders
+    the top-K and scores the 5 subset members; both server files are written and validated."""
+    from cirtutor.data.registry import open_dataset
+    from cirtutor.engine.stage1 import encode_queries, rank_with_filter
+    from cirtutor.engine.stage2 import score_lists
+    from cirtutor.evaluation import (subset_ranking, subset_ranking_by_scores, validate_cirr_submission,
+                                     write_cirr_submission)
+
+    if cfg.data.dataset != "cirr":
+        raise CirtutorError("submit writes CIRR test-server files; Fashion-IQ has no test server (use evaluate)")
+    ctx = context(cfg, args)
+    filt = trained_filter(cfg, ctx, args.seed)
+    test = open_dataset(cfg.data, "test1", load_images=False)
+    store = P.feature_store(cfg, "test1", ctx["weights"], ctx["device"])
+    cfg_v = P.variant_config(cfg, args.ablation)
+    folder = ctx["run"] / f"seed{args.seed}" / ("stage2" + (f"-{args.ablation}" if args.ablation else ""))
+    model, _ = P.load_reranker(ctx["weights"], cfg_v.model)
+    model.load_state_dict(torch.load(folder / "reranker.pt", map_location="cpu", weights_only=True))
+    model.to(ctx["device"])
+    query_emb, z_ts = encode_queries(filt, test, store, device=ctx["device"])
+    ranked = rank_with_filter(filt, test, store, test.gallery, remove_reference=True, top_k=max(cfg.stage2.k, 50),
+                              device=ctx["device"], query_emb=query_emb)
+    k = cfg.stage2.k
+    scores = score_lists(model, test, z_ts, store, ranked[:, :k], device=ctx["device"])
+    order = np.argsort(-scores, axis=1, kind="stable")
+    reranked = np.concatenate([np.take_along_axis(ranked[:, :k], order, 1), ranked[:, k:]], axis=1)
+    subsets = [q["subset"] for q in test.queries]
+    subset_ranked = subset_ranking_by_scores(subsets, score_lists(model, test, z_ts, store, np.asarray(subsets),
+                                                                  device=ctx["device"]))
+    pairids = [q["pairid"] for q in test.queries]
+    out = ctx["run"] / "submission"
+    paths = {"stage1": write_cirr_submission(out, f"stage1_seed{args.seed}", pairids, ranked,
+                                             subset_ranking(ranked, subsets)),
+             "stage2": write_cirr_submission(out, f"stage2_seed{args.seed}", pairids, reranked, subset_ranked)}
+    bad = 0
+    for stage, files in paths.items():
+        for metric, path in files.items():
+            problems = validate_cirr_submission(path, test.queries)
+            bad += bool(problems)
+            P.say(f"{path}: " + ("ok, ready to upload" if not problems else "; ".join(problems[:5])))
+    return 1 if bad else 0
+
+
+def _labels(path: str, trust: bool) -> np.ndarray:
+    """(N, K) bool from .npy, a torch file holding a bool tensor, or a top-K file (its labels)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CirtutorError(f"{p} not found")
+    if p.suffix == ".npy":
+        return np.load(p).astype(bool)
+    if p.suffix in (".safetensors", ".json"):
+        from cirtutor.evaluation import load_topk
+        return np.asarray(load_topk(p).labels, dtype=bool)
+    from cirtutor.io import torch_load
+    obj = torch_load(p, trust=trust)
+    if isinstance(obj, dict) and "labels" in obj:
+        obj = obj["labels"]
+    return np.asarray(obj.numpy() if torch.is_tensor(obj) else obj, dtype=bool)
+
+
+def analyze(args) -> int:
+    from cirtutor.evaluation import rank_shift_by_initial, rank_table
+
+    s1, s2 = _labels(args.stage1, args.trust), _labels(args.stage2, args.trust)
+    k = min(s1.shape[1], s2.shape[1])
+    table = rank_table(s1[:, :k], s2[:, :k])
+    print(f"Table 7 (0-based target rank within the top-{k}; {table['queries']}/{table['total']} queries have it)")
+    print(f"  initial {table['initial']:.2f}   re-ranked {table['reranked']:.2f}   "
+          f"difference {table['difference']:.2f}   decrease {table['percent_decrease']:.2f} %")
+    if args.out:
+        from cirtutor.report import save_figure
+        from cirtutor.viz import plot_rank_shift
+        shift = {key: np.asarray(v).tolist() for key, v in rank_shift_by_initial(s1[:, :k], s2[:, :k]).items()}
+        out = Path(args.out)
+        save_figure(plot_rank_shift(shift), out / "rank_shift.png")
+        atomic_write_json(out / "rank_analysis.json", {"table": table, "shift": shift}, indent=2)
+        print(f"wrote {out / 'rank_shift.png'} and {out / 'rank_analysis.json'}")
+    return 0
