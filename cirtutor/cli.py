@@ -1,11 +1,11 @@
 """The one command line: `cirtutor <command> ...`.
 
     cirtutor reproduce --preset tiny [--seeds 3]  the main job (tiny mode: synthetic data, CPU), report.md
-    cirtutor train-stage1 --preset P --run DIR [--seed S] [--resume]     the candidate filter
-    cirtutor extract-topk --preset P --run DIR [--k 200]                 its top-K lists of the val split
-    cirtutor train-stage2 --preset P --run DIR [--ablation A] [--resume] the re-ranker
-    cirtutor evaluate     --preset P --run DIR [--ablation A]            F and R_K for the preset's K values
-    cirtutor submit       --preset P --run DIR                           CIRR test1 server files + validation
+    cirtutor train-stage1 --preset P --run-dir DIR [--seed S] [--resume]     the candidate filter
+    cirtutor extract-topk --preset P --run-dir DIR [--k 200]                 its top-K lists of the val split
+    cirtutor train-stage2 --preset P --run-dir DIR [--ablation A] [--resume] the re-ranker
+    cirtutor evaluate     --preset P --run-dir DIR [--ablation A]            F and R_K for the preset's K values
+    cirtutor submit       --preset P --run-dir DIR                           CIRR test1 server files + validation
     cirtutor analyze      --stage1 A --stage2 B [--out DIR]              Table 7 / Fig. 8 from label arrays
     cirtutor make-data --format cirr --out DIR  draw a synthetic CIR dataset in a real format
     cirtutor data-stats --dataset cirr --annotations DIR [--images DIR] [--json]
@@ -117,20 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a preset field, e.g. --set stage2.k=50 (repeatable)")
         s.add_argument("--subsample", metavar="SPEC",
                        help="seeded subsets of the real data, e.g. train=0.1,val=500,gallery=2000 (not the paper's numbers)")
-        s.add_argument("--run", required=run_required, metavar="DIR",
+        s.add_argument("--run-dir", dest="run", required=run_required, metavar="DIR",
                        help="the run folder" + ("" if run_required else " (default: runs/<preset>-<time>)"))
 
     s = sub.add_parser("reproduce", help="run the main job for a preset and write report.md + metrics.json")
     preset_args(s, run_required=False)
     s.add_argument("--seeds", type=int, default=1, help="train and evaluate seeds 0..N-1 (mean ± std in the report)")
-    s.add_argument("--resume", action="store_true", help="continue the trainings of --run from their checkpoints")
+    s.add_argument("--resume", action="store_true", help="continue the trainings of --run-dir from their checkpoints")
     s.set_defaults(func=cmd_reproduce)
 
     for name, text in (("train-stage1", "train the candidate filter (stage 1)"),
                        ("extract-topk", "write stage 1's top-K lists of the validation split"),
-                       ("train-stage2", "train the dual-encoder re-ranker (stage 2) on the filter of --run"),
-                       ("evaluate", "evaluate F and R_K of --run on the validation split"),
-                       ("submit", "write and validate the CIRR test1 submission files of --run")):
+                       ("train-stage2", "train the dual-encoder re-ranker (stage 2) on the filter of --run-dir"),
+                       ("evaluate", "evaluate F and R_K of --run-dir on the validation split"),
+                       ("submit", "write and validate the CIRR test1 submission files of --run-dir")):
         s = sub.add_parser(name, help=text)
         preset_args(s, run_required=True)
         s.add_argument("--seed", type=int, default=0)

@@ -30,7 +30,7 @@ def context(cfg: Config, args) -> dict:
 def trained_filter(cfg: Config, ctx: dict, seed: int):
     path = P.stage1_dir(ctx["run"], seed) / "filter.pt"
     if not path.is_file():
-        raise CirtutorError(f"no trained filter at {path}: run `cirtutor train-stage1 --run {ctx['run']}` first")
+        raise CirtutorError(f"no trained filter at {path}: run `cirtutor train-stage1 --run-dir {ctx['run']}` first")
     filt, _ = P.load_filter(ctx["weights"], cfg.model)
     try:
         filt.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -103,8 +103,8 @@ def submit(cfg: Config, args) -> int:
     model.load_state_dict(torch.load(folder / "reranker.pt", map_location="cpu", weights_only=True))
     model.to(ctx["device"])
     query_emb, z_ts = encode_queries(filt, test, store, device=ctx["device"])
-    ranked = rank_with_filter(filt, test, store, test.gallery, remove_reference=True, top_k=max(cfg.stage2.k, 50),
-                              device=ctx["device"], query_emb=query_emb)
+    ranked = rank_with_filter(filt, test, store, test.gallery, remove_reference=True, device=ctx["device"],
+                              query_emb=query_emb)                  # the whole gallery: subsets need every member
     k = cfg.stage2.k
     scores = score_lists(model, test, z_ts, store, ranked[:, :k], device=ctx["device"])
     order = np.argsort(-scores, axis=1, kind="stable")

@@ -1,0 +1,108 @@
+"""The main job end to end on a small synthetic world: the per-stage commands chained through
+one run folder, `reproduce` (report.md + metrics.json), subsampling, clear errors, and a
+two-process DDP run under torchrun (gloo on CPU)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cirtutor.cli import main
+from cirtutor.data.subsample import parse_spec
+from cirtutor.errors import CirtutorError
+
+SMALL = ["data.synthetic_size=20", "stage1.batch_size=10", "stage1.epochs=2", "stage2.batch_size=6", "stage2.epochs=1",
+         "stage2.hard_pool=10", "stage2.k=10", "stage2.eval_ks=5,10"]
+SETS = [arg for s in SMALL for arg in ("--set", s)]
+RECALLS = {"R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3"}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRTUTOR_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_stage_commands_chain_through_one_run_folder(cache, capsys):
+    run = str(cache / "run")
+    assert main(["train-stage2", "--run-dir", run, *SETS]) == 2                       # nothing to start from yet
+    assert "no trained filter" in capsys.readouterr().err
+    assert main(["train-stage1", "--run-dir", run, *SETS]) == 0
+    stage1 = cache / "run" / "seed0" / "stage1"
+    assert {"filter.pt", "last.pt", "metrics.csv", "metrics.json"} <= {p.name for p in stage1.iterdir()}
+    assert main(["extract-topk", "--run-dir", run, "--k", "20", *SETS]) == 0
+    assert (cache / "run" / "seed0" / "topk" / "cirr_top_20_val.safetensors").is_file()
+    assert main(["train-stage2", "--run-dir", run, *SETS]) == 0
+    out = capsys.readouterr().out
+    assert "filter" in out and "K=10" in out
+    assert main(["evaluate", "--run-dir", run, *SETS]) == 0
+    metrics = json.loads((cache / "run" / "seed0" / "stage2" / "metrics.json").read_text())
+    assert set(metrics) == {"filter", "K=5", "K=10"}
+    assert metrics["K=10"]["R@10"] == pytest.approx(metrics["K=10"]["coverage"])  # a permutation of the top 10
+    assert main(["submit", "--run-dir", run, *SETS]) == 0
+    assert "ok, ready to upload" in capsys.readouterr().out
+    assert len(list((cache / "run" / "submission").glob("*.json"))) == 4
+
+
+def test_reproduce_writes_the_report_and_metrics(cache):
+    run = cache / "run"
+    assert main(["reproduce", "--run-dir", str(run), *SETS]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"filter", "rerank", "ablations", "wall_time_s"}
+    assert set(metrics["filter"]) == RECALLS and set(metrics["rerank"]) == {"K=5", "K=10"}
+    assert set(metrics["ablations"]) == {"w/o Encoder-t", "w/o Encoder-z_t"}
+    report = (run / "report.md").read_text()
+    stage2 = json.loads((run / "seed0" / "stage2" / "metrics.json").read_text())
+    assert f"{stage2['K=10']['R@10']:.1f}" in report and "Ablations" in report
+    assert {p.name for p in (run / "figures").iterdir()} >= {"coverage_vs_k.png", "recall_vs_k.png", "rank_shift.png"}
+    assert metrics["rerank"]["K=10"]["R@1"] == stage2["K=10"]["R@1"]               # one source for both files
+
+
+def test_subsample_keeps_what_the_queries_need(cache):
+    from cirtutor.config import apply_overrides, get_preset
+    from cirtutor.data.subsample import subsample
+    from cirtutor.pipeline import datasets
+
+    cfg = apply_overrides(get_preset("tiny"), SMALL)
+    train, val = datasets(cfg)
+    t2, v2 = subsample(train, val, "train=0.5,val=3,gallery=20", seed=1)
+    assert len(t2.queries) == round(len(train.queries) / 2) and len(v2.queries) == 3 and len(train.queries) > 10
+    needed = {n for q in v2.queries for n in (q["reference"], q["target"], *q["subset"])}
+    assert needed <= set(v2.gallery) and len(v2.gallery) == 20
+    assert v2.gallery == [n for n in val.gallery if n in set(v2.gallery)]         # gallery order kept
+    assert subsample(train, val, "train=0.5,val=3,gallery=20", seed=1)[1].queries == v2.queries  # seeded
+    with pytest.raises(CirtutorError, match="KEY=N"):
+        parse_spec("queries=10")
+
+
+def test_reproduce_on_a_subsample_says_so(cache):
+    run = cache / "run"
+    assert main(["reproduce", "--run-dir", str(run), "--subsample", "train=0.5,val=4,gallery=25", *SETS,
+                 "--set", "ablations=", "--set", "stage2.eval_ks=5"]) == 0
+    assert "subsample" in (run / "report.md").read_text()
+    assert json.loads((run / "results.json").read_text())["subsample"] == "train=0.5,val=4,gallery=25"
+
+
+def test_two_process_ddp_training_under_torchrun(cache):
+    """torchrun with two CPU processes (gloo): each takes every other batch, DDP averages the
+    gradients, so an epoch has half the optimisation steps; rank 0 writes the run folder."""
+    run = cache / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "cirtutor.cli", "train-stage1", "--run-dir", str(run), *SETS]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = (run / "seed0" / "stage1" / "metrics.csv").read_text().strip().splitlines()[1:]
+    single = 100 // 10                                                              # 100 train queries, batch 10
+    assert len(rows) == 2 * (single // 2)                                           # 2 epochs of 5 steps
+    assert (run / "seed0" / "stage1" / "filter.pt").is_file()
+    assert done.stdout.count("F: ") == 1                                            # only rank 0 reports
+
+
+def test_wrong_device_is_a_clear_error(cache, capsys):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["train-stage1", "--run-dir", str(cache / "run"), *SETS, "--set", "device=cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
