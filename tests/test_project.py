@@ -51,14 +51,20 @@ def test_make_data_then_loaders_read_it(tmp_path, capsys):
     assert "refusing to write" in capsys.readouterr().err
 
 
-def test_reproduce_tiny_runs_the_data_stage(tmp_path, monkeypatch, capsys):
+def test_reproduce_tiny_fashioniq_end_to_end_and_reuses_its_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CIRTUTOR_CACHE", str(tmp_path / "cache"))
-    argv = ["reproduce", "--preset", "tiny_fashioniq", "--set", "data.synthetic_size=9", "--set", "data.synthetic_resolution=24"]
+    small = ["data.synthetic_size=9", "stage1.batch_size=8", "stage1.epochs=1", "stage2.batch_size=6", "stage2.epochs=1",
+             "stage2.k=5", "stage2.eval_ks=3,5", "ablations="]
+    argv = ["reproduce", "--preset", "tiny_fashioniq", "--run-dir", str(tmp_path / "run"),
+            *[a for s in small for a in ("--set", s)]]
     assert main(argv) == 0
     first = capsys.readouterr().out
-    assert "building synthetic fashioniq dataset" in first and "OK" in first
+    assert "building synthetic fashioniq dataset" in first and "done in" in first
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"dress R@10", "shirt R@50", "toptee R@10", "R@10", "R@50", "avg"} <= set(metrics["filter"])
     assert main(argv) == 0
-    assert "found synthetic fashioniq dataset" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "found synthetic fashioniq dataset" in again and "found trained filter" in again
 
 
 def test_cli_download_delegates(capsys):

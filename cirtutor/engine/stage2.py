@@ -23,7 +23,7 @@ from cirtutor.engine.loop import History, distribute, fit, Schedule
 from cirtutor.engine.optim import make_optimizer
 from cirtutor.engine.stage1 import batch_order as stage1_batch_order
 from cirtutor.engine.stage1 import encode_queries, rank_with_filter
-from cirtutor.evaluation import (cirr_summary, labels_from_ranking, rerank_labels_for_ks, subset_ranking,
+from cirtutor.evaluation import (cirr_summary, fashioniq_summary, labels_from_ranking, rerank_labels_for_ks, subset_ranking,
                                  subset_ranking_by_scores)
 from cirtutor.evaluation.metrics import recall_at_k
 from cirtutor.models import CandidateFilter, DualEncoderReranker, tokenize
@@ -48,8 +48,9 @@ def query_inputs(dataset, indices, z_ts: list[torch.Tensor], device) -> tuple[to
 def hard_pools(filter_model: CandidateFilter, train_set, store: FeatureStore, pool: int, device="cpu") -> list[list[int]]:
     """For every training query, the queries whose targets lie in its filter top-`pool` on the
     training gallery: the negatives the re-ranker will meet in a top-K list."""
-    ranked = rank_with_filter(filter_model, train_set, store, train_set.gallery,
-                              remove_reference=train_set.dataset_name == "CIRR", top_k=pool, device=device)
+    cirr = train_set.dataset_name == "CIRR"
+    ranked = rank_with_filter(filter_model, train_set, store, train_set.gallery, remove_reference=cirr,
+                              top_k=min(pool, len(train_set.gallery) - cirr), device=device)
     by_target: dict[str, list[int]] = {}
     for i, q in enumerate(train_set.queries):
         by_target.setdefault(q["target"], []).append(i)
