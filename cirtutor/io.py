@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -73,7 +74,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = No
 
 def _looks_like_torch_save(path) -> bool:
     """torch.save writes a zip archive (or, in the legacy format, a pickle starting with 0x80)."""
-    import zipfile
     try:
         with open(path, "rb") as f:
             head = f.read(2)

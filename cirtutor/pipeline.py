@@ -40,7 +40,7 @@ from cirtutor.engine.stage1 import encode_queries, evaluate_filter, rank_with_fi
 from cirtutor.engine.stage2 import evaluate_reranker, hard_pools, score_lists, train_stage2
 from cirtutor.errors import CirtutorError
 from cirtutor.evaluation import TopK, rank_shift_by_initial, rank_table, save_topk
-from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text, torch_load
 from cirtutor.models import CandidateFilter, DualEncoderReranker
 from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
 
@@ -169,36 +169,59 @@ def run_stage1(cfg: Config, run: Path, seed: int, *, train, val, stores, weights
     final = out / "filter.pt"
     filt, report = load_filter(weights, cfg.model)
     if final.is_file() and not resume:
-        filt.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
+        load_weights(filt, final)
         say(f"stage 1 (seed {seed}): found trained filter {final}, loading…")
         return filt.to(device), json.loads((out / "metrics.json").read_text())
     say(f"stage 1 (seed {seed}): {report.summary()}")
-    best = {"score": -1.0}
-
-    def validate(epoch: int) -> dict | None:
-        every = cfg.stage1.validate_every
-        if not every or (epoch + 1) % every and epoch + 1 != cfg.stage1.epochs:
-            return None
-        metrics = evaluate_filter(filt, val, stores["val"], device=device)
-        score = selection_score(metrics)
-        if score > best["score"] and world()[0] == 0:
-            best.update(score=score, epoch=epoch)
-            atomic_write_bytes(out / "best.pt", state_bytes(filt))
-        say(f"stage 1 epoch {epoch}: {short(metrics)}")
-        return flatten(metrics)
-
+    validate = validator(lambda: evaluate_filter(filt, val, stores["val"], device=device), cfg.stage1, filt, out,
+                         f"stage 1 (seed {seed})")
     meta = {"stage": 1, "seed": seed, "config": json.dumps(dataclasses.asdict(cfg.stage1), sort_keys=True)}
     history = train_stage1(filt, train, stores["train"], cfg.stage1, seed=seed, device=device, log=say,
                            log_every=200, on_epoch_end=validate, checkpoint=out / "last.pt", resume=resume, meta=meta)
-    if cfg.stage1.select == "best" and (out / "best.pt").is_file():
-        filt.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
+    finish_training(filt, history, cfg.stage1.select, out, final)
     metrics = evaluate_filter(filt, val, stores["val"], device=device)
+    if world()[0] == 0:
+        atomic_write_json(out / "metrics.json", metrics, indent=2)
+    return filt, metrics
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Weights a run saved (state dict, loaded safely) into `model`, with a clear error when
+    they belong to another architecture."""
+    try:
+        model.load_state_dict(torch_load(path))
+    except RuntimeError as e:
+        raise CirtutorError(f"{path} does not fit the preset's model ({str(e).splitlines()[0]}): "
+                            "use the --preset and --set the run was trained with") from None
+    return model
+
+
+def validator(evaluate, stage_cfg, model: torch.nn.Module, out: Path, label: str):
+    """The `on_epoch_end` callback of a training: every `validate_every` epochs (and after the
+    last) evaluate, keep the best weights by the authors' selection score in out/best.pt."""
+    best = {"score": -1.0}
+
+    def validate(epoch: int) -> dict | None:
+        every = stage_cfg.validate_every
+        if not every or (epoch + 1) % every and epoch + 1 != stage_cfg.epochs:
+            return None
+        metrics = evaluate()
+        if selection_score(metrics) > best["score"] and world()[0] == 0:
+            best["score"] = selection_score(metrics)
+            atomic_write_bytes(out / "best.pt", state_bytes(model))
+        say(f"{label} epoch {epoch}: {short(metrics)}")
+        return flatten(metrics)
+    return validate
+
+
+def finish_training(model: torch.nn.Module, history, select: str, out: Path, final: Path) -> None:
+    """Keep the selected weights ("best" on validation, or "last"), write the logs and the weights."""
+    if select == "best" and (out / "best.pt").is_file():
+        load_weights(model, out / "best.pt")
     if world()[0] == 0:
         write_csv(out / "metrics.csv", history.train)
         write_csv(out / "validation.csv", history.val)
-        atomic_write_json(out / "metrics.json", metrics, indent=2)
-        atomic_write_bytes(final, state_bytes(filt))
-    return filt, metrics
+        atomic_write_bytes(final, state_bytes(model))
 
 
 def state_bytes(model: torch.nn.Module) -> bytes:
@@ -257,6 +280,17 @@ def variant_config(cfg: Config, ablation: str | None) -> Config:
     return cfg
 
 
+def stage2_training_inputs(cfg: Config, filt, train, stores, device, shared: dict | None = None):
+    """(cached z_t of the training queries, hard-batch pools), each computed only when the
+    config needs it, and once per filter when `shared` is passed (the ablations reuse them)."""
+    shared = {} if shared is None else shared
+    if cfg.stage2.z_t == "cached" and "z_ts" not in shared:
+        shared["z_ts"] = encode_queries(filt, train, stores["train"], device=device)[1]
+    if cfg.stage2.batch_composition == "hard" and "pools" not in shared:
+        shared["pools"] = hard_pools(filt, train, stores["train"], cfg.stage2.hard_pool, device=device)
+    return shared.get("z_ts"), shared.get("pools")
+
+
 def usable_ks(cfg: Config, val) -> tuple[int, ...]:
     """The K values to evaluate (stage2.eval_ks and stage2.k) that fit the validation gallery."""
     longest = len(val.gallery) - 1 if val.dataset_name == "CIRR" else min(map(len, val.galleries.values()))
@@ -268,8 +302,9 @@ def usable_ks(cfg: Config, val) -> tuple[int, ...]:
 
 def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, train, val, stores, weights: Path,
                device, ablation: str | None = None, resume: bool = False, details: dict | None = None,
-               z_ts_train=None, pools=None) -> tuple[DualEncoderReranker, dict]:
-    """Train the re-ranker (Eq. 2) on the filter's z_t, then evaluate F and R_K for every K."""
+               shared: dict | None = None) -> tuple[DualEncoderReranker, dict]:
+    """Train the re-ranker (Eq. 2) on the filter's z_t, then evaluate F and R_K for every K.
+    `shared` (a dict) keeps the training z_t and hard pools for the next variant of the same filter."""
     cfg = variant_config(cfg, ablation)
     out = Path(run) / f"seed{seed}" / ("stage2" + (f"-{ablation}" if ablation else ""))
     torch.manual_seed(seed)                                   # the new head's initialisation
@@ -284,37 +319,19 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
     label = f"stage 2{' (' + ABLATIONS[ablation][0] + ')' if ablation else ''} (seed {seed})"
     if final.is_file() and not resume:
         say(f"{label}: found trained re-ranker {final}, loading…")
-        model.load_state_dict(torch.load(final, map_location="cpu", weights_only=True))
+        load_weights(model, final)
     else:
         say(f"{label}: {report.summary()}")
-        if z_ts_train is None and cfg.stage2.z_t == "cached":
-            z_ts_train = encode_queries(filt, train, stores["train"], device=device)[1]
-        if pools is None and cfg.stage2.batch_composition == "hard":
-            pools = hard_pools(filt, train, stores["train"], cfg.stage2.hard_pool, device=device)
-        best = {"score": -1.0}
-
-        def validate(epoch: int) -> dict | None:
-            every = cfg.stage2.validate_every
-            if not every or (epoch + 1) % every and epoch + 1 != cfg.stage2.epochs:
-                return None
-            metrics = evaluate_reranker(filt, model, val, stores["val"], (cfg.stage2.k,), device=device)[f"K={cfg.stage2.k}"]
-            if selection_score(metrics) > best["score"] and world()[0] == 0:
-                best["score"] = selection_score(metrics)
-                atomic_write_bytes(out / "best.pt", state_bytes(model))
-            say(f"{label} epoch {epoch}: R_{cfg.stage2.k} {short(metrics)}")
-            return flatten(metrics)
-
+        z_ts_train, pools = stage2_training_inputs(cfg, filt, train, stores, device, shared)
+        k = cfg.stage2.k
+        validate = validator(lambda: evaluate_reranker(filt, model, val, stores["val"], (k,), device=device)[f"K={k}"],
+                             cfg.stage2, model, out, f"{label} R_{k}")
         meta = {"stage": 2, "seed": seed, "ablation": ablation or "",
                 "config": json.dumps([dataclasses.asdict(cfg.stage2), dataclasses.asdict(cfg.model)], sort_keys=True)}
         history = train_stage2(model, train, z_ts_train, stores["train"], cfg.stage2, pools=pools, seed=seed,
                                device=device, filter_model=filt, log=say, log_every=200, on_epoch_end=validate,
                                checkpoint=out / "last.pt", resume=resume, meta=meta)
-        if cfg.stage2.select == "best" and (out / "best.pt").is_file():
-            model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True))
-        if world()[0] == 0:
-            write_csv(out / "metrics.csv", history.train)
-            write_csv(out / "validation.csv", history.val)
-            atomic_write_bytes(final, state_bytes(model))
+        finish_training(model, history, cfg.stage2.select, out, final)
     model.to(device)
     ks = usable_ks(cfg, val)
     metrics = evaluate_reranker(filt, model, val, stores["val"], ks, device=device, details=details)
@@ -424,12 +441,9 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
         with timed(times, "top-K"):
             extract_topk(cfg, run, seed, filt, val, stores, device)
         with timed(times, "stage 2"):
-            z_ts = encode_queries(filt, train, stores["train"], device=device)[1] if cfg.stage2.z_t == "cached" else None
-            pools = (hard_pools(filt, train, stores["train"], cfg.stage2.hard_pool, device=device)
-                     if cfg.stage2.batch_composition == "hard" else None)
-            details = {}
+            details, shared = {}, {}
             model, metrics = run_stage2(cfg, run, seed, filt, train=train, val=val, stores=stores, weights=weights,
-                                        device=device, resume=resume, details=details, z_ts_train=z_ts, pools=pools)
+                                        device=device, resume=resume, details=details, shared=shared)
         main = metrics[f"K={cfg.stage2.k}"]
         say(f"R_{cfg.stage2.k} (seed {seed}): {short(main)}")
         results["seed_runs"].append({"seed": seed, "filter": metrics["filter"], "rerank": main})
@@ -448,7 +462,7 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
         for ablation in cfg.ablations:
             with timed(times, f"ablation {ablation}"):
                 _, a_metrics = run_stage2(cfg, run, seed, filt, train=train, val=val, stores=stores, weights=weights,
-                                          device=device, ablation=ablation, resume=resume, z_ts_train=z_ts, pools=pools)
+                                          device=device, ablation=ablation, resume=resume, shared=shared)
             results["ablations"][ABLATIONS[ablation][0]] = a_metrics[f"K={cfg.stage2.k}"]
             say(f"{ABLATIONS[ablation][0]} (seed {seed}): {short(a_metrics[f'K={cfg.stage2.k}'])}")
     if seeds == 1:

@@ -3,7 +3,6 @@ submit | analyze`): each loads what the previous stage left in the run folder an
 step of `cirtutor.pipeline`. `reproduce` runs them all in one go."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ def context(cfg: Config, args) -> dict:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     if P.world()[0] == 0:
-        P.atomic_write_json(run / "config.json", P.config_dict(cfg), indent=2)
+        atomic_write_json(run / "config.json", P.config_dict(cfg), indent=2)
     train, val = P.datasets(cfg)
     weights = P.init_weights(cfg)
     stores = P.feature_stores(cfg, train, val, weights, device)
@@ -32,12 +31,7 @@ def trained_filter(cfg: Config, ctx: dict, seed: int):
     if not path.is_file():
         raise CirtutorError(f"no trained filter at {path}: run `cirtutor train-stage1 --run-dir {ctx['run']}` first")
     filt, _ = P.load_filter(ctx["weights"], cfg.model)
-    try:
-        filt.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except RuntimeError as e:
-        raise CirtutorError(f"{path} does not fit the preset's model ({str(e).splitlines()[0]}): "
-                            "use the --preset and --set the run was trained with") from None
-    return filt.to(ctx["device"])
+    return P.load_weights(filt, path).to(ctx["device"])
 
 
 def train_stage1(cfg: Config, args) -> int:
@@ -100,8 +94,7 @@ def submit(cfg: Config, args) -> int:
     cfg_v = P.variant_config(cfg, args.ablation)
     folder = ctx["run"] / f"seed{args.seed}" / ("stage2" + (f"-{args.ablation}" if args.ablation else ""))
     model, _ = P.load_reranker(ctx["weights"], cfg_v.model)
-    model.load_state_dict(torch.load(folder / "reranker.pt", map_location="cpu", weights_only=True))
-    model.to(ctx["device"])
+    P.load_weights(model, folder / "reranker.pt").to(ctx["device"])
     query_emb, z_ts = encode_queries(filt, test, store, device=ctx["device"])
     ranked = rank_with_filter(filt, test, store, test.gallery, remove_reference=True, device=ctx["device"],
                               query_emb=query_emb)                  # the whole gallery: subsets need every member

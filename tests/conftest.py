@@ -49,3 +49,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real annotation files not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    """A builder of a small synthetic world in a fresh cache: `small_world(overrides)` ->
+    (cfg, untrained filter seeded 0, train queries, val queries, train features, val features)."""
+    import torch
+
+    from cirtutor.config import apply_overrides, get_preset
+    from cirtutor.data.registry import open_dataset
+    from cirtutor.engine.features import encode_gallery
+    from cirtutor.models import CandidateFilter
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CIRTUTOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+    def build(overrides):
+        cfg = apply_overrides(get_preset("tiny"), overrides)
+        torch.manual_seed(0)
+        filt = CandidateFilter(cfg.model)
+        train, val = open_dataset(cfg.data, "train", load_images=False), open_dataset(cfg.data, "val")
+        stores = [encode_gallery(filt.encode_images, open_dataset(cfg.data, s, "gallery"), 16) for s in ("train", "val")]
+        return cfg, filt, train, val, *stores
+
+    yield build
+    mp.undo()

@@ -3,9 +3,6 @@ uninterrupted one (weights, loss history and metrics), for both stages (tiny dim
 import pytest
 import torch
 
-from cirtutor.config import apply_overrides, get_preset
-from cirtutor.data.registry import open_dataset
-from cirtutor.engine.features import encode_gallery
 from cirtutor.engine.loop import ResumeError, load_checkpoint
 from cirtutor.engine.stage1 import encode_queries, evaluate_filter, train_stage1
 from cirtutor.engine.stage2 import evaluate_reranker, hard_pools, train_stage2
@@ -18,16 +15,9 @@ QUIET = dict(log=lambda _: None, progress=False)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CIRTUTOR_CACHE", str(tmp_path_factory.mktemp("cache")))
-    cfg = apply_overrides(get_preset("tiny"), SMALL)
-    torch.manual_seed(0)
-    filt = CandidateFilter(cfg.model)
-    train, val = open_dataset(cfg.data, "train", load_images=False), open_dataset(cfg.data, "val")
-    stores = [encode_gallery(filt.encode_images, open_dataset(cfg.data, s, "gallery"), 16) for s in ("train", "val")]
-    yield cfg, filt.state_dict(), train, val, *stores
-    mp.undo()
+def world(small_world):
+    cfg, filt, *rest = small_world(SMALL)
+    return cfg, filt.state_dict(), *rest
 
 
 def fresh_filter(cfg, init):

@@ -3,29 +3,19 @@ import numpy as np
 import pytest
 import torch
 
-from cirtutor.config import apply_overrides, get_preset
-from cirtutor.data.registry import open_dataset
-from cirtutor.engine.features import encode_gallery
+from cirtutor.config import apply_overrides
 from cirtutor.engine.stage1 import encode_queries
 from cirtutor.engine.stage2 import (batch_order, evaluate_reranker, hard_pools, make_stage2_optimizer, query_inputs,
                                     score_lists, train_stage2)
-from cirtutor.models import CandidateFilter, DualEncoderReranker
+from cirtutor.models import DualEncoderReranker
 
 SMALL = ["data.synthetic_size=8", "data.synthetic_resolution=32", "data.resolution=32", "model.image_size=32",
          "stage2.batch_size=6", "stage2.epochs=2", "stage2.hard_pool=10"]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CIRTUTOR_CACHE", str(tmp_path_factory.mktemp("cache")))
-    cfg = apply_overrides(get_preset("tiny"), SMALL)
-    torch.manual_seed(0)
-    filt = CandidateFilter(cfg.model)
-    train, val = open_dataset(cfg.data, "train", load_images=False), open_dataset(cfg.data, "val")
-    st, sv = (encode_gallery(filt.encode_images, open_dataset(cfg.data, s, "gallery"), 16) for s in ("train", "val"))
-    yield cfg, filt, train, val, st, sv
-    mp.undo()
+def world(small_world):
+    return small_world(SMALL)
 
 
 def queries(n_refs=6, edits=5):

@@ -17,7 +17,6 @@ with the same random numbers and ends bit-identical to an uninterrupted run (tes
 from __future__ import annotations
 
 import io
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -42,14 +42,3 @@ def grad_scaler(device: str | torch.device, amp: bool) -> torch.amp.GradScaler:
     kind = torch.device(device).type
     return torch.amp.GradScaler(kind, enabled=amp and kind == "cuda")
 
-
-def optimise(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler: torch.amp.GradScaler | None = None) -> None:
-    """One update: zero, (scaled) backward, step. No gradient clipping (facts §8.1)."""
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None or not scaler.is_enabled():
-        loss.backward()
-        optimizer.step()
-        return
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
