@@ -134,7 +134,7 @@ def feature_store(cfg: Config, split: str, weights: Path, device, names: list[st
                         names)
     path = cache_dir() / "features" / f"{cfg.data.dataset}-{split}-{key}.safetensors"
     if path.is_file():
-        return FeatureStore.load(path)
+        return FeatureStore.load(path, mmap=not is_tiny(cfg))               # paper dims: mapped, rows read on demand
     filt, _ = load_filter(weights, cfg.model)
     filt.to(device)
     dtype = torch.float32 if is_tiny(cfg) else torch.float16   # paper dims: 577 x 768 per image, halved on disk
@@ -271,7 +271,11 @@ def extract_topk(cfg: Config, run: Path, seed: int, filt: CandidateFilter, val, 
 # ----------------------------------------------------------------------------- stage 2
 
 def variant_config(cfg: Config, ablation: str | None) -> Config:
+    """The config a re-ranker variant trains with: the ablation's model switches, and the
+    re-ranker's own dropout (stage2.dropout) when the preset sets one."""
     cfg = copy.deepcopy(cfg)
+    if cfg.stage2.dropout is not None:
+        cfg.model.dropout = cfg.stage2.dropout
     if ablation:
         if ablation not in ABLATIONS:
             raise CirtutorError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")

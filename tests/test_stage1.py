@@ -58,6 +58,14 @@ def test_feature_store_round_trip_and_errors(tmp_path):
     assert loaded.names == ["a", "b"] and torch.equal(loaded[["b", "a"]], store[["b", "a"]])
     with pytest.raises(CirtutorError, match="no image features for 'c'"):
         store[["c"]]
+    for dtype in (torch.float16, torch.float32):                       # memory-mapped: same rows, read lazily
+        FeatureStore(["a", "b", "c"], torch.randn(3, 5, 4).to(dtype)).save(tmp_path / "m.safetensors")
+        mapped = FeatureStore.load(tmp_path / "m.safetensors", mmap=True)
+        full = FeatureStore.load(tmp_path / "m.safetensors")
+        assert torch.equal(mapped[["c", "a"]], full[["c", "a"]]) and mapped[["b"]].dtype == torch.float32
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CirtutorError, match="delete the file"):
+        FeatureStore.load(tmp_path / "bad.safetensors")
 
 
 def test_training_lowers_the_loss_and_is_seeded(tiny):

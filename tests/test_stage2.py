@@ -66,6 +66,39 @@ def test_training_runs_seeded_with_hard_batches(world):
     assert all(np.isfinite(h["loss"]) for h in runs[0])
 
 
+def test_drop_path_samples_the_vit_in_train_mode_only():
+    from cirtutor.models.backbones import add_drop_path, build_vision_encoder, frozen_image_tokens, stochastic_image_tokens
+    from cirtutor.config import get_preset
+    cfg = apply_overrides(get_preset("tiny"), ["model.vision_layers=4"])
+    torch.manual_seed(0)
+    vit, images = build_vision_encoder(cfg.model).eval(), torch.randn(16, 3, 64, 64)
+    plain = frozen_image_tokens(vit, images)
+    assert torch.equal(stochastic_image_tokens(vit, images), plain)  # no hooks: train mode == eval mode (no dropout)
+    hooks = add_drop_path(vit, 0.5)
+    assert len(hooks) == 2 * 3                                       # block 0 has rate 0: no hook
+    assert torch.equal(frozen_image_tokens(vit, images), plain) and not vit.training  # eval mode: off, mode restored
+    a, b = stochastic_image_tokens(vit, images), stochastic_image_tokens(vit, images)
+    assert not torch.equal(a, b) and not torch.equal(a, plain)
+    kept_all = [torch.equal(a[i], plain[i]) for i in range(16)]      # all 6 branches kept: p = (5/6 * 2/3 * 1/2)^2 ≈ 0.08
+    assert not all(kept_all)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(stochastic_image_tokens(vit, images), plain)
+
+
+def test_stage2_with_drop_path_and_recomputed_z_t_reads_images(world):
+    cfg, filt, train, _, st, _ = world
+    s2 = apply_overrides(cfg, ["stage2.drop_path=0.1", "stage2.z_t=recompute", "stage2.epochs=1"]).stage2
+    torch.manual_seed(0)
+    model = DualEncoderReranker(cfg.model)
+    hist = train_stage2(model, train, None, st, s2, pools=hard_pools(filt, train, st, 10), filter_model=filt,
+                        log=lambda _: None, stop_after=2)
+    assert len(hist.train) == 2 and all(np.isfinite(h["loss"]) for h in hist.train)
+    assert not model.visual_encoder.encoder.layers[-1].mlp._forward_hooks  # hooks removed after training
+    with pytest.raises(ValueError, match="drop_path"):
+        train_stage2(model, train, None, st, apply_overrides(cfg, ["stage2.drop_path=1.5"]).stage2, filter_model=filt)
+
+
 def test_reranked_evaluation_keeps_the_paper_identities(world):
     cfg, filt, _, val, _, sv = world
     torch.manual_seed(0)

@@ -7,9 +7,11 @@ leaves out (they recompute features every step).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -46,10 +48,32 @@ class FeatureStore:
             f.write(safetensors_bytes({"feats": self.feats.contiguous()}, metadata={"names": "\n".join(self.names)}))
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureStore":
-        with safe_open(str(path), "pt") as f:
-            names = f.metadata()["names"].split("\n")
-        return cls(names, load_file(str(path))["feats"])
+    def load(cls, path: str | Path, mmap: bool = False) -> "FeatureStore":
+        """Read a saved store. `mmap=True` maps the tensor from disk instead of reading it: a
+        lookup reads only its rows (paper scale: CIRR's train gallery is ~15 GB in fp16)."""
+        try:
+            with safe_open(str(path), "pt") as f:
+                names = f.metadata()["names"].split("\n")
+        except Exception as e:
+            raise CirtutorError(f"cannot read image features {path} ({e}): delete the file and they are recomputed") from None
+        return cls(names, mapped_tensor(path, "feats") if mmap else load_file(str(path))["feats"])
+
+
+def mapped_tensor(path: str | Path, key: str) -> torch.Tensor:
+    """A tensor of a safetensors file as a copy-on-write memory map (numpy dtypes only).
+
+    The format is an 8-byte little-endian header length, a JSON header giving each tensor's
+    dtype, shape and byte range, then the raw data: so the data can be mapped in place."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        info = json.loads(f.read(n))[key]
+    dtype = {"F32": np.float32, "F16": np.float16, "F64": np.float64}.get(info["dtype"])
+    if dtype is None:
+        raise CirtutorError(f"{path}: {info['dtype']} features cannot be memory-mapped; store them as F16 or F32")
+    start, end = info["data_offsets"]
+    array = np.memmap(path, dtype=dtype, mode="c", offset=8 + n + start, shape=tuple(info["shape"]))
+    assert array.nbytes == end - start, "safetensors header and data disagree"
+    return torch.from_numpy(array)
 
 
 @torch.no_grad()

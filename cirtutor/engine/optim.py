@@ -16,12 +16,15 @@ def cosine_lr(base_lr: float, progress: float) -> float:
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
                    boosted: Callable[[str], bool] = lambda name: False, boost: float = 1.0) -> torch.optim.AdamW:
     """AdamW over every tensor that requires grad, weight decay on all of them (biases, LayerNorms,
-    temperature: facts §8.1, quirk 12). Parameters whose name satisfies `boosted` train at lr x `boost`."""
+    temperature: facts §8.1, quirk 12). Parameters whose name satisfies `boosted` train at lr x `boost`.
+    Fused (one kernel over all tensors, the same update) when they all live on one CPU or CUDA device."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if not boosted(n)], "lr_mult": 1.0},
               {"params": [p for n, p in named if boosted(n)], "lr_mult": boost}]
+    params = [p for _, p in named]
+    fused = bool(params) and len({p.device.type for p in params}) == 1 and params[0].device.type in ("cpu", "cuda")
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay,
-                             betas=(0.9, 0.999), eps=1e-8)
+                             betas=(0.9, 0.999), eps=1e-8, fused=fused or None)  # fused: same update, one kernel
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -27,6 +27,7 @@ from cirtutor.evaluation import (cirr_summary, fashioniq_summary, labels_from_ra
                                  subset_ranking_by_scores)
 from cirtutor.evaluation.metrics import recall_at_k
 from cirtutor.models import CandidateFilter, DualEncoderReranker, tokenize
+from cirtutor.models.backbones import add_drop_path, stochastic_image_tokens
 
 
 def pad_z_t(z_ts: list[torch.Tensor]) -> torch.Tensor:
@@ -114,24 +115,32 @@ class BxBObjective(torch.nn.Module):
 
 
 def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_ts, device,
-                  filter_model: CandidateFilter | None = None):
+                  filter_model: CandidateFilter | None = None, stochastic_vit: bool = False):
     """`inputs(batch, epoch)` for the loop. With `filter_model`, z_t is recomputed for every
     batch with the filter in train mode (dropout on, no gradient), as the authors' script
-    does (facts §8.3, quirk 1); otherwise it is read from the cache `z_ts`."""
+    does (facts §8.3, quirk 1); otherwise it is read from the cache `z_ts`. With
+    `stochastic_vit`, reference and target tokens come from the re-ranker's ViT in train mode
+    (drop-path on) on the images, every step (facts §8.3 step 1); otherwise from `store`."""
+    def image_feats(names):                                                  # (B, L_v, d_v)
+        if not stochastic_vit:
+            return store[names].to(device)
+        images = torch.stack([train_set.load(n) for n in names]).to(device)
+        return stochastic_image_tokens(model.visual_encoder, images)
+
     def inputs(batch, epoch):
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         queries = [train_set.queries[i] for i in batch]
-        targets = store[[q["target"] for q in queries]].to(device)            # (B, L_v, d_v)
-        refs = store[[q["reference"] for q in queries]].to(device) if model.cfg.zt_input != "z_t" else None
+        targets = image_feats([q["target"] for q in queries])
+        need_refs = model.cfg.zt_input != "z_t" or filter_model is not None
+        refs = image_feats([q["reference"] for q in queries]) if need_refs else None
         if filter_model is None:
             ids, mask, z_t = query_inputs(train_set, batch, z_ts, device)
         else:
             ids, mask = tokenize([train_set.query_text(i) for i in batch], device)
             with torch.no_grad():
-                ref_feats = refs if refs is not None else store[[q["reference"] for q in queries]].to(device)
-                z_t = filter_model.train()(ids, mask, ref_feats)[1]         # (B, L_w, d), dropout on
-        return ids, mask, z_t, targets, refs
+                z_t = filter_model.train()(ids, mask, refs)[1]               # (B, L_w, d), dropout on
+        return ids, mask, z_t, targets, refs if model.cfg.zt_input != "z_t" else None
     return inputs
 
 
@@ -147,16 +156,24 @@ def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor]
         raise ValueError("stage2.z_t='recompute' needs the trained filter (filter_model)")
     if cfg.z_t not in ("cached", "recompute"):
         raise ValueError(f"stage2.z_t={cfg.z_t!r}; expected 'cached' or 'recompute'")
+    if not 0 <= cfg.drop_path < 1:
+        raise ValueError(f"stage2.drop_path={cfg.drop_path}; expected a rate in [0, 1)")
     model.to(device)
     objective = distribute(BxBObjective(model, cfg.share_kv), device)
     optimizer = make_stage2_optimizer(model, cfg)
     batches = lambda gen: list(batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, gen, pools))
-    inputs = stage2_inputs(model, train_set, store, z_ts, device, filter_model if cfg.z_t == "recompute" else None)
-    return fit(objective, optimizer, Schedule(cfg.epochs, cfg.lr, cfg.schedule, cfg.horizon), batches, inputs,
-               seed=seed, device=device, amp=cfg.amp, cpu_bf16=cfg.cpu_bf16, grad_accum=cfg.grad_accum,
-               checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, resume=resume, meta=meta,
-               on_epoch_end=on_epoch_end, log=log, log_every=log_every, desc="stage 2", progress=progress,
-               stop_after=stop_after)
+    inputs = stage2_inputs(model, train_set, store, z_ts, device, filter_model if cfg.z_t == "recompute" else None,
+                           stochastic_vit=cfg.drop_path > 0)
+    hooks = add_drop_path(model.visual_encoder, cfg.drop_path) if cfg.drop_path > 0 else []
+    try:
+        return fit(objective, optimizer, Schedule(cfg.epochs, cfg.lr, cfg.schedule, cfg.horizon), batches, inputs,
+                   seed=seed, device=device, amp=cfg.amp, cpu_bf16=cfg.cpu_bf16, grad_accum=cfg.grad_accum,
+                   checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, resume=resume, meta=meta,
+                   on_epoch_end=on_epoch_end, log=log, log_every=log_every, desc="stage 2", progress=progress,
+                   stop_after=stop_after)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 # ----------------------------------------------------------------------------- evaluation

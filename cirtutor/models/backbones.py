@@ -12,6 +12,8 @@ configs, with BLIP-base's exact values where transformers' defaults differ.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
@@ -68,3 +70,39 @@ def text_states(text: BlipTextModel, input_ids, text_mask, image_feats=None) -> 
         kwargs["encoder_hidden_states"] = image_feats
         kwargs["encoder_attention_mask"] = torch.ones(image_feats.shape[:2], dtype=torch.long, device=image_feats.device)
     return text(input_ids=input_ids, attention_mask=text_mask, is_decoder=False, **kwargs).last_hidden_state
+
+
+def add_drop_path(vision: BlipVisionModel, rate: float) -> list:
+    """Stochastic depth on the ViT's residual branches, as BLIP's ViT has it (facts §4.1: the
+    authors' stage 2 builds its ViT with drop_path_rate 0.1): block i drops each sample's
+    attention and MLP updates with probability rate * i / (depth - 1) (linearly spaced 0 … rate)
+    and scales kept ones by 1 / (1 - p). Active in train mode only. Returns the hook handles."""
+    layers = vision.encoder.layers
+    handles = []
+    for i, layer in enumerate(layers):
+        p = rate * i / max(1, len(layers) - 1)
+        if p > 0:
+            handles += [m.register_forward_hook(partial(_drop_branch, p)) for m in (layer.self_attn, layer.mlp)]
+    return handles
+
+
+def _drop_branch(p: float, module: torch.nn.Module, inputs, output):
+    """Forward hook: a residual branch's output (B, L, d), zeroed for a random p of the samples."""
+    if not module.training:
+        return output
+    x = output[0] if isinstance(output, tuple) else output
+    keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype).bernoulli_(1 - p)
+    x = x * keep / (1 - p)
+    return (x, *output[1:]) if isinstance(output, tuple) else x
+
+
+@torch.no_grad()
+def stochastic_image_tokens(vision: BlipVisionModel, images: torch.Tensor) -> torch.Tensor:
+    """The frozen ViT run in train mode (drop-path on, no gradient): the authors' stage-2
+    features, a fresh sample every step (facts §8.3 step 1, quirk 2). fp32 out."""
+    was = vision.training
+    vision.train()
+    try:
+        return image_tokens(vision, images).float()
+    finally:
+        vision.train(was)
