@@ -337,7 +337,7 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
                                checkpoint=out / "last.pt", resume=resume, meta=meta)
         finish_training(model, history, cfg.stage2.select, out, final)
     model.to(device)
-    ks = usable_ks(cfg, val)
+    ks = usable_ks(cfg, val) if ablation is None else (cfg.stage2.k,)   # ablation tables report R_K at the main K
     metrics = evaluate_reranker(filt, model, val, stores["val"], ks, device=device, details=details)
     if world()[0] == 0:
         atomic_write_json(out / "metrics.json", metrics, indent=2)

@@ -227,3 +227,153 @@ def plot_qualitative(qualitative: Sequence[dict], width: int = 22):
                  fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- model-inside figures
+# Notebooks 01 (BLIP's encoders) and 03 (the dual-encoder layer): patch grids, attention maps
+# over an image, similarity matrices, the mini-BLIP's pretraining curve, per-layer curves.
+
+def _image_array(image) -> np.ndarray:
+    """A normalised (3, H, W) tensor or an (H, W, 3) array -> (H, W, 3) array for imshow."""
+    return to_display(image) if isinstance(image, torch.Tensor) else np.asarray(image)
+
+
+def show_patch_grid(image, patch_size: int, numbers: bool = True):
+    """The ViT's view of an image (facts §4.1): the (H/p) x (W/p) patches it cuts, numbered in
+    the raster order of the token sequence (token 0 is [CLS], not a patch)."""
+    img = _image_array(image)
+    h, w = img.shape[:2]
+    rows, cols = h // patch_size, w // patch_size
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.imshow(img, extent=(0, w, h, 0))
+    for x in range(0, w + 1, patch_size):
+        ax.axvline(x, color="white", lw=0.8, alpha=0.8)
+    for y in range(0, h + 1, patch_size):
+        ax.axhline(y, color="white", lw=0.8, alpha=0.8)
+    if numbers and rows * cols <= 100:
+        for r in range(rows):
+            for c in range(cols):
+                ax.text((c + 0.5) * patch_size, (r + 0.5) * patch_size, str(1 + r * cols + c), color="white",
+                        fontsize=6, ha="center", va="center")
+    ax.set(xlim=(0, w), ylim=(h, 0), xlabel="x (pixels)", ylabel="y (pixels)",
+           title=f"{rows}×{cols} = {rows * cols} patches of {patch_size}×{patch_size} px\n"
+                 f"→ tokens 1…{rows * cols}; token 0 is [CLS]")
+    fig.tight_layout()
+    return fig
+
+
+def plot_token_attention(image, tokens: Sequence[str], maps: dict, title: str = "", vmax: float | None = None):
+    """Attention of text tokens over an image's patches, drawn on the image: one row per
+    entry of `maps` (name -> (n_tokens, g, g) attention over the g x g patch grid, e.g. one
+    per stream), one column per token, the plain image first. Shared colour scale."""
+    img = _image_array(image)
+    h, w = img.shape[:2]
+    rows = list(maps.items())
+    vmax = vmax or max(float(m.max()) for _, m in rows)
+    fig, axes = plt.subplots(len(rows), len(tokens) + 1, figsize=(1.45 * (len(tokens) + 1) + 1, 1.5 * len(rows) + 0.6),
+                             squeeze=False, layout="constrained")
+    for r, (name, m) in enumerate(rows):
+        axes[r, 0].imshow(img)
+        axes[r, 0].set_title("image" if r == 0 else "", fontsize=8)
+        axes[r, 0].set_ylabel(name, fontsize=9)
+        for c, tok in enumerate(tokens, start=1):
+            ax = axes[r, c]
+            weights = np.asarray(m[c - 1], dtype=float) / vmax           # (g, g) in [0, 1]
+            overlay = plt.get_cmap("inferno")(weights)                   # (g, g, 4) RGBA
+            overlay[..., 3] = 0.15 + 0.75 * weights                      # low weight: the image shows through
+            ax.imshow(img * 0.6, extent=(0, w, h, 0))
+            ax.imshow(overlay, extent=(0, w, h, 0), interpolation="nearest")
+            ax.set_title(tok, fontsize=9)
+        for ax in axes[r]:
+            ax.set_xticks([]), ax.set_yticks([])
+    mappable = plt.cm.ScalarMappable(norm=plt.Normalize(0, vmax), cmap="inferno")
+    fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_similarity_matrix(sim, row_labels: Sequence[str], col_labels: Sequence[str], title: str = "",
+                           xlabel: str = "", ylabel: str = "", width: int = 28, fmt: str = "{:.2f}",
+                           images: Sequence | None = None, colorbar_label: str = ""):
+    """A (rows, cols) score matrix as a heatmap with its values written in; the diagonal
+    (the matching pairs, by convention here) is outlined. With `images` (one per column,
+    normalised (3, H, W) tensors), a thumbnail heads each column."""
+    sim = np.asarray(sim, dtype=float)
+    n_r, n_c = sim.shape
+    fig = plt.figure(figsize=(1.0 * n_c + 3.8, 0.55 * n_r + 1.8 + (1.2 if images is not None else 0)),
+                     layout="constrained")
+    if images is not None:
+        grid = fig.add_gridspec(2, n_c, height_ratios=(1.0, 0.5 * n_r))
+        for j, img in enumerate(images):
+            thumb = fig.add_subplot(grid[0, j])
+            thumb.imshow(_image_array(img))
+            thumb.set_xticks([]), thumb.set_yticks([])
+            thumb.set_title(str(col_labels[j]), fontsize=7)
+        ax = fig.add_subplot(grid[1, :])
+    else:
+        ax = fig.add_subplot()
+    im = ax.imshow(sim, cmap="viridis", aspect="auto")
+    for i in range(n_r):
+        for j in range(n_c):
+            ax.text(j, i, fmt.format(sim[i, j]), ha="center", va="center", fontsize=7,
+                    color="black" if sim[i, j] > sim.mean() else "white")
+    for i in range(min(n_r, n_c)):
+        ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, ec=TARGET_COLOR, lw=2))
+    ax.set_yticks(range(n_r), ["\n".join(textwrap.wrap(str(s), width)) for s in row_labels], fontsize=7)
+    ax.set_xticks(range(n_c), ["\n".join(textwrap.wrap(str(s), 14)) for s in col_labels], fontsize=7)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    fig.colorbar(im, ax=ax, shrink=0.8, label=colorbar_label)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_pretraining_curve(meta: dict, batch_size: int | None = None):
+    """The mini-BLIP's pretraining as recorded in its cirtutor.json (`meta["curve"]`): the ITC
+    and ITM losses (left; dashed: chance, ln B for ITC and the 1/3-positive prior's entropy
+    for ITM), held-out retrieval and ITM accuracy (middle), the temperature (right)."""
+    train, val = meta["curve"]["train"], meta["curve"].get("val", [])
+    batch_size = batch_size or meta.get("recipe", {}).get("batch_size", 64)
+    step = [r["step"] for r in train]
+    fig, (ax_l, ax_v, ax_t) = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax_l.plot(step, [r["loss_itc"] for r in train], label="ITC loss", color="C0")
+    ax_l.plot(step, [r["loss_itm"] for r in train], label="ITM loss", color="C1")
+    ax_l.axhline(np.log(batch_size), color="C0", ls="--", lw=1, label=f"chance ITC: ln {batch_size}")
+    prior = -(np.log(1 / 3) / 3 + 2 * np.log(2 / 3) / 3)
+    ax_l.axhline(prior, color="C1", ls="--", lw=1, label="chance ITM: 1/3 positives")
+    window = f", mean of {step[1] - step[0]} steps" if len(step) > 1 else ""
+    ax_l.set(xlabel="training step", ylabel=f"loss (train{window})", title="ITC and ITM losses")
+    if val:
+        v_step = [r["step"] for r in val]
+        for key, label, color in (("i2t_r1", "image→text R@1", "C2"), ("i2t_r5", "image→text R@5", "C4"),
+                                  ("itm_acc", "ITM accuracy", "C1")):
+            ax_v.plot(v_step, [r[key] for r in val], "o-", color=color, label=label)
+    ax_v.set(xlabel="training step", ylabel="fraction (held-out val pairs)", ylim=(0, 1.02),
+             title="Held-out retrieval and matching")
+    ax_t.plot(step, [r["temp"] for r in train], color="C3")
+    ax_t.set_yscale("log")
+    ax_t.set(xlabel="training step", ylabel="temperature λ (log scale)", title="Learned ITC temperature")
+    for ax in (ax_l, ax_v, ax_t):
+        ax.grid(alpha=0.3)
+    ax_l.legend(fontsize=7)
+    ax_v.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_layer(curves: dict, ylabel: str, title: str, mark: float | None = None, mark_label: str = ""):
+    """One line per entry of `curves` (name -> values at layer inputs 0…n, the last one the
+    output); optionally a vertical line at x = `mark` (e.g. where the merge rule changes)."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for i, (name, values) in enumerate(curves.items()):
+        values = np.asarray(values, dtype=float)
+        ax.plot(range(len(values)), values, "o-", color=f"C{i}", label=name)
+    n = max(len(v) for v in curves.values())
+    if mark is not None:
+        ax.axvline(mark, color="gray", ls="--", lw=1, label=mark_label or None)
+    ax.set_xticks(range(n), [f"in {i}" if i < n - 1 else "out" for i in range(n)])
+    ax.set(xlabel="entry to layer l (in l) / encoder output (out)", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from cirtutor.cli import main
+from cirtutor.config import get_preset
 from cirtutor.data.subsample import parse_spec
 from cirtutor.errors import CirtutorError
 
@@ -105,3 +106,13 @@ def test_wrong_device_is_a_clear_error(cache, capsys):
         pytest.skip("this machine has a GPU")
     assert main(["train-stage1", "--run-dir", str(cache / "run"), *SETS, "--set", "device=cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_variants_take_the_rerankers_own_dropout():
+    from cirtutor.pipeline import variant_config
+    cfg = get_preset("tiny")
+    assert cfg.stage2.dropout == 0.0 and cfg.model.dropout == 0.1          # the filter keeps BLIP's dropout
+    for ablation in (None, "no_text", "no_zt"):
+        assert variant_config(cfg, ablation).model.dropout == 0.0
+    assert variant_config(get_preset("paper_cirr"), None).model.dropout == 0.1  # None: the model's (paper)
+    assert variant_config(cfg, "no_text").model.streams == "z_t" and cfg.model.streams == "both"

@@ -138,8 +138,10 @@ def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_
             ids, mask, z_t = query_inputs(train_set, batch, z_ts, device)
         else:
             ids, mask = tokenize([train_set.query_text(i) for i in batch], device)
+            was_training = filter_model.training
             with torch.no_grad():
                 z_t = filter_model.train()(ids, mask, refs)[1]               # (B, L_w, d), dropout on
+            filter_model.train(was_training)
         return ids, mask, z_t, targets, refs if model.cfg.zt_input != "z_t" else None
     return inputs
 
