@@ -377,3 +377,67 @@ def plot_per_layer(curves: dict, ylabel: str, title: str, mark: float | None = N
     fig.tight_layout()
     return fig
 
+
+# ----------------------------------------------------------------------------- stage-1 figures
+# Notebook 02 (the candidate filter): Eq. 1's softmax at several temperatures, training-loss curves.
+
+def plot_softmax_vs_temperature(sim, temps: Sequence[float], rows: Sequence[int] = (0,)):
+    """Eq. 1's softmax over a batch's targets for a few queries (one row of panels per query)
+    at several temperatures λ (one column each): p_j = softmax_j(sim[i, j] / λ), query i's own
+    target (column i) in green; each panel gives p(target) and the loss −ln p(target).
+    `sim` is the (B, B) cosine-similarity matrix, row = query, column = target."""
+    sim = torch.as_tensor(sim).detach().cpu().double()                       # (B, B)
+    n = sim.shape[1]
+    fig, axes = plt.subplots(len(rows), len(temps), figsize=(2.6 * len(temps) + 0.6, 2.1 * len(rows) + 0.7),
+                             squeeze=False, sharey=True)
+    for r, i in enumerate(rows):
+        for c, temp in enumerate(temps):
+            log_p = (sim[i] / temp).log_softmax(-1).numpy()                   # (B,): exact even where p underflows
+            p = np.exp(log_p)
+            ax = axes[r, c]
+            ax.bar(range(n), p, color=["C7" if j != i else TARGET_COLOR for j in range(n)], width=0.8)
+            ax.text(0.98, 0.95, f"p(target) = {p[i]:.2f}\nloss = {abs(log_p[i]):.2f}",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=8)
+            ax.set(ylim=(0, 1.05), xticks=range(n))
+            ax.tick_params(labelsize=7)
+            if r == 0:
+                ax.set_title(f"λ = {temp:g}", fontsize=10)
+            if c == 0:
+                ax.set_ylabel(f"query {i}\nsoftmax prob.", fontsize=9)
+            if r == len(rows) - 1:
+                ax.set_xlabel("target j (batch column)", fontsize=8)
+    fig.suptitle("softmax over the batch's targets of cos(q_i, g_j) / λ; the query's own target in green", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def moving_average(values, window: int) -> np.ndarray:
+    """Mean of each value and the `window` − 1 before it (fewer at the start): same length."""
+    values = np.asarray(values, dtype=float)
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    lo = np.maximum(np.arange(1, len(values) + 1) - window, 0)
+    return (sums[1:] - sums[lo]) / (np.arange(1, len(values) + 1) - lo)
+
+
+def plot_training_loss(curves: dict, chance: float | None = None, chance_label: str = "", window: int = 1,
+                       title: str = "Training loss"):
+    """Loss per optimisation step, one line per entry of `curves` (name -> history rows
+    {"step", "loss", …}, as `History.train` or `trained_filter_history` give them). With
+    `window` > 1 the raw losses are drawn faint and their moving average on top; `chance`
+    draws a dashed horizontal line (e.g. ln B for Eq. 1 with uniform scores)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for i, (name, rows) in enumerate(curves.items()):
+        step = [r["step"] for r in rows]
+        loss = [r["loss"] for r in rows]
+        if window > 1:
+            ax.plot(step, loss, color=f"C{i}", alpha=0.25, lw=0.8)
+            ax.plot(step, moving_average(loss, window), color=f"C{i}", label=f"{name} (mean of {window} steps)")
+        else:
+            ax.plot(step, loss, color=f"C{i}", label=name)
+    if chance is not None:
+        ax.axhline(chance, color="gray", ls="--", lw=1, label=chance_label or f"chance: {chance:.2f}")
+    ax.set(xlabel="optimisation step", ylabel="loss (Eq. 1, per batch)", title=title, ylim=(0, None))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,150 @@
+"""A trained stage-1 filter for the notebooks, kept in the cache (paper §3.1, Eq. 1).
+
+Notebooks should not make a reader wait for training they have already seen explained, so
+`trained_filter(cfg, seed)` trains the candidate filter once with the package's own stage 1
+(`cirtutor.pipeline.run_stage1`, what `cirtutor train-stage1` runs) into a run folder in the
+cache, and every later call loads it ("found trained tiny filter (tiny), loading…"):
+
+    cache_dir()/trained/{preset}-{digest}/config.json
+                                         /seed{s}/stage1/filter.pt       the trained weights
+                                         /seed{s}/stage1/metrics.json    its validation metrics
+                                         /seed{s}/stage1/metrics.csv     loss and lr per step
+
+The digest covers everything the weights depend on: the data, model and stage-1 sections of
+the config, the initial weights, the subsample and the seed. The folder appears only when the
+training has finished (`cirtutor.cache.cached` builds it under a temporary name).
+
+Also here: `filter_data` (what stage 1 trains and evaluates on, in one object) and
+`batch_breakdown` (Eq. 1 on batches of one composition, and where each query's softmax goes:
+its own target, its same-reference siblings, other scenes; notebook 02's hard-negative test).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from cirtutor.cache import cache_dir, cached
+from cirtutor.config import Config
+from cirtutor.data.registry import dataset_root
+from cirtutor.engine.features import FeatureStore
+from cirtutor.engine.stage1 import batch_order, stage1_inputs
+from cirtutor.errors import CirtutorError
+from cirtutor.io import atomic_write_json
+from cirtutor.models import CandidateFilter
+from cirtutor.pipeline import (config_dict, config_digest, datasets, feature_stores, init_weights, is_tiny,
+                               load_weights, resolve_device, run_stage1, stage1_dir)
+
+
+@dataclasses.dataclass
+class FilterData:
+    """What stage 1 trains and evaluates on, for one preset."""
+    train: object                       # training queries (queries-mode dataset)
+    val: object                         # validation queries, with the split's gallery
+    stores: dict[str, FeatureStore]     # "train" / "val": frozen-ViT image tokens (N, L_v, d_v) by image name
+    weights: Path                       # the initial weights (BLIP, or the pretrained mini-BLIP)
+    device: torch.device
+
+
+def filter_data(cfg: Config, verbose: bool = True) -> FilterData:
+    """The preset's datasets, initial weights and cached image features, as `reproduce` opens them."""
+    dataset_root(cfg.data, verbose=verbose)          # tiny mode: the synthetic world, built once into the cache
+    train, val = datasets(cfg)
+    weights = init_weights(cfg)
+    device = resolve_device(cfg)
+    return FilterData(train, val, feature_stores(cfg, train, val, weights, device), weights, device)
+
+
+def trained_filter_dir(cfg: Config, seed: int = 0) -> Path:
+    """The cache folder of the filter `trained_filter(cfg, seed)` returns (it may not exist yet)."""
+    digest = config_digest(dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.stage1),
+                           cfg.weights, cfg.subsample, seed)
+    return cache_dir() / "trained" / f"{cfg.name}-{digest}"
+
+
+def trained_filter(cfg: Config, seed: int = 0, verbose: bool = True,
+                   data: FilterData | None = None) -> tuple[CandidateFilter, dict]:
+    """(the trained candidate filter in eval mode on the preset's device, its validation
+    metrics): loaded from the cache, or trained there first with `run_stage1` (tiny mode:
+    about 2 minutes on 2 CPU cores). Pass `data` to reuse already opened datasets and
+    features. The caller's random-number state is left as it was."""
+    folder = trained_filter_dir(cfg, seed)
+    what = f"trained {'tiny ' if is_tiny(cfg) else ''}filter ({cfg.name})"
+    if folder.exists():
+        if verbose:
+            print(f"found {what}, loading…")
+    else:
+        if verbose:
+            cost = "about 2 minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
+            print(f"no trained filter in the cache: training one (stage 1, {cost})…", flush=True)
+        cached(str(folder.relative_to(cache_dir())), lambda tmp: _train(cfg, seed, tmp, data, verbose), what,
+               verbose=False)
+    out = stage1_dir(folder, seed)
+    if not (out / "filter.pt").is_file() or not (out / "metrics.json").is_file():
+        raise CirtutorError(f"{folder} holds no finished filter: delete the folder and it is trained again")
+    with torch.random.fork_rng():                      # building the module draws random weights: not the caller's
+        filt = CandidateFilter(cfg.model)
+    load_weights(filt, out / "filter.pt")
+    return filt.to(resolve_device(cfg)).eval(), json.loads((out / "metrics.json").read_text())
+
+
+def _train(cfg: Config, seed: int, run: Path, data: FilterData | None, verbose: bool) -> None:
+    """Stage 1 into the run folder `run` (a temporary folder that `cached` renames when done)."""
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with torch.random.fork_rng(), torch.enable_grad(), quiet:        # a caller may have switched gradients off
+        data = data or filter_data(cfg, verbose)
+        atomic_write_json(run / "config.json", config_dict(cfg), indent=2)
+        run_stage1(cfg, run, seed, train=data.train, val=data.val, stores=data.stores, weights=data.weights,
+                   device=data.device)
+    for spare in ("last.pt", "best.pt"):     # the resumable checkpoint and the best-so-far copy: filter.pt has the result
+        (stage1_dir(run, seed) / spare).unlink(missing_ok=True)
+
+
+def trained_filter_history(cfg: Config, seed: int = 0) -> list[dict]:
+    """The training loss of the cached filter, one row per step: {"step", "epoch", "loss", "lr"}."""
+    path = stage1_dir(trained_filter_dir(cfg, seed), seed) / "metrics.csv"
+    if not path.is_file():
+        raise CirtutorError(f"no trained filter for preset {cfg.name!r}, seed {seed} in the cache: "
+                            "call trained_filter(cfg, seed) first")
+    with path.open(newline="") as f:
+        return [{k: int(v) if k in ("step", "epoch") else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+@torch.no_grad()
+def batch_breakdown(model: CandidateFilter, dataset, store: FeatureStore, composition: str, batch_size: int,
+                    n_batches: int, seed: int = 0, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Eq. 1 on the first `n_batches` batches that `batch_order` makes with `composition`
+    ("random" or "reference_groups") from a generator seeded by `seed`, the model in eval mode
+    (dropout off) at its own temperature. Per batch, (n,) each:
+
+    * "loss": Eq. 1;
+    * "p target": the softmax probability a query gives its own target, mean over the batch;
+    * "p same reference": the probability it gives the targets of the batch's other queries
+      with the same reference (its siblings: other edits of the same image), summed, mean;
+    * "p other references": the probability it gives all remaining targets, summed, mean;
+    * "siblings": how many same-reference queries each query has in the batch, mean."""
+    model.eval()
+    inputs = stage1_inputs(dataset, store, device)
+    order = batch_order(dataset.queries, batch_size, composition, torch.Generator().manual_seed(seed))
+    rows = []
+    for batch, _ in zip(order, range(n_batches)):
+        ids, text_mask, ref_feats, target_feats = inputs(batch, 0)
+        query_emb, _ = model(ids, text_mask, ref_feats)                       # (B, e)
+        target_emb = model.gallery_embed(target_feats)                        # (B, e)
+        p = model.logits(query_emb, target_emb).float().softmax(dim=1).cpu()  # (B, B): row = query
+        refs = [dataset.queries[i]["reference"] for i in batch]
+        own = torch.eye(len(batch), dtype=torch.bool)
+        sibling = torch.tensor([[a == b for b in refs] for a in refs]) & ~own  # (B, B) same reference, not itself
+        rows.append([model.loss(query_emb.float(), target_emb.float()).item(), p[own].mean().item(),
+                     (p * sibling).sum(1).mean().item(), (p * ~(sibling | own)).sum(1).mean().item(),
+                     sibling.sum(1).float().mean().item()])
+    if len(rows) < n_batches:
+        raise CirtutorError(f"only {len(rows)} batches of {batch_size} in {len(dataset.queries)} queries; "
+                            f"asked for {n_batches}")
+    keys = ("loss", "p target", "p same reference", "p other references", "siblings")
+    return dict(zip(keys, torch.tensor(rows).T))

@@ -1,0 +1,134 @@
+"""cirtutor.trained on a small synthetic world: the trained filter is built once into the cache
+and loaded afterwards (same weights, same metrics, says "found"); its folder is keyed by the
+config and the seed; batch_breakdown splits Eq. 1's softmax by batch composition."""
+import pytest
+import torch
+
+from cirtutor.config import apply_overrides, get_preset
+from cirtutor.errors import CirtutorError
+from cirtutor.trained import batch_breakdown, filter_data, trained_filter, trained_filter_dir, trained_filter_history
+
+SMALL = ["data.synthetic_size=20", "stage1.epochs=2", "stage1.batch_size=10"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CIRTUTOR_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def cfg(cache):
+    return apply_overrides(get_preset("tiny"), SMALL)
+
+
+@pytest.fixture(scope="module")
+def data(cfg):
+    return filter_data(cfg, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def built(cfg, data):
+    """The first call: trains into the (empty) cache; returns (filter, metrics, printed text)."""
+    import contextlib
+    import io
+
+    assert not trained_filter_dir(cfg).exists()
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        filt, metrics = trained_filter(cfg, data=data)
+    return filt, metrics, text.getvalue()
+
+
+def test_first_call_trains_into_the_cache(cfg, built):
+    filt, metrics, printed = built
+    assert printed.startswith("no trained filter in the cache: training one (stage 1")
+    assert not filt.training
+    assert {"R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3"} <= set(metrics)
+    stage1 = trained_filter_dir(cfg) / "seed0" / "stage1"
+    assert {"filter.pt", "metrics.json", "metrics.csv"} <= {p.name for p in stage1.iterdir()}
+    assert not {"last.pt", "best.pt"} & {p.name for p in stage1.iterdir()}  # spare checkpoints are dropped
+    assert (trained_filter_dir(cfg) / "config.json").is_file()
+    assert [p.name for p in trained_filter_dir(cfg).parent.iterdir()] == [trained_filter_dir(cfg).name]  # no temp left
+
+
+def test_second_call_loads_the_same_filter(cfg, built, capsys):
+    filt, metrics, _ = built
+    again, metrics_again = trained_filter(cfg)
+    assert capsys.readouterr().out == "found trained tiny filter (tiny), loading…\n"
+    assert metrics_again == metrics and not again.training
+    state, state_again = filt.state_dict(), again.state_dict()
+    assert state.keys() == state_again.keys() and all(torch.equal(state[k], state_again[k]) for k in state)
+    trained_filter(cfg, verbose=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_training_changed_the_text_side_only(data, built):
+    from cirtutor.models.loading import load_filter
+
+    filt, _, _ = built
+    start, _ = load_filter(data.weights, filt.cfg)
+    assert not torch.equal(start.text_proj.weight, filt.text_proj.weight)         # trained
+    assert torch.equal(start.vision_proj.weight, filt.vision_proj.weight)         # frozen (facts §5.5)
+    assert filt.temp.item() != pytest.approx(start.temp.item())                   # reset to 0.07, then learned
+
+
+def test_loading_leaves_the_callers_random_numbers_alone(cfg, built):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    trained_filter(cfg, verbose=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_history_has_one_row_per_step(cfg, data, built):
+    history = trained_filter_history(cfg)
+    steps = 2 * (len(data.train.queries) // 10)                                    # epochs x batches (drop_last)
+    assert [r["step"] for r in history] == list(range(1, steps + 1))
+    assert set(history[0]) == {"step", "epoch", "loss", "lr"} and history[0]["lr"] == cfg.stage1.lr
+    with pytest.raises(CirtutorError, match="call trained_filter"):
+        trained_filter_history(cfg, seed=7)
+
+
+def test_the_folder_is_keyed_by_config_and_seed(cache):
+    base = apply_overrides(get_preset("tiny"), SMALL)
+    folder = trained_filter_dir(base)
+    assert folder.name.startswith("tiny-") and folder.parent.name == "trained"
+    assert trained_filter_dir(base, seed=1) != folder
+    for override in ("stage1.lr=1e-3", "data.seed=1", "model.dropout=0.0", "subsample=train=0.5"):
+        assert trained_filter_dir(apply_overrides(base, [override])) != folder, override
+    for override in ("stage2.k=10", "out_dir=elsewhere", "device=cpu"):         # not what stage 1 depends on
+        assert trained_filter_dir(apply_overrides(base, [override])) == folder, override
+    assert trained_filter_dir(apply_overrides(base, [])) == folder                 # deterministic
+
+
+def test_a_folder_without_a_filter_is_an_error(cache):
+    cfg = apply_overrides(get_preset("tiny"), [*SMALL, "stage1.lr=3e-3"])
+    trained_filter_dir(cfg).mkdir(parents=True)
+    with pytest.raises(CirtutorError, match="holds no finished filter"):
+        trained_filter(cfg, verbose=False)
+
+
+def test_batch_breakdown_by_composition(data, built):
+    from cirtutor.engine.stage1 import FilterObjective, batch_order, stage1_inputs
+
+    filt, _, _ = built
+    store = data.stores["train"]
+    groups = batch_breakdown(filt, data.train, store, "reference_groups", 10, 3)
+    assert set(groups) == {"loss", "p target", "p same reference", "p other references", "siblings"}
+    assert all(v.shape == (3,) for v in groups.values()) and not filt.training
+    total = groups["p target"] + groups["p same reference"] + groups["p other references"]
+    torch.testing.assert_close(total, torch.ones(3))                               # every row's softmax, split in 3
+    assert groups["siblings"].tolist() == [4.0, 4.0, 4.0]                          # 2 whole groups of 5 edits
+    first = next(batch_order(data.train.queries, 10, "reference_groups", torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        expected = FilterObjective(filt)(*stage1_inputs(data.train, store, "cpu")(first, 0))
+    assert groups["loss"][0].item() == pytest.approx(expected.item(), rel=1e-5)   # Eq. 1 as training computes it
+    again = batch_breakdown(filt, data.train, store, "reference_groups", 10, 3)
+    assert all(torch.equal(again[k], groups[k]) for k in groups)                   # seeded
+    random = batch_breakdown(filt, data.train, store, "random", 10, 3)
+    assert (random["siblings"] < 4).all() and not torch.equal(random["loss"], groups["loss"])
+    with pytest.raises(CirtutorError, match="batches of 10"):
+        batch_breakdown(filt, data.train, store, "random", 10, 1000)
