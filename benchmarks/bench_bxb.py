@@ -11,13 +11,9 @@ wall time of a forward pass (no grad) and of forward + backward, on this machine
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
-import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
+from common import RESULTS, provenance, record, timed
 
 from cirtutor.config import get_model_config
 from cirtutor.models import DualEncoderReranker, tokenize
@@ -32,13 +28,6 @@ def loop_logits(model, ids, mask, z_t, targets):
     return torch.stack(rows)
 
 
-def timed(fn, repeats):
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
-
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -46,7 +35,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -69,16 +58,11 @@ def main(argv=None):
     bwd_batched = timed(step(lambda: model.bxb_logits(ids, mask, z_t, targets)), args.repeats)
 
     rows = [("forward (no grad)", fwd_loop, fwd_batched), ("forward + backward", bwd_loop, bwd_batched)]
-    machine = f"{platform.machine()} CPU, {args.threads} threads, torch {torch.__version__}"
-    command = "python " + " ".join(["benchmarks/bench_bxb.py", *sys.argv[1:]])
     lines = [f"### B x B logits, {args.preset} dims, B = {B} ({B * B} pairs, L_v = {L_v})",
-             f"{datetime.now(timezone.utc):%Y-%m-%d} · {machine} · `{command}` · max |loop - batched| = {diff:.2e}", "",
+             f"{provenance('bench_bxb.py', args.threads)} · max |loop - batched| = {diff:.2e}", "",
              "| pass | loop over queries (s) | one batched forward (s) | speed-up |", "|---|---|---|---|"]
     lines += [f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f}x |" for name, a, b in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(args.results, "a") as f:
-        f.write("\n" + text)
+    record(lines, args.results)
 
 
 if __name__ == "__main__":

@@ -13,27 +13,16 @@ time of a forward does not depend on their values.
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
+from common import RESULTS, provenance, record, timed
 
 from cirtutor.config import get_model_config
 from cirtutor.models import CandidateFilter, DualEncoderReranker, tokenize
 
 TEXT = "add a small blue square at the top left and remove the red circle"
 
-
-def timed(fn, repeats: int) -> float:
-    """Mean wall time of `fn()` over `repeats` calls, after one warm-up call."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
 
 
 def main(argv=None):
@@ -43,7 +32,7 @@ def main(argv=None):
     p.add_argument("--gallery", type=int, default=2000, help="gallery images ranked by the filter")
     p.add_argument("--queries", type=int, default=5, help="timed queries per measurement")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -71,19 +60,14 @@ def main(argv=None):
         rerank_s = {k: timed(lambda: reranker.score_candidates(ids, mask, z_t, gallery[None, :k]), args.queries)
                     for k in ks}
 
-    machine = f"{platform.machine()} CPU, {args.threads} threads, torch {torch.__version__}"
-    command = "python " + " ".join(["benchmarks/bench_inference.py", *sys.argv[1:]])
     lines = [f"### Inference time per query vs K (Fig. 7), {args.preset} dims, gallery {args.gallery}, L_v = {L_v}",
-             f"{datetime.now(timezone.utc):%Y-%m-%d} · {machine} · `{command}`",
+             provenance("bench_inference.py", args.threads),
              f"Fixed overheads: building both models {build_s:.2f} s; image tokens {per_image_s * 1000:.1f} ms per "
              f"gallery image (once per split, cached).", "",
              "| K | filter (ms/query) | re-rank top-K (ms/query) | total (ms/query) | × filter |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {filter_s * 1000:.1f} | {rerank_s[k] * 1000:.1f} | {(filter_s + rerank_s[k]) * 1000:.1f} | "
               f"{(filter_s + rerank_s[k]) / filter_s:.1f} |" for k in ks]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(args.results, "a") as f:
-        f.write("\n" + text)
+    record(lines, args.results)
 
 
 if __name__ == "__main__":

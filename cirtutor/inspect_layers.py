@@ -8,7 +8,6 @@ against every layer's output (paper §3.2, Fig. 3; facts §4, §6.2).
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -17,12 +16,13 @@ from transformers import BlipForImageTextRetrieval
 
 from cirtutor.config import ModelConfig
 from cirtutor.io import torch_load
-from cirtutor.models.loading import IGNORED, CheckpointError, interpolate_pos_embed, vision_key_to_ours
+from cirtutor.models.loading import IGNORED, CheckpointError, blip_names_to_ours, fit_pos_embed
 from cirtutor.models.mini_blip import blip_config, load_mini_blip
 from cirtutor.models.reranker import Attention, DualEncoderReranker
 
 # The parts of BLIP's model_base.pth that make up transformers' BlipForImageTextRetrieval.
 RETRIEVAL_PARTS = ("text_encoder.", "vision_proj.", "text_proj.", "itm_head.")
+KEEP_ITM = [(pattern, why) for pattern, why in IGNORED if not pattern.startswith(r"^itm_head")]  # the ITM head is used here
 
 
 # ----------------------------------------------------------------------------- BLIP with its ITC / ITM heads
@@ -40,25 +40,20 @@ def load_blip_retrieval(path: str | Path, cfg: ModelConfig, trust: bool = False)
     raw = torch_load(path, trust, error=CheckpointError)
     if not isinstance(raw, dict) or "model" not in raw:
         raise CheckpointError(f"{path}: expected BLIP's {{'model': state_dict}} layout")
-    state, temp = {}, None
-    for key, value in raw["model"].items():
-        if key == "temp":
-            temp = float(value)
-        elif key.startswith("visual_encoder."):
-            state["vision_model." + vision_key_to_ours(key).removeprefix("visual_encoder.")] = value.float()
-        elif key.startswith(RETRIEVAL_PARTS) and not key.endswith("position_ids"):
-            state[key] = value.float()
-        elif not any(re.search(pattern, key) for pattern, _ in IGNORED):
-            raise CheckpointError(f"{path}: unexpected BLIP key {key!r}")
-    pos = "vision_model.embeddings.position_embedding"
-    if pos in state:
-        state[pos] = interpolate_pos_embed(state[pos], (cfg.image_size // cfg.patch_size) ** 2 + 1)
+    state = blip_names_to_ours(raw["model"], {}, KEEP_ITM)      # ViT names mapped, pre-training-only keys dropped
+    temp = state.pop("temp", None)
+    unexpected = [k for k in state if not k.startswith(("visual_encoder.", *RETRIEVAL_PARTS))]
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected BLIP key {unexpected[0]!r}")
+    fit_pos_embed(state, cfg)
+    state = {("vision_model." + k.removeprefix("visual_encoder.") if k.startswith("visual_encoder.") else k): v.float()
+             for k, v in state.items()}
     model = BlipForImageTextRetrieval(blip_config(cfg))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path} does not fit a BLIP of these dims: missing {sorted(missing)[:6]}, "
                               f"unexpected {sorted(unexpected)[:6]}")
-    return model.eval(), torch.nn.Parameter(torch.tensor(cfg.temp if temp is None else temp))
+    return model.eval(), torch.nn.Parameter(torch.tensor(cfg.temp if temp is None else float(temp)))
 
 
 @torch.no_grad()

@@ -114,11 +114,12 @@ class Source:
     meta: dict = field(default_factory=dict)
 
 
-def _ours(raw: dict[str, torch.Tensor], ignored: dict[str, str]) -> dict[str, torch.Tensor]:
-    """BLIP-named tensors -> our names; unused keys go to `ignored` with their reason."""
+def blip_names_to_ours(raw: dict[str, torch.Tensor], ignored: dict[str, str],
+                       patterns=IGNORED) -> dict[str, torch.Tensor]:
+    """BLIP-named tensors -> our names; keys matching `patterns` go to `ignored` with their reason."""
     state = {}
     for key, value in raw.items():
-        reason = next((why for pattern, why in IGNORED if re.search(pattern, key)), None)
+        reason = next((why for pattern, why in patterns if re.search(pattern, key)), None)
         if reason:
             ignored[key] = reason
         elif key.startswith("visual_encoder."):
@@ -141,7 +142,7 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Source:
     ignored = {k: "training state, not weights" for k in ("optimizer_state_dict", "optimizer", "scaler", "scheduler") if k in obj}
     for key, kind in (("BLIP_Retrieval", "authors_stage1"), ("BLIP_NLVR", "authors_stage2"), ("model", "blip")):
         if key in obj:
-            return Source(kind, _ours(obj[key], ignored), ignored, {"epoch": obj.get("epoch")})
+            return Source(kind, blip_names_to_ours(obj[key], ignored), ignored, {"epoch": obj.get("epoch")})
     raise CheckpointError(f"{path}: unrecognised checkpoint; top-level keys {sorted(obj)[:8]} (expected 'model', "
                           "'BLIP_Retrieval' or 'BLIP_NLVR')")
 
@@ -239,7 +240,8 @@ def load_exact(model: torch.nn.Module, state: dict, new_ok: list[str] = ()) -> l
     return sorted(set(own) - set(state))
 
 
-def _fit_pos_embed(state: dict, cfg: ModelConfig) -> None:
+def fit_pos_embed(state: dict, cfg: ModelConfig) -> None:
+    """Resize the ViT position embedding of `state` (our names) to cfg's image size, in place."""
     key = "visual_encoder.embeddings.position_embedding"
     if key in state:
         state[key] = interpolate_pos_embed(state[key], (cfg.image_size // cfg.patch_size) ** 2 + 1)
@@ -251,7 +253,7 @@ def load_filter(path: str | Path, cfg: ModelConfig, trust: bool = False) -> tupl
     if src.kind == "authors_stage2":
         raise CheckpointError(f"{path} is a stage-2 (re-ranker) checkpoint; load it with load_reranker")
     state = dict(src.state)
-    _fit_pos_embed(state, cfg)
+    fit_pos_embed(state, cfg)
     model = CandidateFilter(cfg)
     new = load_exact(model, state, new_ok=[r"^temp$"] if src.kind == "transformers" else [])
     return model, LoadReport(src.kind, len(state), src.ignored, new, src.meta)
@@ -267,7 +269,7 @@ def load_reranker(path: str | Path, cfg: ModelConfig, trust: bool = False) -> tu
         state, new_ok = dict(src.state), []
     else:
         state, new_ok = reranker_state_from_stage1(src.state, cfg, ignored), [r"\.merge_layer\.", r"^cls_head\."]
-    _fit_pos_embed(state, cfg)
+    fit_pos_embed(state, cfg)
     model = DualEncoderReranker(cfg)
     new = load_exact(model, state, new_ok)
     return model, LoadReport(src.kind, len(state), ignored, new, src.meta)
