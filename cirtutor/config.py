@@ -101,6 +101,11 @@ class Stage2Config:
     batch_composition: str = "random"  # "random" (paper) | "hard": a seed query, its same-reference edits and
                                     # queries whose targets are in the seed's filter top-`hard_pool`
     hard_pool: int = 60
+    negatives: str = "in_batch"     # "in_batch": Eq. 2, each query against the batch's B targets (paper) | "filter_topk":
+                                    # each row also gets `num_negatives` candidates drawn from the query's own filter
+                                    # top-`topk_pool` on the train gallery, the lists it will re-rank (tiny-mode option)
+    num_negatives: int = 5
+    topk_pool: int = 20
     k: int = 50                     # K re-ranked at evaluation (paper: 100 Fashion-IQ, 50 CIRR)
     eval_ks: tuple = (10, 20, 50, 100)  # K values evaluated from one scoring pass over max(eval_ks)
     eval_batch_size: int = 8        # queries per scoring forward (x K candidates each)
@@ -192,7 +197,10 @@ def _convert(text: str, annotation: typing.Any, key: str):
         return None
     for t in types:
         try:
-            if t is tuple:  # comma-separated, e.g. stage2.eval_ks=10,20,50 or ablations=no_text,no_zt
+            if t is tuple:  # comma-separated, e.g. stage2.eval_ks=10,20,50 or ablations=no_text,no_zt; (…) or […] allowed
+                text = text.strip()
+                if text[:1] + text[-1:] in ("()", "[]"):
+                    text = text[1:-1]
                 return tuple(int(x) if x.strip().isdigit() else x.strip() for x in text.split(",") if x.strip())
             if t is bool:
                 if text.lower() not in ("true", "false", "1", "0"):

@@ -37,7 +37,7 @@ from cirtutor.data.registry import dataset_root, open_dataset
 from cirtutor.engine.features import FeatureStore, encode_gallery
 from cirtutor.engine.loop import world
 from cirtutor.engine.stage1 import encode_queries, evaluate_filter, rank_with_filter, train_stage1
-from cirtutor.engine.stage2 import evaluate_reranker, hard_pools, score_lists, train_stage2
+from cirtutor.engine.stage2 import evaluate_reranker, filter_negatives, hard_pools, score_lists, train_stage2
 from cirtutor.errors import CirtutorError
 from cirtutor.evaluation import TopK, rank_shift_by_initial, rank_table, save_topk
 from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text, torch_load
@@ -71,16 +71,34 @@ def is_tiny(cfg: Config) -> bool:
     return cfg.weights is None
 
 
-def init_weights(cfg: Config) -> Path:
+def init_weights(cfg: Config, verbose: bool = True) -> Path:
     """The initial weights both stages start from: BLIP (paper) or the pretrained mini-BLIP (tiny)."""
     if is_tiny(cfg):
         from cirtutor.models.mini_blip import mini_blip_folder
-        return mini_blip_folder(cfg)
+        return mini_blip_folder(cfg, verbose)
     path = Path(cfg.weights)
     if not path.exists():
         raise CirtutorError(f"initial weights {path} not found: download BLIP's model_base.pth with "
                             "`python data_scripts/download_blip.py --out models` or point --set weights=PATH at it")
     return path
+
+
+def weights_key(weights: Path) -> str:
+    """What identifies the initial weights for the caches: a SHA-256 of their files' contents
+    (a file, or a model folder's files) up to 64 MB each, and path + size + modification time
+    for larger files (hashing BLIP's 900 MB checkpoint on every run would cost seconds). A new
+    mini-BLIP at the same path therefore never reuses features or filters cached for the old one."""
+    weights = Path(weights).resolve()
+    files = sorted(p for p in weights.iterdir() if p.is_file()) if weights.is_dir() else [weights]
+    h = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        h.update(f"{f.name}\0{stat.st_size}\0".encode())
+        if stat.st_size <= 64 * 2**20:
+            h.update(f.read_bytes())
+        else:
+            h.update(f"{f}\0{stat.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 def config_dict(cfg: Config) -> dict:
@@ -128,9 +146,9 @@ def datasets(cfg: Config):
 
 def feature_store(cfg: Config, split: str, weights: Path, device, names: list[str] | None = None) -> FeatureStore:
     """Frozen-ViT image tokens of every image of `split` (or only `names`, for a subsample),
-    computed once and cached on disk (safetensors, keyed by weights + data + resolution +
-    names); later runs load them."""
-    key = config_digest(str(weights.resolve()), dataclasses.asdict(cfg.data), cfg.model.image_size, cfg.model.patch_size,
+    computed once and cached on disk (safetensors, keyed by the weights' contents (`weights_key`)
+    + data + resolution + names); later runs load them."""
+    key = config_digest(weights_key(weights), dataclasses.asdict(cfg.data), cfg.model.image_size, cfg.model.patch_size,
                         names)
     path = cache_dir() / "features" / f"{cfg.data.dataset}-{split}-{key}.safetensors"
     if path.is_file():
@@ -285,14 +303,16 @@ def variant_config(cfg: Config, ablation: str | None) -> Config:
 
 
 def stage2_training_inputs(cfg: Config, filt, train, stores, device, shared: dict | None = None):
-    """(cached z_t of the training queries, hard-batch pools), each computed only when the
-    config needs it, and once per filter when `shared` is passed (the ablations reuse them)."""
+    """(cached z_t of the training queries, hard-batch pools, filter top-K negatives), each computed
+    only when the config needs it, and once per filter when `shared` is passed (the ablations reuse them)."""
     shared = {} if shared is None else shared
     if cfg.stage2.z_t == "cached" and "z_ts" not in shared:
         shared["z_ts"] = encode_queries(filt, train, stores["train"], device=device)[1]
     if cfg.stage2.batch_composition == "hard" and "pools" not in shared:
         shared["pools"] = hard_pools(filt, train, stores["train"], cfg.stage2.hard_pool, device=device)
-    return shared.get("z_ts"), shared.get("pools")
+    if cfg.stage2.negatives == "filter_topk" and "negatives" not in shared:
+        shared["negatives"] = filter_negatives(filt, train, stores["train"], cfg.stage2.topk_pool, device=device)
+    return shared.get("z_ts"), shared.get("pools"), shared.get("negatives")
 
 
 def usable_ks(cfg: Config, val) -> tuple[int, ...]:
@@ -326,13 +346,13 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
         load_weights(model, final)
     else:
         say(f"{label}: {report.summary()}")
-        z_ts_train, pools = stage2_training_inputs(cfg, filt, train, stores, device, shared)
+        z_ts_train, pools, negatives = stage2_training_inputs(cfg, filt, train, stores, device, shared)
         k = cfg.stage2.k
         validate = validator(lambda: evaluate_reranker(filt, model, val, stores["val"], (k,), device=device)[f"K={k}"],
                              cfg.stage2, model, out, f"{label} R_{k}")
         meta = {"stage": 2, "seed": seed, "ablation": ablation or "",
                 "config": json.dumps([dataclasses.asdict(cfg.stage2), dataclasses.asdict(cfg.model)], sort_keys=True)}
-        history = train_stage2(model, train, z_ts_train, stores["train"], cfg.stage2, pools=pools, seed=seed,
+        history = train_stage2(model, train, z_ts_train, stores["train"], cfg.stage2, pools=pools, negatives=negatives, seed=seed,
                                device=device, filter_model=filt, log=say, log_every=200, on_epoch_end=validate,
                                checkpoint=out / "last.pt", resume=resume, meta=meta)
         finish_training(model, history, cfg.stage2.select, out, final)
@@ -368,25 +388,32 @@ def inference_times(cfg: Config, filt, model, val, stores, device, ks, n: int = 
     return {"filter_per_query_s": filter_s, "per_query_s": per_query, "queries_timed": len(idx)}
 
 
+def query_item(val, details: dict, row: int, n: int = 6) -> dict:
+    """Row `row` of an evaluation's `details` as one qualitative item: the reference and text,
+    the filter's top `n` and the re-ranked top `n` (names and image paths), the target's name."""
+    q = val.queries[details["indices"][row]]
+    order = np.argsort(-details["scores"][row], kind="stable")
+    names_f = list(details["ranked"][row][:n])
+    names_r = [details["ranked"][row][j] for j in order[:n]]
+    return {"reference": str(val.image_path(q["reference"])), "caption": val.query_text(details["indices"][row]),
+            "target": q["target"], "filtered": [(n_, str(val.image_path(n_))) for n_ in names_f],
+            "reranked": [(n_, str(val.image_path(n_))) for n_ in names_r]}
+
+
+def target_gain(details: dict) -> np.ndarray:
+    """Per row: how many places re-ranking moved the target up (negative: down; 0 where it is not in the list)."""
+    pos = lambda lab: np.where(lab.any(1), lab.argmax(1), 10**6)
+    return pos(details["stage1"]) - pos(details["stage2"])
+
+
 def qualitative_items(val, details: dict, n: int = 4) -> list[dict]:
     """A few validation queries whose target the re-ranker moved up: reference, caption,
     top-6 filtered and top-6 re-ranked (names and image paths) for the qualitative figure."""
     if "stage1" not in details:                               # Fashion-IQ: the first category's lists
         details = next(iter(details.values()))
-    s1, s2 = details["stage1"], details["stage2"]
-    pos = lambda lab: np.where(lab.any(1), lab.argmax(1), 10**6)
-    gain = pos(s1) - pos(s2)
-    rows = [r for r in np.argsort(-gain, kind="stable")[:n] if gain[r] > 0] or list(range(min(n, len(s1))))
-    items = []
-    for r in rows:
-        q = val.queries[details["indices"][r]]
-        order = np.argsort(-details["scores"][r], kind="stable")
-        names_f = list(details["ranked"][r][:6])
-        names_r = [details["ranked"][r][j] for j in order[:6]]
-        items.append({"reference": str(val.image_path(q["reference"])), "caption": val.query_text(details["indices"][r]),
-                      "target": q["target"], "filtered": [(n_, str(val.image_path(n_))) for n_ in names_f],
-                      "reranked": [(n_, str(val.image_path(n_))) for n_ in names_r]})
-    return items
+    gain = target_gain(details)
+    rows = [r for r in np.argsort(-gain, kind="stable")[:n] if gain[r] > 0] or list(range(min(n, len(gain))))
+    return [query_item(val, details, r) for r in rows]
 
 
 def rank_analysis(details: dict) -> dict:

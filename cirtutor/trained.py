@@ -11,8 +11,11 @@ cache, and every later call loads it ("found trained tiny filter (tiny), loading
                                          /seed{s}/stage1/metrics.csv     loss and lr per step
 
 The digest covers everything the weights depend on: the data, model and stage-1 sections of
-the config, the initial weights, the subsample and the seed. The folder appears only when the
+the config, the initial weights' contents (`weights_key`), the subsample and the seed. The folder appears only when the
 training has finished (`cirtutor.cache.cached` builds it under a temporary name).
+
+`trained_reranker(cfg, seed, ablation)` does the same for stage 2 (`run_stage2` on the cached
+filter), for the main re-ranker and each ablation, under cache_dir()/trained/{preset}-reranker-{digest}/.
 
 Also here: `filter_data` (what stage 1 trains and evaluates on, in one object) and
 `batch_breakdown` (Eq. 1 on batches of one composition, and where each query's softmax goes:
@@ -36,9 +39,9 @@ from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.stage1 import batch_order, stage1_inputs
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_json
-from cirtutor.models import CandidateFilter
-from cirtutor.pipeline import (config_dict, config_digest, datasets, feature_stores, init_weights, is_tiny,
-                               load_weights, resolve_device, run_stage1, stage1_dir)
+from cirtutor.models import CandidateFilter, DualEncoderReranker
+from cirtutor.pipeline import (ABLATIONS, config_dict, config_digest, datasets, feature_stores, init_weights, is_tiny,
+                               load_weights, resolve_device, run_stage1, run_stage2, stage1_dir, variant_config, weights_key)
 
 
 @dataclasses.dataclass
@@ -63,7 +66,7 @@ def filter_data(cfg: Config, verbose: bool = True) -> FilterData:
 def trained_filter_dir(cfg: Config, seed: int = 0) -> Path:
     """The cache folder of the filter `trained_filter(cfg, seed)` returns (it may not exist yet)."""
     digest = config_digest(dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.stage1),
-                           cfg.weights, cfg.subsample, seed)
+                           weights_key(init_weights(cfg, verbose=False)), cfg.subsample, seed)
     return cache_dir() / "trained" / f"{cfg.name}-{digest}"
 
 
@@ -103,6 +106,61 @@ def _train(cfg: Config, seed: int, run: Path, data: FilterData | None, verbose: 
                    device=data.device)
     for spare in ("last.pt", "best.pt"):     # the resumable checkpoint and the best-so-far copy: filter.pt has the result
         (stage1_dir(run, seed) / spare).unlink(missing_ok=True)
+
+
+def trained_reranker_dir(cfg: Config, seed: int = 0, ablation: str | None = None) -> Path:
+    """The cache folder of the re-ranker `trained_reranker(cfg, seed, ablation)` returns (it may not exist yet)."""
+    digest = config_digest(dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.stage1),
+                           dataclasses.asdict(cfg.stage2), weights_key(init_weights(cfg, verbose=False)), cfg.subsample, seed, ablation)
+    return cache_dir() / "trained" / f"{cfg.name}-reranker-{digest}"
+
+
+def reranker_out(folder: Path, seed: int, ablation: str | None) -> Path:
+    return Path(folder) / f"seed{seed}" / ("stage2" + (f"-{ablation}" if ablation else ""))
+
+
+def trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None, verbose: bool = True,
+                     data: FilterData | None = None) -> tuple[DualEncoderReranker, dict]:
+    """(the trained re-ranker in eval mode on the preset's device, its validation metrics: "filter"
+    and "K=k" for each evaluated K): loaded from the cache, or trained there first with
+    `run_stage2` on `trained_filter(cfg, seed)` (tiny mode: about 4 minutes on 2 CPU cores, plus
+    the filter's 2 if it is not cached either). `ablation`: a variant of `ABLATIONS` ("no_text",
+    "no_zt", ...). The caller's random-number state is left as it was."""
+    if ablation is not None and ablation not in ABLATIONS:
+        raise CirtutorError(f"unknown ablation {ablation!r}; expected one of {', '.join(ABLATIONS)}")
+    folder = trained_reranker_dir(cfg, seed, ablation)
+    name = f"re-ranker{' (' + ABLATIONS[ablation][0] + ')' if ablation else ''}"
+    what = f"trained {'tiny ' if is_tiny(cfg) else ''}{name} ({cfg.name})"
+    if folder.exists():
+        if verbose:
+            print(f"found {what}, loading…")
+    else:
+        if verbose:
+            cost = "a few minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
+            print(f"no trained {name} in the cache: training one (stage 2, {cost})…", flush=True)
+        cached(str(folder.relative_to(cache_dir())), lambda tmp: _train_reranker(cfg, seed, ablation, tmp, data, verbose),
+               what, verbose=False)
+    out = reranker_out(folder, seed, ablation)
+    if not (out / "reranker.pt").is_file() or not (out / "metrics.json").is_file():
+        raise CirtutorError(f"{folder} holds no finished re-ranker: delete the folder and it is trained again")
+    with torch.random.fork_rng():
+        model = DualEncoderReranker(variant_config(cfg, ablation).model)
+    load_weights(model, out / "reranker.pt")
+    return model.to(resolve_device(cfg)).eval(), json.loads((out / "metrics.json").read_text())
+
+
+def _train_reranker(cfg: Config, seed: int, ablation: str | None, run: Path, data: FilterData | None,
+                    verbose: bool) -> None:
+    """Stage 2 on the cached trained filter into the run folder `run` (renamed by `cached` when done)."""
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with torch.random.fork_rng(), torch.enable_grad(), quiet:
+        data = data or filter_data(cfg, verbose)
+        filt, _ = trained_filter(cfg, seed, verbose, data)
+        atomic_write_json(run / "config.json", config_dict(cfg), indent=2)
+        run_stage2(cfg, run, seed, filt, train=data.train, val=data.val, stores=data.stores, weights=data.weights,
+                   device=data.device, ablation=ablation)
+    for spare in ("last.pt", "best.pt"):
+        (reranker_out(run, seed, ablation) / spare).unlink(missing_ok=True)
 
 
 def trained_filter_history(cfg: Config, seed: int = 0) -> list[dict]:

@@ -330,7 +330,8 @@ def plot_similarity_matrix(sim, row_labels: Sequence[str], col_labels: Sequence[
 def plot_pretraining_curve(meta: dict, batch_size: int | None = None):
     """The mini-BLIP's pretraining as recorded in its cirtutor.json (`meta["curve"]`): the ITC
     and ITM losses (left; dashed: chance, ln B for ITC and the 1/3-positive prior's entropy
-    for ITM), held-out retrieval and ITM accuracy (middle), the temperature (right)."""
+    for ITM), held-out retrieval and ITM accuracy (middle), the temperature (right). A dotted
+    line marks where a second phase (`curve["phase_start"]`, the grounding phase) begins."""
     train, val = meta["curve"]["train"], meta["curve"].get("val", [])
     batch_size = batch_size or meta.get("recipe", {}).get("batch_size", 64)
     step = [r["step"] for r in train]
@@ -345,8 +346,10 @@ def plot_pretraining_curve(meta: dict, batch_size: int | None = None):
     if val:
         v_step = [r["step"] for r in val]
         for key, label, color in (("i2t_r1", "image→text R@1", "C2"), ("i2t_r5", "image→text R@5", "C4"),
-                                  ("itm_acc", "ITM accuracy", "C1")):
-            ax_v.plot(v_step, [r[key] for r in val], "o-", color=color, label=label)
+                                  ("itm_acc", "ITM accuracy", "C1"), ("itm_edit_acc", "ITM accuracy, one-edit texts", "C5")):
+            rows = [r for r in val if key in r]
+            if rows:
+                ax_v.plot([r["step"] for r in rows], [r[key] for r in rows], "o-", color=color, label=label)
     ax_v.set(xlabel="training step", ylabel="fraction (held-out val pairs)", ylim=(0, 1.02),
              title="Held-out retrieval and matching")
     ax_t.plot(step, [r["temp"] for r in train], color="C3")
@@ -354,6 +357,9 @@ def plot_pretraining_curve(meta: dict, batch_size: int | None = None):
     ax_t.set(xlabel="training step", ylabel="temperature λ (log scale)", title="Learned ITC temperature")
     for ax in (ax_l, ax_v, ax_t):
         ax.grid(alpha=0.3)
+        if meta["curve"].get("phase_start"):       # a continued recipe: where the second phase starts
+            ax.axvline(meta["curve"]["phase_start"], color="grey", ls=":", lw=1.2,
+                       label="grounding phase starts" if ax is ax_l else None)
     ax_l.legend(fontsize=7)
     ax_v.legend(fontsize=7)
     fig.tight_layout()

@@ -72,8 +72,8 @@ def test_pairs_are_preloaded_images_and_captions(cfg, pairs):
 
 
 def test_eval_pairs_are_whole_groups_with_sibling_negatives(cfg):
-    images, input_ids, text_mask, neg_text = mb.eval_pairs(mb.pretraining_data(cfg.data), 20)
-    assert len(images) == len(input_ids) == len(neg_text) == 24  # 4 whole groups of 6 scenes
+    images, input_ids, text_mask, neg_text, (edited_ids, _) = mb.eval_pairs(mb.pretraining_data(cfg.data), 20)
+    assert len(images) == len(input_ids) == len(neg_text) == len(edited_ids) == 24  # 4 whole groups of 6 scenes
     assert (neg_text != torch.arange(24)).all() and (neg_text // 6 == torch.arange(24) // 6).all()
     again = mb.eval_pairs(mb.pretraining_data(cfg.data), 20)
     assert torch.equal(again[0], images) and torch.equal(again[3], neg_text)
@@ -100,6 +100,41 @@ def test_losses_finite_and_decrease_on_a_fixed_batch(cfg, pairs):
     assert torch.isfinite(itc).all() and torch.isfinite(itm).all()
     assert itc[-10:].mean() < itc[:10].mean() - 0.3
     assert itm[-10:].mean() < itm[:10].mean()
+
+
+def test_edited_captions_are_one_edit_away(cfg):
+    from cirtutor.data import synthetic as world
+    data = mb.pretraining_data(cfg.data)
+    names = mb.pair_names(data, "train")
+    _, captions, _ = mb.image_caption_pairs(data, "train")
+    variants = mb.edited_captions(data, "train", names[:10], per_image=3)
+    assert variants == mb.edited_captions(data, "train", names[:10], per_image=3)  # seeded
+    for caption, row in zip(captions, variants):
+        scene = world.parse_scene(caption)
+        one_edit = {world.apply_edit(scene, e) for kind in world.possible_edits(scene).values() for e in kind}
+        assert len(set(row)) == 3 and all(world.parse_scene(v) in one_edit for v in row)
+
+
+def test_pretraining_continues_from_a_folder_with_edited_negatives(cfg, tmp_path):
+    base = mb.pretrain_mini_blip(cfg, **FAST, eval_every=4)
+    mb.save_mini_blip(base["model"], base["temp"], tmp_path / "base", base["meta"])
+    more = mb.pretrain_mini_blip(cfg, **{**FAST, "steps": 2}, eval_every=2, init=tmp_path / "base", edited_negatives=2)
+    recipe = more["meta"]["recipe"]
+    assert recipe["edited_negatives"] == 2 and recipe["init"]["command"] == base["meta"]["command"]
+    assert "itm_edit_acc" in more["metrics"] and not same_weights(params(base["model"]), params(more["model"]))
+
+
+def test_sincos_positions_give_every_patch_its_own_code(cfg):
+    codes = mb.sincos_2d(8, 96)
+    assert codes.shape == (64, 96) and torch.allclose(codes.norm(dim=1), torch.full((64,), 48 ** 0.5))
+    assert torch.cdist(codes, codes).add(torch.eye(64) * 100).min() > 0.1      # all 64 distinct
+    model, _ = mb.build_mini_blip(cfg.model)
+    before = model.vision_model.embeddings.position_embedding.detach().clone()
+    mb.add_sincos_positions_(model, 2.0)
+    after = model.vision_model.embeddings.position_embedding
+    side = int((after.shape[1] - 1) ** 0.5)
+    assert torch.equal(after[0, 0], before[0, 0])                               # [CLS] untouched
+    torch.testing.assert_close(after[0, 1:] - before[0, 1:], 2.0 * mb.sincos_2d(side, after.shape[-1]))
 
 
 def test_hard_negatives_never_equal_the_positive():
@@ -172,8 +207,11 @@ def test_pretraining_is_seeded_and_stop_after_reproduces_a_checkpoint(cfg, tmp_p
 def test_pretrained_mini_blip_builds_once_then_loads(cfg, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(mb, "SHIPPED", tmp_path / "not_shipped")
     monkeypatch.setattr(mb, "RECIPE", dict(steps=2, stop_after=None, batch_size=8, lr=1e-3, seed=0))
+    monkeypatch.setattr(mb, "GROUNDING", dict(steps=1, stop_after=None, batch_size=8, lr=1e-3, seed=0,
+                                              edited_negatives=2, sincos_positions=1.0))
     built, _, meta = mb.pretrained_mini_blip(cfg)
-    assert "building pretrained mini-BLIP" in capsys.readouterr().out and meta["step"] == 2
+    assert "building pretrained mini-BLIP" in capsys.readouterr().out and meta["step"] == 1
+    assert meta["recipe"]["init"]["recipe"]["steps"] == 2 and "--init BASE" in meta["command"]
     loaded, _, _ = mb.pretrained_mini_blip(cfg)
     assert "found pretrained mini-BLIP" in capsys.readouterr().out
     assert same_weights(params(built), params(loaded))

@@ -215,9 +215,13 @@ def test_plot_pretraining_curve_of_the_shipped_record():
     meta = json.loads((SHIPPED / META_FILE).read_text())
     fig = plot_pretraining_curve(meta)
     losses, evals, temps = fig.axes
-    assert len(losses.lines) == 4 and losses.lines[2].get_ydata()[0] == pytest.approx(4.1589, abs=1e-3)  # ln 64
-    assert len(evals.lines) == 3 and len(evals.lines[0].get_xdata()) == len(meta["curve"]["val"])
+    assert losses.lines[2].get_ydata()[0] == pytest.approx(4.1589, abs=1e-3)  # ln 64
+    assert len(evals.lines[0].get_xdata()) == len(meta["curve"]["val"])
     assert temps.get_yscale() == "log"
+    n_edit = sum("itm_edit_acc" in r for r in meta["curve"]["val"])             # the grounding phase's evaluations
+    assert len(evals.lines) == 3 + (n_edit > 0) + bool(meta["curve"].get("phase_start"))
+    if meta["curve"].get("phase_start"):
+        assert len(losses.lines) == 5 and losses.lines[-1].get_xdata()[0] == meta["curve"]["phase_start"]
 
 
 def test_plot_per_layer_labels_layer_inputs_and_output():

@@ -116,3 +116,21 @@ def test_variants_take_the_rerankers_own_dropout():
         assert variant_config(cfg, ablation).model.dropout == 0.0
     assert variant_config(get_preset("paper_cirr"), None).model.dropout == 0.1  # None: the model's (paper)
     assert variant_config(cfg, "no_text").model.streams == "z_t" and cfg.model.streams == "both"
+
+
+def test_weights_key_follows_the_weights_contents(tmp_path):
+    from cirtutor.pipeline import weights_key
+
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "model.safetensors").write_bytes(b"\x00" * 100)
+    (a / "config.json").write_text("{}")
+    key = weights_key(a)
+    b = tmp_path / "b"
+    b.mkdir()
+    for f in a.iterdir():
+        (b / f.name).write_bytes(f.read_bytes())
+    assert weights_key(b) == key                                   # the same contents elsewhere: the same key
+    (b / "model.safetensors").write_bytes(b"\x00" * 99 + b"\x01")
+    assert weights_key(b) != key                                   # new weights at the same path: a new key
+    assert weights_key(a / "config.json") != key

@@ -33,6 +33,7 @@ def test_presets_and_overrides():
     cfg = apply_overrides(get_preset("tiny"), ["data.resolution=32", "data.root=/x", "data.root=none"])
     assert cfg.data.resolution == 32 and cfg.data.root is None
     assert apply_overrides(cfg, ["stage2.eval_ks=10,20,50"]).stage2.eval_ks == (10, 20, 50)
+    assert apply_overrides(cfg, ["stage2.eval_ks=(5, 10)"]).stage2.eval_ks == (5, 10)  # a tuple as Python writes it
     assert get_preset("tiny").data.resolution == 64  # presets themselves are never modified
     for bad in (["data.nope=1"], ["data.resolution=big"], ["model.x=1"], ["resolution"]):
         with pytest.raises(CirtutorError):

@@ -5,8 +5,8 @@ import torch
 
 from cirtutor.config import apply_overrides
 from cirtutor.engine.stage1 import encode_queries
-from cirtutor.engine.stage2 import (batch_order, evaluate_reranker, hard_pools, make_stage2_optimizer, query_inputs,
-                                    score_lists, train_stage2)
+from cirtutor.engine.stage2 import (BxBObjective, batch_order, evaluate_reranker, filter_negatives, hard_pools,
+                                    make_stage2_optimizer, query_inputs, sample_negatives, score_lists, train_stage2)
 from cirtutor.models import DualEncoderReranker
 
 SMALL = ["data.synthetic_size=8", "data.synthetic_resolution=32", "data.resolution=32", "model.image_size=32",
@@ -64,6 +64,53 @@ def test_training_runs_seeded_with_hard_batches(world):
         runs.append(train_stage2(model, train, z_ts, st, cfg.stage2, pools=pools, log=lambda _: None).train)
     assert runs[0] == runs[1] and len(runs[0]) == cfg.stage2.epochs * (len(train.queries) // 6)
     assert all(np.isfinite(h["loss"]) for h in runs[0])
+
+
+def test_filter_negatives_are_the_filter_top_k_without_the_target(world):
+    cfg, filt, train, _, st, _ = world
+    negs = filter_negatives(filt, train, st, 5)
+    assert len(negs) == len(train.queries) and all(len(row) == 5 for row in negs)
+    for q, row in zip(train.queries, negs):
+        assert q["target"] not in row and q["reference"] not in row and len(set(row)) == 5
+    a, b = sample_negatives(negs[0], 3, 0, 1, 0), sample_negatives(negs[0], 3, 0, 1, 0)
+    assert a == b and len(set(a)) == 3 and set(a) <= set(negs[0])
+    assert sample_negatives(negs[0], 3, 0, 2, 0) != a or sample_negatives(negs[0], 3, 0, 3, 0) != a  # per epoch
+    assert len(sample_negatives(["x", "y"], 4, 0, 0, 0)) == 4  # too few: with replacement
+    with pytest.raises(ValueError, match="no filter candidates"):
+        sample_negatives([], 2, 0, 0, 0)
+
+
+def test_filter_topk_negatives_extend_each_row_of_eq2(world):
+    cfg = world[0]
+    torch.manual_seed(0)
+    model = DualEncoderReranker(cfg.model).eval()
+    ids, mask = torch.randint(1000, 2000, (3, 7)), torch.ones(3, 7, dtype=torch.long)
+    z_t, targets = torch.randn(3, 7, 96), torch.randn(3, 17, 96)
+    extra = torch.randn(3, 2, 17, 96)
+    loss = BxBObjective(model)(ids, mask, z_t, targets, None, extra)
+    bxb = model.bxb_logits(ids, mask, z_t, targets)                               # (3, 3)
+    own = model.score_candidates(ids, mask, z_t, extra)                           # (3, 2)
+    expected = torch.nn.functional.cross_entropy(torch.cat([bxb, own], 1), torch.arange(3))
+    torch.testing.assert_close(loss, expected)
+    assert BxBObjective(model)(ids, mask, z_t, targets) < loss                    # more negatives, higher loss
+
+
+def test_training_with_filter_topk_negatives(world):
+    cfg, filt, train, _, st, _ = world
+    _, z_ts = encode_queries(filt, train, st)
+    s2 = apply_overrides(cfg, ["stage2.negatives=filter_topk", "stage2.num_negatives=3", "stage2.epochs=1",
+                              "stage2.batch_composition=random"]).stage2
+    with pytest.raises(ValueError, match="filter_topk"):
+        train_stage2(DualEncoderReranker(cfg.model), train, z_ts, st, s2, log=lambda _: None)
+    negs = filter_negatives(filt, train, st, s2.topk_pool)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(train_stage2(DualEncoderReranker(cfg.model), train, z_ts, st, s2, negatives=negs,
+                                 log=lambda _: None).train)
+    assert runs[0] == runs[1] and all(np.isfinite(h["loss"]) for h in runs[0])
+    with pytest.raises(ValueError, match="negatives"):
+        train_stage2(DualEncoderReranker(cfg.model), train, z_ts, st, apply_overrides(cfg, ["stage2.negatives=mine"]).stage2)
 
 
 def test_drop_path_samples_the_vit_in_train_mode_only():

@@ -11,7 +11,7 @@ from PIL import Image
 from cirtutor.data.synthetic import (
     CIRR_FAMILY, EDIT_KINDS, EDITED_FIELD, FASHIONIQ_FAMILIES, POSITIONS, Edit, Obj, SyntheticConfig, apply_edit,
     caption_edit, describe_scene, edit_from_json, make_scene, make_synthetic_dataset, possible_edits,
-    render_scene, sample_edits, sample_scene, scene_from_json,
+    parse_scene, render_scene, sample_edits, sample_scene, scene_from_json,
 )
 from cirtutor.errors import DataError
 
@@ -243,6 +243,15 @@ def test_scene_captions_are_compact(cirr):
     pairs = load(cirr / "synthetic/captions.train.json")
     assert max(tokens(p["caption"]) for p in pairs) <= 40
     assert describe_scene(SCENE) == "a large red circle at the top left and a small blue square in the centre"
+
+
+def test_parse_scene_inverts_describe_scene():
+    rng = random.Random(0)
+    for _ in range(300):
+        scene = sample_scene(rng)
+        assert parse_scene(describe_scene(scene)) == scene
+    with pytest.raises(ValueError, match="not a scene description"):
+        parse_scene("a large red circle somewhere")
 
 
 def test_render_scene_size_and_determinism():

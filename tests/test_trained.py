@@ -132,3 +132,26 @@ def test_batch_breakdown_by_composition(data, built):
     assert (random["siblings"] < 4).all() and not torch.equal(random["loss"], groups["loss"])
     with pytest.raises(CirtutorError, match="batches of 10"):
         batch_breakdown(filt, data.train, store, "random", 10, 1000)
+
+
+RERANKER = ["stage2.epochs=1", "stage2.batch_size=6", "stage2.hard_pool=10", "stage2.k=10", "stage2.eval_ks=(5,10)"]
+
+
+def test_trained_reranker_is_built_once_then_loaded(cfg, data, built, capsys):
+    from cirtutor.trained import trained_reranker, trained_reranker_dir
+
+    rcfg = apply_overrides(cfg, RERANKER)
+    model, metrics = trained_reranker(rcfg, data=data)
+    printed = capsys.readouterr().out
+    assert "no trained re-ranker in the cache: training one (stage 2" in printed
+    assert "found trained tiny filter" in printed                             # stage 2 starts from the cached filter
+    assert not model.training and {"filter", "K=5", "K=10"} <= set(metrics)
+    assert metrics["filter"] == built[1]                                      # the same F as the cached filter's
+    again, metrics_again = trained_reranker(rcfg)
+    assert capsys.readouterr().out == "found trained tiny re-ranker (tiny), loading…\n" and metrics_again == metrics
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert trained_reranker_dir(rcfg, ablation="no_text") != trained_reranker_dir(rcfg)
+    out = trained_reranker_dir(rcfg) / "seed0" / "stage2"
+    assert not {"last.pt", "best.pt"} & {p.name for p in out.iterdir()}
+    with pytest.raises(CirtutorError, match="unknown ablation"):
+        trained_reranker(rcfg, ablation="nope")

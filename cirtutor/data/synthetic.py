@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import random
+import re
 import shutil
 import string
 import sys
@@ -203,6 +204,19 @@ def describe_scene(scene: Scene) -> str:
     The description names every attribute, so it is also a canonical key of the scene."""
     parts = [f"a {describe_object(o)} {at(o.cell)}" for o in scene]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+OBJECT_PHRASE = re.compile(r"a (small|large) (\w+) (circle|square|triangle) (in the centre|on the left|on the right|at the [a-z ]+?)(?=,| and a |$)")
+
+
+def parse_scene(description: str) -> Scene:
+    """The scene a `describe_scene` text describes (its inverse)."""
+    objs = [Obj(shape, colour, size, [at(c) for c in range(9)].index(where))
+            for size, colour, shape, where in OBJECT_PHRASE.findall(description)]
+    scene = make_scene(objs)
+    if not objs or describe_scene(scene) != description:
+        raise ValueError(f"not a scene description: {description!r}")
+    return scene
 
 
 def refer(obj: Obj, scene: Scene) -> str:

@@ -12,6 +12,7 @@ one scoring pass over the largest K serves every smaller K. CIRR's subset metric
 """
 from __future__ import annotations
 
+import random
 from typing import Callable, Iterator
 
 import numpy as np
@@ -56,6 +57,25 @@ def hard_pools(filter_model: CandidateFilter, train_set, store: FeatureStore, po
     for i, q in enumerate(train_set.queries):
         by_target.setdefault(q["target"], []).append(i)
     return [[j for name in row for j in by_target.get(name, [])] for row in ranked]
+
+
+def filter_negatives(filter_model: CandidateFilter, train_set, store: FeatureStore, pool: int,
+                     device="cpu") -> list[list[str]]:
+    """For every training query, its filter top-`pool` on the training gallery without its
+    target: the candidates stage 2 must learn to rank below the target (negatives="filter_topk")."""
+    cirr = train_set.dataset_name == "CIRR"
+    ranked = rank_with_filter(filter_model, train_set, store, train_set.gallery, remove_reference=cirr,
+                              top_k=min(pool + 1, len(train_set.gallery) - cirr), device=device)
+    return [[n for n in row if n != q["target"]][:pool] for row, q in zip(ranked, train_set.queries)]
+
+
+def sample_negatives(candidates: list[str], n: int, seed: int, epoch: int, query: int) -> list[str]:
+    """`n` distinct names from `candidates`, the same for a given (seed, epoch, query) whatever the
+    batch order (so a resumed run draws what an uninterrupted one does); with replacement if too few."""
+    rng = random.Random(f"{seed}/{epoch}/{query}")
+    if not candidates:
+        raise ValueError(f"training query {query} has no filter candidates to draw negatives from")
+    return rng.sample(candidates, n) if len(candidates) >= n else rng.choices(candidates, k=n)
 
 
 def batch_order(queries: list[dict], batch_size: int, composition: str, generator: torch.Generator,
@@ -108,19 +128,26 @@ class BxBObjective(torch.nn.Module):
         super().__init__()
         self.model, self.share_kv = model, share_kv
 
-    def forward(self, ids, mask, z_t, targets, refs=None) -> torch.Tensor:
-        """ids, mask (B, L_w), z_t (B, L_w, d), target tokens (B, L_v, d_v) -> scalar loss."""
+    def forward(self, ids, mask, z_t, targets, refs=None, extra=None) -> torch.Tensor:
+        """ids, mask (B, L_w), z_t (B, L_w, d), the batch's target tokens (B, L_v, d_v) -> Eq. 2's
+        B x B logits -> scalar loss. `extra` (B, n, L_v, d_v) (negatives="filter_topk"): each
+        query's own n filter candidates, appended to its row as n more negatives: (B, B + n)."""
         logits = self.model.bxb_logits(ids, mask, z_t, targets, refs, share_kv=self.share_kv)  # (B, B)
+        if extra is not None:
+            logits = torch.cat([logits, self.model.score_candidates(ids, mask, z_t, extra, refs)], dim=1)  # (B, B + n)
         return self.model.loss(logits.float())
 
 
 def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_ts, device,
-                  filter_model: CandidateFilter | None = None, stochastic_vit: bool = False):
+                  filter_model: CandidateFilter | None = None, stochastic_vit: bool = False,
+                  negatives: list[list[str]] | None = None, num_negatives: int = 0, seed: int = 0):
     """`inputs(batch, epoch)` for the loop. With `filter_model`, z_t is recomputed for every
     batch with the filter in train mode (dropout on, no gradient), as the authors' script
     does (facts §8.3, quirk 1); otherwise it is read from the cache `z_ts`. With
     `stochastic_vit`, reference and target tokens come from the re-ranker's ViT in train mode
-    (drop-path on) on the images, every step (facts §8.3 step 1); otherwise from `store`."""
+    (drop-path on) on the images, every step (facts §8.3 step 1); otherwise from `store`.
+    With `negatives` (per-query candidate names), each query also gets `num_negatives` of its
+    own candidates as extra negatives (B, n, L_v, d_v)."""
     def image_feats(names):                                                  # (B, L_v, d_v)
         if not stochastic_vit:
             return store[names].to(device)
@@ -131,7 +158,11 @@ def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch)
         queries = [train_set.queries[i] for i in batch]
-        targets = image_feats([q["target"] for q in queries])
+        targets = image_feats([q["target"] for q in queries])                    # (B, L_v, d_v)
+        extra = None
+        if negatives is not None:
+            names = [n for i in batch for n in sample_negatives(negatives[i], num_negatives, seed, epoch, i)]
+            extra = image_feats(names).unflatten(0, (len(batch), -1))             # (B, n, L_v, d_v)
         need_refs = model.cfg.zt_input != "z_t" or filter_model is not None
         refs = image_feats([q["reference"] for q in queries]) if need_refs else None
         if filter_model is None:
@@ -142,30 +173,37 @@ def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_
             with torch.no_grad():
                 z_t = filter_model.train()(ids, mask, refs)[1]               # (B, L_w, d), dropout on
             filter_model.train(was_training)
-        return ids, mask, z_t, targets, refs if model.cfg.zt_input != "z_t" else None
+        return ids, mask, z_t, targets, refs if model.cfg.zt_input != "z_t" else None, extra
     return inputs
 
 
 def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor] | None, store: FeatureStore,
-                 cfg: Stage2Config, *, pools=None, seed: int = 0, device="cpu", filter_model: CandidateFilter | None = None,
+                 cfg: Stage2Config, *, pools=None, negatives: list[list[str]] | None = None, seed: int = 0, device="cpu", filter_model: CandidateFilter | None = None,
                  log: Callable[[str], None] = print, log_every: int = 50,
                  on_epoch_end: Callable[[int], dict | None] | None = None, checkpoint=None, resume: bool = False,
                  meta: dict | None = None, stop_after: int | None = None, progress: bool | None = None) -> History:
     """Train the re-ranker on a queries-mode dataset with the shared loop (checkpoints, exact
     resume, DDP). z_t comes from the cache `z_ts` (cfg.z_t="cached"), or is recomputed every
-    step by `filter_model` in train mode (cfg.z_t="recompute"). Returns the history."""
+    step by `filter_model` in train mode (cfg.z_t="recompute"). cfg.negatives="filter_topk" needs
+    `negatives` (from `filter_negatives`); "hard" batches need `pools` (`hard_pools`). Returns the history."""
     if cfg.z_t == "recompute" and filter_model is None:
         raise ValueError("stage2.z_t='recompute' needs the trained filter (filter_model)")
     if cfg.z_t not in ("cached", "recompute"):
         raise ValueError(f"stage2.z_t={cfg.z_t!r}; expected 'cached' or 'recompute'")
     if not 0 <= cfg.drop_path < 1:
         raise ValueError(f"stage2.drop_path={cfg.drop_path}; expected a rate in [0, 1)")
+    if cfg.negatives not in ("in_batch", "filter_topk"):
+        raise ValueError(f"stage2.negatives={cfg.negatives!r}; expected 'in_batch' or 'filter_topk'")
+    if cfg.negatives == "filter_topk" and (negatives is None or cfg.num_negatives < 1):
+        raise ValueError("stage2.negatives='filter_topk' needs per-query filter candidates and num_negatives >= 1")
     model.to(device)
     objective = distribute(BxBObjective(model, cfg.share_kv), device)
     optimizer = make_stage2_optimizer(model, cfg)
     batches = lambda gen: list(batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, gen, pools))
     inputs = stage2_inputs(model, train_set, store, z_ts, device, filter_model if cfg.z_t == "recompute" else None,
-                           stochastic_vit=cfg.drop_path > 0)
+                           stochastic_vit=cfg.drop_path > 0,
+                           negatives=negatives if cfg.negatives == "filter_topk" else None,
+                           num_negatives=cfg.num_negatives, seed=seed)
     hooks = add_drop_path(model.visual_encoder, cfg.drop_path) if cfg.drop_path > 0 else []
     try:
         return fit(objective, optimizer, Schedule(cfg.epochs, cfg.lr, cfg.schedule, cfg.horizon), batches, inputs,

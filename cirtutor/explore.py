@@ -1,0 +1,102 @@
+"""Looking at results query by query: notebook 06's break-downs and interactive explorer.
+
+All of it reads the `details` an evaluation returns (`evaluate_reranker(..., details=d)`):
+the filter's top-K names of every query ("ranked", (N, K)), the re-ranker's scores of them
+("scores", (N, K)), the target's place before ("stage1", (N, K) bool) and after re-ranking
+("stage2"), and which validation query each row is ("indices").
+
+    edit_types(cfg, dataset)                  the edit kind of every query of a synthetic split
+    recall_by_group(details, groups, k)       R@k of F and of R per group (an edit type, a category)
+    query_item / target_gain (pipeline)       one row as a figure item; how far re-ranking moved its target
+    explorer(dataset, details)                a slider over the queries, drawing each one's lists
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from cirtutor.config import Config
+from cirtutor.data.base import read_json
+from cirtutor.data.registry import dataset_root
+from cirtutor.errors import CirtutorError
+from cirtutor.pipeline import query_item, target_gain
+
+
+def edit_types(cfg: Config, dataset, split: str = "val") -> list[str]:
+    """The edit kind ("add", "remove", "recolour", "resize", "move", "shape") of each query of
+    `dataset`, a split of tiny mode's synthetic world, from its extras (`synthetic/queries.*.json`).
+    The real datasets record no such thing: they raise a CirtutorError."""
+    if cfg.data.root is not None:
+        raise CirtutorError("edit types exist only in tiny mode's synthetic datasets (data.root is None); "
+                            f"this config reads a real dataset at {cfg.data.root}")
+    records = read_json(dataset_root(cfg.data, verbose=False) / "synthetic" / f"queries.{split}.json",
+                        f"synthetic {split} queries", "Delete the cached synthetic dataset folder to regenerate it.")
+    kind = {(r["reference"], r["target"]): r["edit_type"] for r in records}
+    try:
+        return [kind[(q["reference"], q["target"])] for q in dataset.queries]
+    except KeyError as e:
+        raise CirtutorError(f"query {e.args[0]} is not in the synthetic {split} split: is `dataset` that split?") from None
+
+
+def recall_by_group(details: dict, groups: list, k: int = 1) -> dict:
+    """R@k of the filter (F) and of the re-ranked lists (R) within each group of queries, in %:
+    {group: {"queries": n, "F": ..., "R": ..., "R - F": ...}}, groups in order of first appearance.
+    `groups[i]` is the group of validation query i; rows map to queries through details["indices"]."""
+    s1, s2 = np.asarray(details["stage1"], bool), np.asarray(details["stage2"], bool)   # (N, K) each
+    if k > s1.shape[1]:
+        raise CirtutorError(f"R@{k} needs lists of at least {k}; these hold {s1.shape[1]}")
+    labels = [groups[i] for i in details["indices"]]
+    out = {}
+    for g in dict.fromkeys(labels):
+        rows = np.array([lab == g for lab in labels])
+        f, r = 100 * s1[rows, :k].any(1).mean(), 100 * s2[rows, :k].any(1).mean()
+        out[g] = {"queries": int(rows.sum()), "F": float(f), "R": float(r), "R - F": float(r - f)}
+    return out
+
+
+def gain_counts(details: dict) -> Counter:
+    """How many queries re-ranking moved up, left in place, moved down, or could not reach (target outside the list)."""
+    gain, found = target_gain(details), np.asarray(details["stage1"], bool).any(1)
+    return Counter({"moved up": int(((gain > 0) & found).sum()), "unchanged": int(((gain == 0) & found).sum()),
+                    "moved down": int(((gain < 0) & found).sum()), "not in the list": int((~found).sum())})
+
+
+def explorer(dataset, details: dict, n: int = 6):
+    """An ipywidgets explorer: pick which queries to browse (all, moved up, moved down, unchanged)
+    and slide through them; each shows the reference and text, the filter's top `n` and the
+    re-ranked top `n`, the target framed (`viz.plot_qualitative`)."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    from cirtutor.viz import plot_qualitative
+
+    gain, found = target_gain(details), np.asarray(details["stage1"], bool).any(1)
+    subsets = {"all": np.arange(len(gain)), "moved up": np.flatnonzero((gain > 0) & found),
+               "moved down": np.flatnonzero((gain < 0) & found), "unchanged": np.flatnonzero((gain == 0) & found)}
+    which = widgets.Dropdown(options=[f"{name} ({len(rows)})" for name, rows in subsets.items()], description="queries")
+    pick = widgets.IntSlider(min=0, max=max(len(subsets["all"]) - 1, 0), description="#")
+    out = widgets.Output()
+
+    def rows():
+        return subsets[which.value.rsplit(" (", 1)[0]]
+
+    def draw(*_):
+        with out:
+            out.clear_output(wait=True)
+            if not len(rows()):
+                print("no query in this group")
+                return
+            row = int(rows()[min(pick.value, len(rows()) - 1)])
+            plot_qualitative([query_item(dataset, details, row, n)])
+            plt.show()
+
+    def regroup(*_):
+        pick.max = max(len(rows()) - 1, 0)
+        pick.value = 0
+        draw()
+
+    which.observe(regroup, names="value")
+    pick.observe(draw, names="value")
+    draw()
+    return widgets.VBox([widgets.HBox([which, pick]), out])

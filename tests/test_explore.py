@@ -1,0 +1,76 @@
+"""cirtutor.explore: edit types of the synthetic queries, recall per group, gain counts, the explorer,
+on hand-made details and a small synthetic world."""
+import numpy as np
+import pytest
+
+from cirtutor.errors import CirtutorError
+from cirtutor.explore import edit_types, explorer, gain_counts, recall_by_group
+from cirtutor.pipeline import query_item, target_gain
+
+SMALL = ["data.synthetic_size=10", "data.synthetic_resolution=32", "data.resolution=32", "model.image_size=32"]
+
+
+def details_of(stage1_pos, stage2_pos, k=4):
+    """Hand-made details: the target's position per row before/after (-1: not in the list)."""
+    s1, s2 = np.zeros((len(stage1_pos), k), bool), np.zeros((len(stage1_pos), k), bool)
+    for r, (a, b) in enumerate(zip(stage1_pos, stage2_pos)):
+        if a >= 0:
+            s1[r, a] = s2[r, b] = True
+    return {"stage1": s1, "stage2": s2, "indices": list(range(len(s1)))}
+
+
+def test_recall_by_group_and_gain_counts_on_hand_made_lists():
+    d = details_of([0, 2, 1, -1, 0], [1, 0, 1, -1, 0])
+    assert list(target_gain(d)) == [-1, 2, 0, 0, 0]
+    by = recall_by_group(d, ["a", "a", "b", "b", "b"], k=1)
+    assert by["a"] == {"queries": 2, "F": 50.0, "R": 50.0, "R - F": 0.0}
+    assert by["b"]["queries"] == 3 and by["b"]["F"] == pytest.approx(100 / 3) and by["b"]["R"] == pytest.approx(100 / 3)
+    assert recall_by_group(d, ["x"] * 5, k=2)["x"]["R"] == 80.0
+    assert gain_counts(d) == {"moved up": 1, "unchanged": 2, "moved down": 1, "not in the list": 1}
+    with pytest.raises(CirtutorError, match="at least 9"):
+        recall_by_group(d, ["x"] * 5, k=9)
+
+
+def test_recall_by_group_follows_the_rows_indices():
+    d = details_of([0, 1], [0, 1])
+    d["indices"] = [3, 1]                                  # row 0 is query 3, row 1 is query 1
+    groups = ["q0", "b", "q2", "a"]
+    assert recall_by_group(d, groups, k=1) == {"a": {"queries": 1, "F": 100.0, "R": 100.0, "R - F": 0.0},
+                                               "b": {"queries": 1, "F": 0.0, "R": 0.0, "R - F": 0.0}}
+
+
+@pytest.fixture(scope="module")
+def world(small_world):
+    return small_world(SMALL)
+
+
+def test_edit_types_come_from_the_synthetic_extras(world):
+    cfg, _, train, val, _, _ = world
+    kinds = edit_types(cfg, val)
+    assert len(kinds) == len(val.queries) and set(kinds) <= {"add", "remove", "recolour", "resize", "move", "shape"}
+    assert len(edit_types(cfg, train, "train")) == len(train.queries)
+    with pytest.raises(CirtutorError, match="not in the synthetic val split"):
+        edit_types(cfg, train)                             # train queries looked up in val's extras
+    from cirtutor.config import apply_overrides
+    with pytest.raises(CirtutorError, match="only in tiny mode"):
+        edit_types(apply_overrides(cfg, ["data.root=/some/real/cirr_dataset"]), val)
+
+
+def test_query_item_and_explorer_draw_a_query(world):
+    cfg, _, _, val, _, _ = world
+    n, k = len(val.queries), 6
+    rng = np.random.default_rng(0)
+    ranked = np.array([rng.permutation(val.gallery)[:k] for _ in range(n)])
+    scores = rng.normal(size=(n, k))
+    s1 = ranked == np.array([q["target"] for q in val.queries])[:, None]
+    s2 = np.take_along_axis(s1, np.argsort(-scores, axis=1, kind="stable"), axis=1)
+    d = {"stage1": s1, "stage2": s2, "ranked": ranked, "scores": scores, "indices": list(range(n))}
+    item = query_item(val, d, 0, n=3)
+    assert item["caption"] == val.query_text(0) and len(item["filtered"]) == len(item["reranked"]) == 3
+    assert [name for name, _ in item["reranked"]] == list(ranked[0][np.argsort(-scores[0], kind="stable")][:3])
+    box = explorer(val, d, n=3)
+    which, pick = box.children[0].children
+    assert which.options[0] == f"all ({n})" and pick.max == n - 1
+    pick.value = 1                                         # redraws without error
+    which.value = which.options[-1]
+    assert pick.value == 0
