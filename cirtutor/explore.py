@@ -6,9 +6,10 @@ the filter's top-K names of every query ("ranked", (N, K)), the re-ranker's scor
 ("stage2"), and which validation query each row is ("indices").
 
     edit_types(cfg, dataset)                  the edit kind of every query of a synthetic split
+    at_k(details, k)                          the details of a longer evaluation cut to R_k
     recall_by_group(details, groups, k)       R@k of F and of R per group (an edit type, a category)
     query_item / target_gain (pipeline)       one row as a figure item; how far re-ranking moved its target
-    explorer(dataset, details)                a slider over the queries, drawing each one's lists
+    explorer(dataset, details)                sliders over the queries and K, drawing each one's lists
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cirtutor.config import Config
 from cirtutor.data.base import read_json
 from cirtutor.data.registry import dataset_root
 from cirtutor.errors import CirtutorError
+from cirtutor.evaluation.metrics import rerank_labels
 from cirtutor.pipeline import query_item, target_gain
 
 
@@ -37,6 +39,16 @@ def edit_types(cfg: Config, dataset, split: str = "val") -> list[str]:
         return [kind[(q["reference"], q["target"])] for q in dataset.queries]
     except KeyError as e:
         raise CirtutorError(f"query {e.args[0]} is not in the synthetic {split} split: is `dataset` that split?") from None
+
+
+def at_k(details: dict, k: int) -> dict:
+    """`details` of a longer evaluation cut to R_k: the filter's first k candidates of every query,
+    re-ordered by their scores (each candidate is scored alone, so these are R_k's lists)."""
+    if k > np.shape(details["stage1"])[1]:
+        raise CirtutorError(f"k={k} exceeds the evaluated lists ({np.shape(details['stage1'])[1]} candidates)")
+    stage1, scores = np.asarray(details["stage1"], bool)[:, :k], np.asarray(details["scores"])[:, :k]
+    return {**details, "stage1": stage1, "stage2": rerank_labels(stage1, scores, k),
+            "ranked": np.asarray(details["ranked"])[:, :k], "scores": scores}
 
 
 def recall_by_group(details: dict, groups: list, k: int = 1) -> dict:
@@ -63,9 +75,10 @@ def gain_counts(details: dict) -> Counter:
 
 
 def explorer(dataset, details: dict, n: int = 6):
-    """An ipywidgets explorer: pick which queries to browse (all, moved up, moved down, unchanged)
-    and slide through them; each shows the reference and text, the filter's top `n` and the
-    re-ranked top `n`, the target framed (`viz.plot_qualitative`)."""
+    """An ipywidgets explorer: pick which queries to browse (all, moved up, moved down, unchanged
+    at the longest K), slide through them, and slide K, the number of the filter's candidates
+    the re-ranker re-orders; each shows the reference and text, the filter's top `n` and the
+    re-ranked top `n` of R_K, the target framed (`viz.plot_qualitative`)."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
@@ -76,6 +89,8 @@ def explorer(dataset, details: dict, n: int = 6):
                "moved down": np.flatnonzero((gain < 0) & found), "unchanged": np.flatnonzero((gain == 0) & found)}
     which = widgets.Dropdown(options=[f"{name} ({len(rows)})" for name, rows in subsets.items()], description="queries")
     pick = widgets.IntSlider(min=0, max=max(len(subsets["all"]) - 1, 0), description="#")
+    k_max = np.shape(details["ranked"])[1]
+    k = widgets.IntSlider(min=1, max=k_max, value=k_max, description="K")
     out = widgets.Output()
 
     def rows():
@@ -88,7 +103,7 @@ def explorer(dataset, details: dict, n: int = 6):
                 print("no query in this group")
                 return
             row = int(rows()[min(pick.value, len(rows()) - 1)])
-            plot_qualitative([query_item(dataset, details, row, n)])
+            plot_qualitative([query_item(dataset, details, row, n, k.value)])
             plt.show()
 
     def regroup(*_):
@@ -98,5 +113,6 @@ def explorer(dataset, details: dict, n: int = 6):
 
     which.observe(regroup, names="value")
     pick.observe(draw, names="value")
+    k.observe(draw, names="value")
     draw()
-    return widgets.VBox([widgets.HBox([which, pick]), out])
+    return widgets.VBox([widgets.HBox([which, pick, k]), out])

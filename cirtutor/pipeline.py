@@ -388,12 +388,14 @@ def inference_times(cfg: Config, filt, model, val, stores, device, ks, n: int = 
     return {"filter_per_query_s": filter_s, "per_query_s": per_query, "queries_timed": len(idx)}
 
 
-def query_item(val, details: dict, row: int, n: int = 6) -> dict:
+def query_item(val, details: dict, row: int, n: int = 6, k: int | None = None) -> dict:
     """Row `row` of an evaluation's `details` as one qualitative item: the reference and text,
-    the filter's top `n` and the re-ranked top `n` (names and image paths), the target's name."""
+    the filter's top `n` and the re-ranked top `n` (names and image paths), the target's name.
+    `k`: re-rank only the filter's first k candidates, as R_k does (default: the whole list)."""
     q = val.queries[details["indices"][row]]
-    order = np.argsort(-details["scores"][row], kind="stable")
-    names_f = list(details["ranked"][row][:n])
+    k = len(details["ranked"][row]) if k is None else k
+    order = np.argsort(-details["scores"][row][:k], kind="stable")
+    names_f = list(details["ranked"][row][:min(n, k)])
     names_r = [details["ranked"][row][j] for j in order[:n]]
     return {"reference": str(val.image_path(q["reference"])), "caption": val.query_text(details["indices"][row]),
             "target": q["target"], "filtered": [(n_, str(val.image_path(n_))) for n_ in names_f],

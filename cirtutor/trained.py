@@ -31,17 +31,24 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save
 
 from cirtutor.cache import cache_dir, cached
+from cirtutor.compact import pack, unpack
 from cirtutor.config import Config
 from cirtutor.data.registry import dataset_root
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.stage1 import batch_order, stage1_inputs
 from cirtutor.errors import CirtutorError
-from cirtutor.io import atomic_write_json
+from cirtutor.io import atomic_write_bytes, atomic_write_json
 from cirtutor.models import CandidateFilter, DualEncoderReranker
+from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
 from cirtutor.pipeline import (ABLATIONS, config_dict, config_digest, datasets, feature_stores, init_weights, is_tiny,
-                               load_weights, resolve_device, run_stage1, run_stage2, stage1_dir, variant_config, weights_key)
+                               load_weights, resolve_device, run_stage1, run_stage2, stage1_dir, state_bytes,
+                               variant_config, weights_key)
+
+SHIPPED = Path(__file__).resolve().parent / "assets" / "trained"   # compact copies of the tiny models (`ship`)
+COMPACT = "model.compact.safetensors"
 
 
 @dataclasses.dataclass
@@ -81,6 +88,11 @@ def trained_filter(cfg: Config, seed: int = 0, verbose: bool = True,
     if folder.exists():
         if verbose:
             print(f"found {what}, loading…")
+    elif (SHIPPED / folder.name).is_dir():
+        if verbose:
+            print(f"found shipped {what}, loading…")
+        cached(str(folder.relative_to(cache_dir())), lambda tmp: _unship(cfg, seed, None, "filter", folder.name, tmp), what,
+               verbose=False)
     else:
         if verbose:
             cost = "about 2 minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
@@ -134,6 +146,11 @@ def trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None, ve
     if folder.exists():
         if verbose:
             print(f"found {what}, loading…")
+    elif (SHIPPED / folder.name).is_dir():
+        if verbose:
+            print(f"found shipped {what}, loading…")
+        cached(str(folder.relative_to(cache_dir())), lambda tmp: _unship(cfg, seed, ablation, "reranker", folder.name, tmp), what,
+               verbose=False)
     else:
         if verbose:
             cost = "a few minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
@@ -161,6 +178,57 @@ def _train_reranker(cfg: Config, seed: int, ablation: str | None, run: Path, dat
                    device=data.device, ablation=ablation)
     for spare in ("last.pt", "best.pt"):
         (reranker_out(run, seed, ablation) / spare).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- shipped copies
+
+def _start(cfg: Config, seed: int, ablation: str | None, kind: str) -> torch.nn.Module:
+    """The module a model of `kind` ("filter" | "reranker") starts training from, as the stages build it."""
+    with torch.random.fork_rng(), contextlib.redirect_stdout(io.StringIO()):
+        weights = init_weights(cfg, verbose=False)
+        if kind == "filter":
+            return load_filter(weights, cfg.model)[0]
+        vcfg = variant_config(cfg, ablation)
+        if cfg.stage2.init == "stage1":
+            return reranker_from_filter(trained_filter(cfg, seed, verbose=False)[0].cpu(), vcfg.model)[0]
+        return load_reranker(weights, vcfg.model)[0]
+
+
+def _run_dir(run: Path, seed: int, ablation: str | None, kind: str) -> Path:
+    return stage1_dir(run, seed) if kind == "filter" else reranker_out(run, seed, ablation)
+
+
+def ship(cfg: Config, seed: int = 0, ablation: str | None = None, kind: str = "reranker", to: Path | None = None) -> Path:
+    """Copy the cached trained model of `kind` ("filter" | "reranker", with `ablation`) into the
+    package's shipped folder (`to`, default SHIPPED) in compact form (`cirtutor.compact`), with
+    its metrics and loss log, so that a fresh clone loads it instead of training it. Returns the folder."""
+    folder = trained_filter_dir(cfg, seed) if kind == "filter" else trained_reranker_dir(cfg, seed, ablation)
+    source = _run_dir(folder, seed, ablation, kind)
+    if not (source / f"{kind}.pt").is_file():
+        raise CirtutorError(f"no trained {kind} in the cache at {source}: build it first (trained_{kind}(cfg, seed))")
+    model = _start(cfg, seed, ablation, kind)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    load_weights(model, source / f"{kind}.pt")
+    packed = pack(model.state_dict(), start, trainable)
+    target = Path(to or SHIPPED) / folder.name
+    out = _run_dir(target, seed, ablation, kind)
+    atomic_write_bytes(out / COMPACT, save({k: v.contiguous() for k, v in packed.items()}))
+    for name in ("metrics.json", "metrics.csv"):
+        atomic_write_bytes(out / name, (source / name).read_bytes())
+    atomic_write_bytes(target / "config.json", (folder / "config.json").read_bytes())
+    return target
+
+
+def _unship(cfg: Config, seed: int, ablation: str | None, kind: str, name: str, run: Path) -> None:
+    """Rebuild a shipped compact model into the run folder `run` (renamed into the cache by `cached`)."""
+    source, out = _run_dir(SHIPPED / name, seed, ablation, kind), _run_dir(run, seed, ablation, kind)
+    model = _start(cfg, seed, ablation, kind)
+    model.load_state_dict(unpack(load_file(source / COMPACT), model.state_dict()))
+    atomic_write_bytes(out / f"{kind}.pt", state_bytes(model))
+    for file in ("metrics.json", "metrics.csv"):
+        atomic_write_bytes(out / file, (source / file).read_bytes())
+    atomic_write_bytes(run / "config.json", (SHIPPED / name / "config.json").read_bytes())
 
 
 def trained_filter_history(cfg: Config, seed: int = 0) -> list[dict]:

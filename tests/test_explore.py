@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cirtutor.errors import CirtutorError
-from cirtutor.explore import edit_types, explorer, gain_counts, recall_by_group
+from cirtutor.explore import at_k, edit_types, explorer, gain_counts, recall_by_group
 from cirtutor.pipeline import query_item, target_gain
 
 SMALL = ["data.synthetic_size=10", "data.synthetic_resolution=32", "data.resolution=32", "model.image_size=32"]
@@ -29,6 +29,18 @@ def test_recall_by_group_and_gain_counts_on_hand_made_lists():
     assert gain_counts(d) == {"moved up": 1, "unchanged": 2, "moved down": 1, "not in the list": 1}
     with pytest.raises(CirtutorError, match="at least 9"):
         recall_by_group(d, ["x"] * 5, k=9)
+
+
+def test_at_k_cuts_a_longer_evaluation_to_r_k():
+    s1 = np.array([[False, False, True], [True, False, False]])
+    scores = np.array([[0.1, 0.5, 0.9], [0.2, 0.8, 0.3]])
+    d = {"stage1": s1, "stage2": None, "ranked": np.array([list("abc"), list("def")]), "scores": scores, "indices": [0, 1]}
+    two = at_k(d, 2)
+    assert two["stage1"].shape == (2, 2) and not two["stage2"][0].any()    # row 0's target was third: out of R_2
+    assert list(two["stage2"][1]) == [False, True]                          # row 1: d (0.2) falls below e (0.8)
+    assert list(at_k(d, 3)["stage2"][0]) == [True, False, False]            # R_3: the target's 0.9 comes first
+    with pytest.raises(CirtutorError, match="exceeds"):
+        at_k(d, 4)
 
 
 def test_recall_by_group_follows_the_rows_indices():
@@ -68,9 +80,13 @@ def test_query_item_and_explorer_draw_a_query(world):
     item = query_item(val, d, 0, n=3)
     assert item["caption"] == val.query_text(0) and len(item["filtered"]) == len(item["reranked"]) == 3
     assert [name for name, _ in item["reranked"]] == list(ranked[0][np.argsort(-scores[0], kind="stable")][:3])
+    short = query_item(val, d, 0, n=3, k=2)                 # R_2: only the first two candidates re-ordered
+    assert [name for name, _ in short["filtered"]] == list(ranked[0][:2])
+    assert sorted(name for name, _ in short["reranked"]) == sorted(ranked[0][:2])
     box = explorer(val, d, n=3)
-    which, pick = box.children[0].children
-    assert which.options[0] == f"all ({n})" and pick.max == n - 1
+    which, pick, k_slider = box.children[0].children
+    assert which.options[0] == f"all ({n})" and pick.max == n - 1 and k_slider.max == k
+    k_slider.value = 2                                     # redraws R_2
     pick.value = 1                                         # redraws without error
     which.value = which.options[-1]
     assert pick.value == 0

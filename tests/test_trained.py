@@ -155,3 +155,49 @@ def test_trained_reranker_is_built_once_then_loaded(cfg, data, built, capsys):
     assert not {"last.pt", "best.pt"} & {p.name for p in out.iterdir()}
     with pytest.raises(CirtutorError, match="unknown ablation"):
         trained_reranker(rcfg, ablation="nope")
+
+
+def test_shipped_compact_copies_rebuild_the_trained_models(cfg, data, built, tmp_path, monkeypatch, capsys):
+    """ship() packs the cached filter and re-ranker; with the cache emptied, trained_* rebuild them
+    from the shipped copy (no training) with the same outputs and the same recorded metrics."""
+    import shutil
+
+    from cirtutor import trained as tr
+
+    rcfg = apply_overrides(cfg, RERANKER)
+    model, metrics = tr.trained_reranker(rcfg, data=data)
+    filt, f_metrics = built[0], built[1]
+    monkeypatch.setattr(tr, "SHIPPED", tmp_path / "shipped")
+    tr.ship(cfg, kind="filter")
+    tr.ship(rcfg, kind="reranker")
+    size = sum(f.stat().st_size for f in (tmp_path / "shipped").rglob("*") if f.is_file())
+    assert size < 8 * 2**20                                       # vs ~33 MB for the two whole fp32 state dicts
+    shutil.rmtree(tr.trained_filter_dir(cfg))
+    shutil.rmtree(tr.trained_reranker_dir(rcfg))
+    capsys.readouterr()
+    filt2, f_metrics2 = tr.trained_filter(cfg)
+    model2, metrics2 = tr.trained_reranker(rcfg)
+    out = capsys.readouterr().out
+    assert "found shipped trained tiny filter (tiny)" in out and "found shipped trained tiny re-ranker (tiny)" in out
+    assert "training" not in out and f_metrics2 == f_metrics and metrics2 == metrics
+    for a, b in ((filt, filt2), (model, model2)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa) < 1e-5
+    assert tr.trained_filter_history(cfg)[-1]["step"] > 0
+
+
+def test_pack_refuses_what_the_decay_rule_cannot_rebuild():
+    from cirtutor.compact import EMBEDDINGS, pack, unpack
+
+    torch.manual_seed(0)
+    start = {EMBEDDINGS: torch.randn(50, 4), "w": torch.randn(3), "frozen": torch.randn(2)}
+    trained = {EMBEDDINGS: start[EMBEDDINGS] * 0.9, "w": start["w"] + 1, "frozen": start["frozen"].clone()}
+    trained[EMBEDDINGS][[3, 7]] += 0.5                             # two rows moved by training
+    packed = pack(trained, start, {EMBEDDINGS, "w"})
+    assert packed["compact.embedding_rows"].tolist() == [3, 7]
+    assert packed["compact.embedding_decay"].item() == pytest.approx(0.9)
+    rebuilt = unpack(packed, start)
+    assert all(torch.allclose(rebuilt[k], trained[k], atol=1e-6) for k in trained)
+    trained["frozen"] += 1
+    with pytest.raises(CirtutorError, match="frozen but differs"):
+        pack(trained, start, {EMBEDDINGS, "w"})
