@@ -84,21 +84,9 @@ def trained_filter(cfg: Config, seed: int = 0, verbose: bool = True,
     about 2 minutes on 2 CPU cores). Pass `data` to reuse already opened datasets and
     features. The caller's random-number state is left as it was."""
     folder = trained_filter_dir(cfg, seed)
-    what = f"trained {'tiny ' if is_tiny(cfg) else ''}filter ({cfg.name})"
-    if folder.exists():
-        if verbose:
-            print(f"found {what}, loading…")
-    elif (SHIPPED / folder.name).is_dir():
-        if verbose:
-            print(f"found shipped {what}, loading…")
-        cached(str(folder.relative_to(cache_dir())), lambda tmp: _unship(cfg, seed, None, "filter", folder.name, tmp), what,
-               verbose=False)
-    else:
-        if verbose:
-            cost = "about 2 minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
-            print(f"no trained filter in the cache: training one (stage 1, {cost})…", flush=True)
-        cached(str(folder.relative_to(cache_dir())), lambda tmp: _train(cfg, seed, tmp, data, verbose), what,
-               verbose=False)
+    cost = "about 2 minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
+    _ensure(cfg, folder, "filter", f"stage 1, {cost}", verbose, kind="filter", seed=seed, ablation=None,
+            train=lambda tmp: _train(cfg, seed, tmp, data, verbose))
     out = stage1_dir(folder, seed)
     if not (out / "filter.pt").is_file() or not (out / "metrics.json").is_file():
         raise CirtutorError(f"{folder} holds no finished filter: delete the folder and it is trained again")
@@ -106,6 +94,25 @@ def trained_filter(cfg: Config, seed: int = 0, verbose: bool = True,
         filt = CandidateFilter(cfg.model)
     load_weights(filt, out / "filter.pt")
     return filt.to(resolve_device(cfg)).eval(), json.loads((out / "metrics.json").read_text())
+
+
+def _ensure(cfg: Config, folder: Path, name: str, how: str, verbose: bool, *, kind: str, seed: int,
+            ablation: str | None, train) -> None:
+    """Make the cache folder of a trained model exist: already there ("found …"), unpacked from a
+    shipped compact copy ("found shipped …"), or trained by `train(tmp)` ("no trained … training one")."""
+    what = f"trained {'tiny ' if is_tiny(cfg) else ''}{name} ({cfg.name})"
+    rel = str(folder.relative_to(cache_dir()))
+    if folder.exists():
+        if verbose:
+            print(f"found {what}, loading…")
+    elif (SHIPPED / folder.name).is_dir():
+        if verbose:
+            print(f"found shipped {what}, loading…")
+        cached(rel, lambda tmp: _unship(cfg, seed, ablation, kind, folder.name, tmp), what, verbose=False)
+    else:
+        if verbose:
+            print(f"no trained {name} in the cache: training one ({how})…", flush=True)
+        cached(rel, train, what, verbose=False)
 
 
 def _train(cfg: Config, seed: int, run: Path, data: FilterData | None, verbose: bool) -> None:
@@ -142,21 +149,9 @@ def trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None, ve
         raise CirtutorError(f"unknown ablation {ablation!r}; expected one of {', '.join(ABLATIONS)}")
     folder = trained_reranker_dir(cfg, seed, ablation)
     name = f"re-ranker{' (' + ABLATIONS[ablation][0] + ')' if ablation else ''}"
-    what = f"trained {'tiny ' if is_tiny(cfg) else ''}{name} ({cfg.name})"
-    if folder.exists():
-        if verbose:
-            print(f"found {what}, loading…")
-    elif (SHIPPED / folder.name).is_dir():
-        if verbose:
-            print(f"found shipped {what}, loading…")
-        cached(str(folder.relative_to(cache_dir())), lambda tmp: _unship(cfg, seed, ablation, "reranker", folder.name, tmp), what,
-               verbose=False)
-    else:
-        if verbose:
-            cost = "a few minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
-            print(f"no trained {name} in the cache: training one (stage 2, {cost})…", flush=True)
-        cached(str(folder.relative_to(cache_dir())), lambda tmp: _train_reranker(cfg, seed, ablation, tmp, data, verbose),
-               what, verbose=False)
+    cost = "a few minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
+    _ensure(cfg, folder, name, f"stage 2, {cost}", verbose, kind="reranker", seed=seed, ablation=ablation,
+            train=lambda tmp: _train_reranker(cfg, seed, ablation, tmp, data, verbose))
     out = reranker_out(folder, seed, ablation)
     if not (out / "reranker.pt").is_file() or not (out / "metrics.json").is_file():
         raise CirtutorError(f"{folder} holds no finished re-ranker: delete the folder and it is trained again")

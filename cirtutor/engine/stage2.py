@@ -178,7 +178,8 @@ def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_
 
 
 def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor] | None, store: FeatureStore,
-                 cfg: Stage2Config, *, pools=None, negatives: list[list[str]] | None = None, seed: int = 0, device="cpu", filter_model: CandidateFilter | None = None,
+                 cfg: Stage2Config, *, pools=None, negatives: list[list[str]] | None = None, seed: int = 0,
+                 device="cpu", filter_model: CandidateFilter | None = None,
                  log: Callable[[str], None] = print, log_every: int = 50,
                  on_epoch_end: Callable[[int], dict | None] | None = None, checkpoint=None, resume: bool = False,
                  meta: dict | None = None, stop_after: int | None = None, progress: bool | None = None) -> History:
