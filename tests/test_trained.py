@@ -201,3 +201,16 @@ def test_pack_refuses_what_the_decay_rule_cannot_rebuild():
     trained["frozen"] += 1
     with pytest.raises(CirtutorError, match="frozen but differs"):
         pack(trained, start, {EMBEDDINGS, "w"})
+
+
+def test_the_shipped_trained_models_are_the_tiny_presets_own():
+    """A fresh clone must load, not train, the notebooks' models: when the tiny recipe (or the
+    mini-BLIP) changes, the compact copies must be shipped again (`trained.ship`)."""
+    from cirtutor import trained as tr
+
+    tiny = get_preset("tiny")
+    expected = [tr.trained_filter_dir(tiny)] + [tr.trained_reranker_dir(tiny, ablation=a) for a in (None, "no_text", "no_zt")]
+    missing = [d.name for d in expected if not (tr.SHIPPED / d.name).is_dir()]
+    assert not missing, f"ship these again with cirtutor.trained.ship: {missing}"
+    stale = {p.name for p in tr.SHIPPED.iterdir()} - {d.name for d in expected}
+    assert not stale, f"shipped copies no preset uses any more (delete them): {sorted(stale)}"
