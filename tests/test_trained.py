@@ -209,7 +209,8 @@ def test_the_shipped_trained_models_are_the_tiny_presets_own():
     from cirtutor import trained as tr
 
     tiny = get_preset("tiny")
-    expected = [tr.trained_filter_dir(tiny)] + [tr.trained_reranker_dir(tiny, ablation=a) for a in (None, "no_text", "no_zt")]
+    expected = [tr.trained_filter_dir(tiny)] + [tr.trained_reranker_dir(tiny, ablation=a)
+                                                 for a in (None, "no_text", "no_zt", "ref_cls", "ref_cls_spatial")]
     missing = [d.name for d in expected if not (tr.SHIPPED / d.name).is_dir()]
     assert not missing, f"ship these again with cirtutor.trained.ship: {missing}"
     stale = {p.name for p in tr.SHIPPED.iterdir()} - {d.name for d in expected}
