@@ -67,11 +67,17 @@ def recall_by_group(details: dict, groups: list, k: int = 1) -> dict:
     return out
 
 
-def gain_counts(details: dict) -> Counter:
-    """How many queries re-ranking moved up, left in place, moved down, or could not reach (target outside the list)."""
+def gain_groups(details: dict) -> dict[str, np.ndarray]:
+    """The rows whose target re-ranking moved up, left in place, moved down, or could not reach
+    (target outside the list): {"moved up": rows, "unchanged": …, "moved down": …, "not in the list": …}."""
     gain, found = target_gain(details), np.asarray(details["stage1"], bool).any(1)
-    return Counter({"moved up": int(((gain > 0) & found).sum()), "unchanged": int(((gain == 0) & found).sum()),
-                    "moved down": int(((gain < 0) & found).sum()), "not in the list": int((~found).sum())})
+    return {"moved up": np.flatnonzero((gain > 0) & found), "unchanged": np.flatnonzero((gain == 0) & found),
+            "moved down": np.flatnonzero((gain < 0) & found), "not in the list": np.flatnonzero(~found)}
+
+
+def gain_counts(details: dict) -> Counter:
+    """How many rows fall in each of `gain_groups`."""
+    return Counter({name: len(rows) for name, rows in gain_groups(details).items()})
 
 
 def explorer(dataset, details: dict, n: int = 6):
@@ -84,9 +90,8 @@ def explorer(dataset, details: dict, n: int = 6):
 
     from cirtutor.viz import plot_qualitative
 
-    gain, found = target_gain(details), np.asarray(details["stage1"], bool).any(1)
-    subsets = {"all": np.arange(len(gain)), "moved up": np.flatnonzero((gain > 0) & found),
-               "moved down": np.flatnonzero((gain < 0) & found), "unchanged": np.flatnonzero((gain == 0) & found)}
+    groups = gain_groups(details)
+    subsets = {"all": np.arange(len(details["stage1"])), **{k: groups[k] for k in ("moved up", "moved down", "unchanged")}}
     which = widgets.Dropdown(options=[f"{name} ({len(rows)})" for name, rows in subsets.items()], description="queries")
     pick = widgets.IntSlider(min=0, max=max(len(subsets["all"]) - 1, 0), description="#")
     k_max = np.shape(details["ranked"])[1]

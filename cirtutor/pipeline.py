@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -87,17 +88,20 @@ def weights_key(weights: Path) -> str:
     """What identifies the initial weights for the caches: a SHA-256 of their files' contents
     (a file, or a model folder's files) up to 64 MB each, and path + size + modification time
     for larger files (hashing BLIP's 900 MB checkpoint on every run would cost seconds). A new
-    mini-BLIP at the same path therefore never reuses features or filters cached for the old one."""
+    mini-BLIP at the same path therefore never reuses features or filters cached for the old one.
+    Files are hashed once per process while their size and modification time stay the same."""
     weights = Path(weights).resolve()
     files = sorted(p for p in weights.iterdir() if p.is_file()) if weights.is_dir() else [weights]
+    return _hash_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_files(stamps: tuple[tuple[str, int, int], ...]) -> str:
+    """`weights_key` of files given as (path, size, mtime_ns), memoised on exactly that."""
     h = hashlib.sha256()
-    for f in files:
-        stat = f.stat()
-        h.update(f"{f.name}\0{stat.st_size}\0".encode())
-        if stat.st_size <= 64 * 2**20:
-            h.update(f.read_bytes())
-        else:
-            h.update(f"{f}\0{stat.st_mtime_ns}".encode())
+    for path, size, mtime_ns in stamps:
+        h.update(f"{Path(path).name}\0{size}\0".encode())
+        h.update(Path(path).read_bytes() if size <= 64 * 2**20 else f"{path}\0{mtime_ns}".encode())
     return h.hexdigest()
 
 
@@ -352,7 +356,8 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
                              cfg.stage2, model, out, f"{label} R_{k}")
         meta = {"stage": 2, "seed": seed, "ablation": ablation or "",
                 "config": json.dumps([dataclasses.asdict(cfg.stage2), dataclasses.asdict(cfg.model)], sort_keys=True)}
-        history = train_stage2(model, train, z_ts_train, stores["train"], cfg.stage2, pools=pools, negatives=negatives, seed=seed,
+        history = train_stage2(model, train, z_ts_train, stores["train"], cfg.stage2, pools=pools, negatives=negatives,
+                               seed=seed,
                                device=device, filter_model=filt, log=say, log_every=200, on_epoch_end=validate,
                                checkpoint=out / "last.pt", resume=resume, meta=meta)
         finish_training(model, history, cfg.stage2.select, out, final)

@@ -70,11 +70,17 @@ def filter_data(cfg: Config, verbose: bool = True) -> FilterData:
     return FilterData(train, val, feature_stores(cfg, train, val, weights, device), weights, device)
 
 
+def _digest(cfg: Config, seed: int, reranker: bool = False, ablation: str | None = None) -> str:
+    """A digest of what a trained model depends on: the data, model and stage-1 config (and
+    stage 2's for a re-ranker), the initial weights' contents, the subsample, the seed (and the ablation)."""
+    sections = [cfg.data, cfg.model, cfg.stage1] + ([cfg.stage2] if reranker else [])
+    return config_digest(*map(dataclasses.asdict, sections), weights_key(init_weights(cfg, verbose=False)),
+                         cfg.subsample, seed, *([ablation] if reranker else []))
+
+
 def trained_filter_dir(cfg: Config, seed: int = 0) -> Path:
     """The cache folder of the filter `trained_filter(cfg, seed)` returns (it may not exist yet)."""
-    digest = config_digest(dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.stage1),
-                           weights_key(init_weights(cfg, verbose=False)), cfg.subsample, seed)
-    return cache_dir() / "trained" / f"{cfg.name}-{digest}"
+    return cache_dir() / "trained" / f"{cfg.name}-{_digest(cfg, seed)}"
 
 
 def trained_filter(cfg: Config, seed: int = 0, verbose: bool = True,
@@ -85,21 +91,14 @@ def trained_filter(cfg: Config, seed: int = 0, verbose: bool = True,
     features. The caller's random-number state is left as it was."""
     folder = trained_filter_dir(cfg, seed)
     cost = "about 2 minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
-    _ensure(cfg, folder, "filter", f"stage 1, {cost}", verbose, kind="filter", seed=seed, ablation=None,
-            train=lambda tmp: _train(cfg, seed, tmp, data, verbose))
-    out = stage1_dir(folder, seed)
-    if not (out / "filter.pt").is_file() or not (out / "metrics.json").is_file():
-        raise CirtutorError(f"{folder} holds no finished filter: delete the folder and it is trained again")
-    with torch.random.fork_rng():                      # building the module draws random weights: not the caller's
-        filt = CandidateFilter(cfg.model)
-    load_weights(filt, out / "filter.pt")
-    return filt.to(resolve_device(cfg)).eval(), json.loads((out / "metrics.json").read_text())
+    _ensure(cfg, folder, "filter", f"stage 1, {cost}", verbose, kind="filter", seed=seed, ablation=None, data=data)
+    return _load(cfg, folder, "filter", lambda: CandidateFilter(cfg.model), seed, None)
 
 
 def _ensure(cfg: Config, folder: Path, name: str, how: str, verbose: bool, *, kind: str, seed: int,
-            ablation: str | None, train) -> None:
-    """Make the cache folder of a trained model exist: already there ("found …"), unpacked from a
-    shipped compact copy ("found shipped …"), or trained by `train(tmp)` ("no trained … training one")."""
+            ablation: str | None, data: FilterData | None) -> None:
+    """Make the cache folder of a trained model of `kind` ("filter" | "reranker") exist: already there
+    ("found …"), unpacked from a shipped compact copy ("found shipped …"), or trained ("no trained … training one")."""
     what = f"trained {'tiny ' if is_tiny(cfg) else ''}{name} ({cfg.name})"
     rel = str(folder.relative_to(cache_dir()))
     if folder.exists():
@@ -112,26 +111,42 @@ def _ensure(cfg: Config, folder: Path, name: str, how: str, verbose: bool, *, ki
     else:
         if verbose:
             print(f"no trained {name} in the cache: training one ({how})…", flush=True)
-        cached(rel, train, what, verbose=False)
+        cached(rel, lambda tmp: _train(cfg, seed, ablation, kind, tmp, data, verbose), what, verbose=False)
 
 
-def _train(cfg: Config, seed: int, run: Path, data: FilterData | None, verbose: bool) -> None:
-    """Stage 1 into the run folder `run` (a temporary folder that `cached` renames when done)."""
+def _load(cfg: Config, folder: Path, kind: str, build, seed: int, ablation: str | None) -> tuple[torch.nn.Module, dict]:
+    """(the finished model of `kind` in `folder`, built by `build()` and loaded, in eval mode on the
+    preset's device; its validation metrics). The caller's random-number state is left as it was."""
+    out = _run_dir(folder, seed, ablation, kind)
+    if not (out / f"{kind}.pt").is_file() or not (out / "metrics.json").is_file():
+        label = "filter" if kind == "filter" else "re-ranker"
+        raise CirtutorError(f"{folder} holds no finished {label}: delete the folder and it is trained again")
+    with torch.random.fork_rng():                      # building the module draws random weights: not the caller's
+        model = build()
+    load_weights(model, out / f"{kind}.pt")
+    return model.to(resolve_device(cfg)).eval(), json.loads((out / "metrics.json").read_text())
+
+
+def _train(cfg: Config, seed: int, ablation: str | None, kind: str, run: Path, data: FilterData | None,
+           verbose: bool) -> None:
+    """Stage 1 (kind "filter"), or stage 2 on the cached trained filter (kind "reranker"), into the
+    run folder `run` (a temporary folder that `cached` renames when done)."""
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with torch.random.fork_rng(), torch.enable_grad(), quiet:        # a caller may have switched gradients off
         data = data or filter_data(cfg, verbose)
         atomic_write_json(run / "config.json", config_dict(cfg), indent=2)
-        run_stage1(cfg, run, seed, train=data.train, val=data.val, stores=data.stores, weights=data.weights,
-                   device=data.device)
-    for spare in ("last.pt", "best.pt"):     # the resumable checkpoint and the best-so-far copy: filter.pt has the result
-        (stage1_dir(run, seed) / spare).unlink(missing_ok=True)
+        inputs = dict(train=data.train, val=data.val, stores=data.stores, weights=data.weights, device=data.device)
+        if kind == "filter":
+            run_stage1(cfg, run, seed, **inputs)
+        else:
+            run_stage2(cfg, run, seed, trained_filter(cfg, seed, verbose, data)[0], ablation=ablation, **inputs)
+    for spare in ("last.pt", "best.pt"):     # the resumable checkpoint and the best-so-far copy: <kind>.pt has the result
+        (_run_dir(run, seed, ablation, kind) / spare).unlink(missing_ok=True)
 
 
 def trained_reranker_dir(cfg: Config, seed: int = 0, ablation: str | None = None) -> Path:
     """The cache folder of the re-ranker `trained_reranker(cfg, seed, ablation)` returns (it may not exist yet)."""
-    digest = config_digest(dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.stage1),
-                           dataclasses.asdict(cfg.stage2), weights_key(init_weights(cfg, verbose=False)), cfg.subsample, seed, ablation)
-    return cache_dir() / "trained" / f"{cfg.name}-reranker-{digest}"
+    return cache_dir() / "trained" / f"{cfg.name}-reranker-{_digest(cfg, seed, reranker=True, ablation=ablation)}"
 
 
 def reranker_out(folder: Path, seed: int, ablation: str | None) -> Path:
@@ -150,29 +165,9 @@ def trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None, ve
     folder = trained_reranker_dir(cfg, seed, ablation)
     name = f"re-ranker{' (' + ABLATIONS[ablation][0] + ')' if ablation else ''}"
     cost = "a few minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
-    _ensure(cfg, folder, name, f"stage 2, {cost}", verbose, kind="reranker", seed=seed, ablation=ablation,
-            train=lambda tmp: _train_reranker(cfg, seed, ablation, tmp, data, verbose))
-    out = reranker_out(folder, seed, ablation)
-    if not (out / "reranker.pt").is_file() or not (out / "metrics.json").is_file():
-        raise CirtutorError(f"{folder} holds no finished re-ranker: delete the folder and it is trained again")
-    with torch.random.fork_rng():
-        model = DualEncoderReranker(variant_config(cfg, ablation).model)
-    load_weights(model, out / "reranker.pt")
-    return model.to(resolve_device(cfg)).eval(), json.loads((out / "metrics.json").read_text())
-
-
-def _train_reranker(cfg: Config, seed: int, ablation: str | None, run: Path, data: FilterData | None,
-                    verbose: bool) -> None:
-    """Stage 2 on the cached trained filter into the run folder `run` (renamed by `cached` when done)."""
-    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with torch.random.fork_rng(), torch.enable_grad(), quiet:
-        data = data or filter_data(cfg, verbose)
-        filt, _ = trained_filter(cfg, seed, verbose, data)
-        atomic_write_json(run / "config.json", config_dict(cfg), indent=2)
-        run_stage2(cfg, run, seed, filt, train=data.train, val=data.val, stores=data.stores, weights=data.weights,
-                   device=data.device, ablation=ablation)
-    for spare in ("last.pt", "best.pt"):
-        (reranker_out(run, seed, ablation) / spare).unlink(missing_ok=True)
+    _ensure(cfg, folder, name, f"stage 2, {cost}", verbose, kind="reranker", seed=seed, ablation=ablation, data=data)
+    return _load(cfg, folder, "reranker", lambda: DualEncoderReranker(variant_config(cfg, ablation).model), seed,
+                 ablation)
 
 
 # ----------------------------------------------------------------------------- shipped copies

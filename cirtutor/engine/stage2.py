@@ -47,12 +47,18 @@ def query_inputs(dataset, indices, z_ts: list[torch.Tensor], device) -> tuple[to
 
 # ----------------------------------------------------------------------------- batches
 
+def train_ranking(filter_model: CandidateFilter, train_set, store: FeatureStore, top_k: int, device="cpu") -> np.ndarray:
+    """Every training query's filter top-`top_k` on the training gallery (names (N, K); CIRR
+    without the reference, as at evaluation)."""
+    cirr = train_set.dataset_name == "CIRR"
+    return rank_with_filter(filter_model, train_set, store, train_set.gallery, remove_reference=cirr,
+                            top_k=min(top_k, len(train_set.gallery) - cirr), device=device)
+
+
 def hard_pools(filter_model: CandidateFilter, train_set, store: FeatureStore, pool: int, device="cpu") -> list[list[int]]:
     """For every training query, the queries whose targets lie in its filter top-`pool` on the
     training gallery: the negatives the re-ranker will meet in a top-K list."""
-    cirr = train_set.dataset_name == "CIRR"
-    ranked = rank_with_filter(filter_model, train_set, store, train_set.gallery, remove_reference=cirr,
-                              top_k=min(pool, len(train_set.gallery) - cirr), device=device)
+    ranked = train_ranking(filter_model, train_set, store, pool, device)
     by_target: dict[str, list[int]] = {}
     for i, q in enumerate(train_set.queries):
         by_target.setdefault(q["target"], []).append(i)
@@ -63,9 +69,7 @@ def filter_negatives(filter_model: CandidateFilter, train_set, store: FeatureSto
                      device="cpu") -> list[list[str]]:
     """For every training query, its filter top-`pool` on the training gallery without its
     target: the candidates stage 2 must learn to rank below the target (negatives="filter_topk")."""
-    cirr = train_set.dataset_name == "CIRR"
-    ranked = rank_with_filter(filter_model, train_set, store, train_set.gallery, remove_reference=cirr,
-                              top_k=min(pool + 1, len(train_set.gallery) - cirr), device=device)
+    ranked = train_ranking(filter_model, train_set, store, pool + 1, device)
     return [[n for n in row if n != q["target"]][:pool] for row, q in zip(ranked, train_set.queries)]
 
 

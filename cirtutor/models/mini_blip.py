@@ -240,21 +240,20 @@ def pair_names(data: DataConfig, split: str) -> list[str]:
     return [p["image"] for p in pairs]
 
 
-def edited_captions(data: DataConfig, split: str, names: list[str], per_image: int = 4, seed: int = 0) -> list[list[str]]:
-    """For each image of `names` (a synthetic split), `per_image` descriptions of its scene after
-    one random edit (seeded): captions that are wrong about exactly one object. The edit kinds
+def edited_captions(names: list[str], captions: list[str], per_image: int = 4, seed: int = 0) -> list[list[str]]:
+    """For each image (`names`, with its scene description in `captions`), `per_image` descriptions
+    of its scene after one random edit (seeded by the image's name): captions that are wrong
+    about exactly one object. The edit kinds
     (add, remove, recolour, resize, move, shape) take turns in a random order, then one edit
     of the kind is drawn: uniform over all edits would be ~90 % "add" (any free cell x any
     unused description) and would never teach positions or shapes."""
     from cirtutor.data import synthetic as world
 
-    pairs = read_json(dataset_root(data) / "synthetic" / f"captions.{split}.json", f"synthetic {split} image-caption pairs",
-                      "Delete the cached synthetic dataset folder to regenerate it.")
-    scenes = {p["image"]: world.parse_scene(p["caption"]) for p in pairs}
     out = []
-    for name in names:
+    for name, caption in zip(names, captions, strict=True):
+        scene = world.parse_scene(caption)
         rng = random.Random(f"{seed}/{name}")
-        by_kind = {kind: edits for kind, edits in world.possible_edits(scenes[name]).items() if edits}
+        by_kind = {kind: edits for kind, edits in world.possible_edits(scene).items() if edits}
         order = rng.sample(sorted(by_kind), len(by_kind))          # kinds in a random order, cycled
         picked = []
         for i in range(per_image):
@@ -262,7 +261,7 @@ def edited_captions(data: DataConfig, split: str, names: list[str], per_image: i
             if options:
                 picked.append(rng.choice(options))
         picked += [picked[i % len(picked)] for i in range(per_image - len(picked))]  # always per_image
-        out.append([world.describe_scene(world.apply_edit(scenes[name], e)) for e in picked])
+        out.append([world.describe_scene(world.apply_edit(scene, e)) for e in picked])
     return out
 
 
@@ -299,18 +298,17 @@ def evaluate(model, images, input_ids, text_mask, neg_text, edited=None, chunk: 
     sim = image_emb @ text_emb.t()                                            # (N, N) cosine
     metrics = {f"i2t_r{k}": r for k, r in recall_at(sim).items()}
     metrics |= {f"t2i_r{k}": r for k, r in recall_at(sim.t()).items()}
-    correct = []
-    for idx in torch.arange(len(images)).split(chunk):
-        for text_idx, label in ((idx, 1), (neg_text[idx], 0)):
-            logits = itm_logits(model, *batch_tokens(input_ids, text_mask, text_idx), image_feats[idx])
-            correct.append(logits.argmax(1) == label)
-    metrics["itm_acc"] = torch.cat(correct).float().mean().item()
-    if edited is not None:
+    def itm_accuracy(negative) -> float:
+        """ITM accuracy over each image with its own text (match) and the text `negative(idx)` (no match)."""
         correct = []
         for idx in torch.arange(len(images)).split(chunk):
-            for tokens, label in ((batch_tokens(input_ids, text_mask, idx), 1), (batch_tokens(*edited, idx), 0)):
+            for tokens, label in ((batch_tokens(input_ids, text_mask, idx), 1), (negative(idx), 0)):
                 correct.append(itm_logits(model, *tokens, image_feats[idx]).argmax(1) == label)
-        metrics["itm_edit_acc"] = torch.cat(correct).float().mean().item()
+        return torch.cat(correct).float().mean().item()
+
+    metrics["itm_acc"] = itm_accuracy(lambda idx: batch_tokens(input_ids, text_mask, neg_text[idx]))
+    if edited is not None:
+        metrics["itm_edit_acc"] = itm_accuracy(lambda idx: batch_tokens(*edited, idx))
     model.train(was_training)
     return metrics
 
@@ -332,7 +330,7 @@ def eval_pairs(data: DataConfig, size: int) -> tuple[torch.Tensor, ...]:
         siblings = siblings[siblings != i]
         neg_text[i] = siblings[torch.randint(len(siblings), (1,), generator=g)]
     names = pair_names(data, "val")
-    edited = edited_captions(data, "val", [names[i] for i in pick], per_image=1)
+    edited = edited_captions([names[i] for i in pick], [captions[i] for i in pick], per_image=1)
     return (images[pick], *tokenize_text_only([captions[i] for i in pick]), neg_text,
             tokenize_text_only([e[0] for e in edited]))
 
@@ -373,7 +371,7 @@ def pretrain_mini_blip(cfg: Config, *, steps: int, batch_size: int = 64, lr: flo
     Returns {"model", "temp", "history", "evals", "metrics", "meta", "sec_per_step"}."""
     data = pretraining_data(cfg.data)
     torch.manual_seed(seed)
-    model, temp = build_mini_blip(cfg.model)
+    model, temp = build_mini_blip(cfg.model)     # built even with `init`: later random draws follow the same stream
     base = None
     if init is not None:
         model, temp, base = load_mini_blip(init, cfg.model)
@@ -383,7 +381,7 @@ def pretrain_mini_blip(cfg: Config, *, steps: int, batch_size: int = 64, lr: flo
     images, captions, _ = image_caption_pairs(data, "train")
     input_ids, text_mask = tokenize_text_only(captions)
     if edited_negatives:
-        variants = edited_captions(data, "train", pair_names(data, "train"), edited_negatives, seed)
+        variants = edited_captions(pair_names(data, "train"), captions, edited_negatives, seed)
         edited_ids, edited_mask = tokenize_text_only([c for row in variants for c in row])  # (N * n, L)
     val = eval_pairs(data, eval_size)
     log(f"mini-BLIP: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
