@@ -126,7 +126,8 @@ def dual_layer_states(reranker: DualEncoderReranker, input_ids, text_mask, z_t, 
 def dual_cross_attention(reranker: DualEncoderReranker, input_ids, text_mask, z_t, cand_feats, ref_feats=None):
     """Both streams' cross-attention to the candidate's image tokens, every layer:
     (probs_A, probs_B), each (layers, P, heads, L, L_v) (None for an ablated stream). Each
-    layer's self-attention block is run, then its CA queries attend `cand_feats` by `attention_by_hand`."""
+    layer's self-attention block is run, then its CA queries attend `cand_feats` by `attention_by_hand`.
+    Rows of padded text positions mean nothing (their states are zeros after a layer's feed-forward)."""
     _, mask_A, mask_B = _stream_masks(reranker, z_t, text_mask, ref_feats)
     states = dual_layer_states(reranker, input_ids, text_mask, z_t, cand_feats, ref_feats)
     maps = {"A": [], "B": []}

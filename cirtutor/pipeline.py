@@ -306,6 +306,16 @@ def variant_config(cfg: Config, ablation: str | None) -> Config:
     return cfg
 
 
+def ablation_budget(cfg: Config) -> Config:
+    """The config `reproduce` trains the ablations with: stage 2 for `ablation_epochs` (at most
+    stage2.epochs) when set, otherwise the full model's recipe unchanged."""
+    if cfg.ablation_epochs is not None and cfg.ablation_epochs < 1:
+        raise CirtutorError(f"ablation_epochs={cfg.ablation_epochs}: expected at least 1 (or None: stage2.epochs)")
+    if cfg.ablation_epochs is None or cfg.ablation_epochs >= cfg.stage2.epochs:
+        return cfg
+    return dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, epochs=cfg.ablation_epochs))
+
+
 def stage2_training_inputs(cfg: Config, filt, train, stores, device, shared: dict | None = None):
     """(cached z_t of the training queries, hard-batch pools, filter top-K negatives), each computed
     only when the config needs it, and once per filter when `shared` is passed (the ablations reuse them)."""
@@ -497,9 +507,11 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
             results["timing"] = inference_times(cfg, filt, model, val, stores, device, ks)
             results["timing"]["fixed_s"] = {k: round(times[k], 2) for k in ("data", "image features") if k in times}
             qualitative = qualitative_items(val, details)
+        acfg = ablation_budget(cfg)
+        results["epochs"] = {"stage2": cfg.stage2.epochs, "ablations": acfg.stage2.epochs}
         for ablation in cfg.ablations:
             with timed(times, f"ablation {ablation}"):
-                _, a_metrics = run_stage2(cfg, run, seed, filt, train=train, val=val, stores=stores, weights=weights,
+                _, a_metrics = run_stage2(acfg, run, seed, filt, train=train, val=val, stores=stores, weights=weights,
                                           device=device, ablation=ablation, resume=resume, shared=shared)
             results["ablations"][ABLATIONS[ablation][0]] = a_metrics[f"K={cfg.stage2.k}"]
             say(f"{ABLATIONS[ablation][0]} (seed {seed}): {short(a_metrics[f'K={cfg.stage2.k}'])}")

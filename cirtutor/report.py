@@ -146,10 +146,26 @@ def ablation_table(results: dict) -> str | None:
         return None
     fiq, k = is_fashioniq(results), results["k"]
     keys = FIQ_ABLATION_KEYS if fiq else CIRR_ABLATION_KEYS
-    rows = [(f"full model (R_{k})", results["rerank"].get(f"K={k}"))] + list(ablations.items())
-    rows.append(("F (stage 1 only, for reference)", results["filter"]))
+    epochs = results.get("epochs") or {}
+    full, short = epochs.get("stage2"), epochs.get("ablations")
+    rows = [(f"full model (R_{k})", results["rerank"].get(f"K={k}"), full)]
+    rows += [(name, m, short) for name, m in ablations.items()]
+    rows.append(("F (stage 1 only, for reference)", results["filter"], None))
     header = ["variant", *(f"avg {key}" if fiq and key != "avg" else key for key in keys)]
-    return _table(header, [[name, *(_f1(m[key]) for key in keys)] for name, m in rows if m is not None])
+    if full == short:                                # one recipe for every variant: no epochs column
+        return _table(header, [[name, *(_f1(m[key]) for key in keys)] for name, m, _ in rows if m is not None])
+    return _table(header + ["stage-2 epochs"], [[name, *(_f1(m[key]) for key in keys), "–" if e is None else str(e)]
+                                                for name, m, e in rows if m is not None])
+
+
+def ablation_note(results: dict) -> list[str]:
+    """A warning under the ablation table when the variants were trained shorter than R."""
+    epochs = results.get("epochs") or {}
+    if epochs.get("stage2") == epochs.get("ablations"):
+        return []
+    return ["", f"**The variants were trained for {epochs.get('ablations')} stage-2 epochs, the full model for "
+                f"{epochs.get('stage2')}** (`ablation_epochs`, to keep the run short): the rows compare budgets as "
+                "well as architectures. Notebook 07 trains every variant as long as the full model."]
 
 
 def seed_table(stats: dict, k: int, fiq: bool) -> str:
@@ -239,7 +255,7 @@ def report_markdown(results: dict, figures: dict[str, str]) -> str:
                       "not the paper's method."]
     parts += fig("recall_vs_k")
     if (table := ablation_table(results)) is not None:
-        parts += ["", f"## Ablations at K = {k} (paper Table {3 if fiq else 4} layout)", "", table]
+        parts += ["", f"## Ablations at K = {k} (paper Table {3 if fiq else 4} layout)", "", table, *ablation_note(results)]
     if (stats := seed_stats(results)) is not None:
         parts += ["", f"## Variation over seeds ({len(stats['seeds'])} runs)", "",
                   f"Mean ± sample standard deviation (numpy `std(ddof={SEED_DDOF})`) over seeds "

@@ -344,7 +344,6 @@ def plot_pretraining_curve(meta: dict, batch_size: int | None = None):
     window = f", mean of {step[1] - step[0]} steps" if len(step) > 1 else ""
     ax_l.set(xlabel="training step", ylabel=f"loss (train{window})", title="ITC and ITM losses")
     if val:
-        v_step = [r["step"] for r in val]
         for key, label, color in (("i2t_r1", "image→text R@1", "C2"), ("i2t_r5", "image→text R@5", "C4"),
                                   ("itm_acc", "ITM accuracy", "C1"), ("itm_edit_acc", "ITM accuracy, one-edit texts", "C5")):
             rows = [r for r in val if key in r]

@@ -1,6 +1,7 @@
 """The main job end to end on a small synthetic world: the per-stage commands chained through
 one run folder, `reproduce` (report.md + metrics.json), subsampling, clear errors, and a
 two-process DDP run under torchrun (gloo on CPU)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -109,8 +110,9 @@ def test_wrong_device_is_a_clear_error(cache, capsys):
 
 
 def test_variants_take_the_rerankers_own_dropout():
+    from cirtutor.config import apply_overrides
     from cirtutor.pipeline import variant_config
-    cfg = get_preset("tiny")
+    cfg = apply_overrides(get_preset("tiny"), ["stage2.dropout=0.0"])
     assert cfg.stage2.dropout == 0.0 and cfg.model.dropout == 0.1          # the filter keeps BLIP's dropout
     for ablation in (None, "no_text", "no_zt"):
         assert variant_config(cfg, ablation).model.dropout == 0.0
@@ -134,3 +136,18 @@ def test_weights_key_follows_the_weights_contents(tmp_path):
     (b / "model.safetensors").write_bytes(b"\x00" * 99 + b"\x01")
     assert weights_key(b) != key                                   # new weights at the same path: a new key
     assert weights_key(a / "config.json") != key
+
+
+def test_ablation_budget_shortens_only_the_variants_stage_2():
+    from cirtutor.config import apply_overrides
+    from cirtutor.pipeline import ablation_budget
+    cfg = apply_overrides(get_preset("tiny"), ["stage2.epochs=10", "ablation_epochs=2"])
+    short = ablation_budget(cfg)
+    assert short.stage2.epochs == 2 and cfg.stage2.epochs == 10                       # the caller's config untouched
+    assert short.stage1 == cfg.stage1 and short.model == cfg.model
+    assert short.stage2 == dataclasses.replace(cfg.stage2, epochs=2)
+    assert ablation_budget(apply_overrides(cfg, ["ablation_epochs=20"])) is not None
+    assert ablation_budget(apply_overrides(cfg, ["ablation_epochs=20"])).stage2.epochs == 10   # never longer than R
+    assert ablation_budget(dataclasses.replace(cfg, ablation_epochs=None)).stage2.epochs == 10
+    with pytest.raises(CirtutorError, match="ablation_epochs"):
+        ablation_budget(dataclasses.replace(cfg, ablation_epochs=0))

@@ -279,3 +279,15 @@ def test_plot_rank_shift_draws_figure_8(cirr_results):
     assert [p.get_x() + p.get_width() / 2 for p in top.patches] == pytest.approx([1, 2, 3, 4, 5, 6])  # x = i + 1
     assert [p.get_height() for p in top.patches] == shift["mean_shift"]
     assert [p.get_height() for p in bottom.patches] == shift["count"] and bottom.get_yscale() == "symlog"
+
+
+def test_ablations_trained_shorter_than_the_full_model_say_so(cirr_results, tmp_path):
+    md, _ = write(text_only({**cirr_results, "epochs": {"stage2": 10, "ablations": 2}}), tmp_path)
+    rows, keys = table_rows(md), ["R@1", "R@5", "Rs@1", "avg"]
+    assert row("variant", *keys, "stage-2 epochs") in rows
+    assert row("full model (R_20)", *(f1(cirr_results["rerank"]["K=20"][k]) for k in keys), "10") in rows
+    for name, m in cirr_results["ablations"].items():
+        assert row(name, *(f1(m[k]) for k in keys), "2") in rows
+    assert "trained for 2 stage-2 epochs, the full model for 10" in md
+    same, _ = write(text_only({**cirr_results, "epochs": {"stage2": 10, "ablations": 10}}), tmp_path / "same")
+    assert "stage-2 epochs" not in same and "trained for" not in same

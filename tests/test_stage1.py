@@ -1,5 +1,4 @@
 """Stage-1 engine: feature store, batch composition, schedule, training and evaluation (tiny dims)."""
-import math
 
 import pytest
 import torch

@@ -149,18 +149,26 @@ class DualEncoderLayer(nn.Module):
         if cfg.dual_ffn:
             self.intermediate1, self.output1 = BlipTextIntermediate(tcfg), BlipTextOutput(tcfg)
 
-    def feed_forward(self, x: torch.Tensor, stream: str) -> torch.Tensor:
-        if stream == "B" and hasattr(self, "intermediate1"):
-            return self.output1(self.intermediate1(x), x)
-        return self.output(self.intermediate(x), x)
+    def feed_forward(self, x: torch.Tensor, stream: str, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The feed-forward on the real tokens only (`keep` (P, L) bool): padded positions come out
+        as zeros. They are masked wherever another token could read them (self-attention keys), so
+        every real token's output is unchanged, and the padding no longer costs a feed-forward."""
+        ffn = (lambda h: self.output1(self.intermediate1(h), h)) if stream == "B" and hasattr(self, "intermediate1") \
+            else (lambda h: self.output(self.intermediate(h), h))
+        if keep is None or bool(keep.all()):
+            return ffn(x)
+        out = torch.zeros_like(x)
+        out[keep] = ffn(x[keep])                                # (N_real, d)
+        return out
 
     def forward(self, A, B, V, mask_A, mask_B, grid=None):
         """A (P, L_A, d), B (P, L_B, d), candidate tokens V (P, L_v, d_v) -> new (A, B).
-        With `grid=(n_q, n_c)`, V is (n_c, L_v, d_v): each candidate once (see `Attention`)."""
+        With `grid=(n_q, n_c)`, V is (n_c, L_v, d_v): each candidate once (see `Attention`).
+        Masks (P, 1, 1, L) bool, True = a real token."""
         A, B = self.attention(A, B, A, B, mask_A, mask_B, merge=False)
         A, B = self.crossattention(A, B, V, V, None, None, merge=True, grid=grid)
-        A = self.feed_forward(A, "A") if A is not None else None
-        B = self.feed_forward(B, "B") if B is not None else None
+        A = self.feed_forward(A, "A", mask_A[:, 0, 0]) if A is not None else None
+        B = self.feed_forward(B, "B", mask_B[:, 0, 0]) if B is not None else None
         return A, B
 
 
