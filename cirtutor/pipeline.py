@@ -367,8 +367,7 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
         meta = {"stage": 2, "seed": seed, "ablation": ablation or "",
                 "config": json.dumps([dataclasses.asdict(cfg.stage2), dataclasses.asdict(cfg.model)], sort_keys=True)}
         history = train_stage2(model, train, z_ts_train, stores["train"], cfg.stage2, pools=pools, negatives=negatives,
-                               seed=seed,
-                               device=device, filter_model=filt, log=say, log_every=200, on_epoch_end=validate,
+                               seed=seed, device=device, filter_model=filt, log=say, log_every=200, on_epoch_end=validate,
                                checkpoint=out / "last.pt", resume=resume, meta=meta)
         finish_training(model, history, cfg.stage2.select, out, final)
     model.to(device)

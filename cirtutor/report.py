@@ -146,26 +146,32 @@ def ablation_table(results: dict) -> str | None:
         return None
     fiq, k = is_fashioniq(results), results["k"]
     keys = FIQ_ABLATION_KEYS if fiq else CIRR_ABLATION_KEYS
-    epochs = results.get("epochs") or {}
-    full, short = epochs.get("stage2"), epochs.get("ablations")
+    full, short = unequal_budgets(results) or (None, None)
     rows = [(f"full model (R_{k})", results["rerank"].get(f"K={k}"), full)]
     rows += [(name, m, short) for name, m in ablations.items()]
     rows.append(("F (stage 1 only, for reference)", results["filter"], None))
     header = ["variant", *(f"avg {key}" if fiq and key != "avg" else key for key in keys)]
-    if full == short:                                # one recipe for every variant: no epochs column
-        return _table(header, [[name, *(_f1(m[key]) for key in keys)] for name, m, _ in rows if m is not None])
-    return _table(header + ["stage-2 epochs"], [[name, *(_f1(m[key]) for key in keys), "–" if e is None else str(e)]
-                                                for name, m, e in rows if m is not None])
+    epochs_column = full is not None                 # only when the variants had a shorter stage 2 than R
+    cells = lambda m, e: [_f1(m[key]) for key in keys] + (["–" if e is None else str(e)] if epochs_column else [])  # noqa: E731
+    return _table(header + (["stage-2 epochs"] if epochs_column else []),
+                  [[name, *cells(m, e)] for name, m, e in rows if m is not None])
+
+
+def unequal_budgets(results: dict) -> tuple[int, int] | None:
+    """(the full model's, the variants') stage-2 epochs when `reproduce` trained them differently, else None."""
+    epochs = results.get("epochs") or {}
+    full, short = epochs.get("stage2"), epochs.get("ablations")
+    return None if full == short else (full, short)
 
 
 def ablation_note(results: dict) -> list[str]:
     """A warning under the ablation table when the variants were trained shorter than R."""
-    epochs = results.get("epochs") or {}
-    if epochs.get("stage2") == epochs.get("ablations"):
+    if (budgets := unequal_budgets(results)) is None:
         return []
-    return ["", f"**The variants were trained for {epochs.get('ablations')} stage-2 epochs, the full model for "
-                f"{epochs.get('stage2')}** (`ablation_epochs`, to keep the run short): the rows compare budgets as "
-                "well as architectures. Notebook 07 trains every variant as long as the full model."]
+    full, short = budgets
+    return ["", f"**The variants were trained for {short} stage-2 epochs, the full model for {full}** "
+                "(`ablation_epochs`, to keep the run short): the rows compare budgets as well as architectures. "
+                "Notebook 07 trains every variant as long as the full model."]
 
 
 def seed_table(stats: dict, k: int, fiq: bool) -> str:

@@ -153,12 +153,13 @@ class DualEncoderLayer(nn.Module):
         """The feed-forward on the real tokens only (`keep` (P, L) bool): padded positions come out
         as zeros. They are masked wherever another token could read them (self-attention keys), so
         every real token's output is unchanged, and the padding no longer costs a feed-forward."""
-        ffn = (lambda h: self.output1(self.intermediate1(h), h)) if stream == "B" and hasattr(self, "intermediate1") \
-            else (lambda h: self.output(self.intermediate(h), h))
+        own = stream == "B" and hasattr(self, "intermediate1")
+        intermediate, output = (self.intermediate1, self.output1) if own else (self.intermediate, self.output)
         if keep is None or bool(keep.all()):
-            return ffn(x)
+            return output(intermediate(x), x)
+        h = x[keep]                                             # (N_real, d)
         out = torch.zeros_like(x)
-        out[keep] = ffn(x[keep])                                # (N_real, d)
+        out[keep] = output(intermediate(h), h)
         return out
 
     def forward(self, A, B, V, mask_A, mask_B, grid=None):
