@@ -13,6 +13,16 @@ from dataclasses import dataclass, field
 
 from cirtutor.errors import CirtutorError
 
+# Field metadata for switches that change how fast a result is computed, never the result (exact
+# speed paths): the digests that name trained models leave them out, so flipping one reuses them.
+SPEED_ONLY = {"speed_only": True}
+
+
+def result_fields(section) -> dict:
+    """A config section as a dict without its SPEED_ONLY fields: what a trained model depends on."""
+    return {f.name: v for f, v in ((f, getattr(section, f.name)) for f in dataclasses.fields(section))
+            if not f.metadata.get("speed_only")}
+
 
 @dataclass
 class DataConfig:
@@ -112,6 +122,9 @@ class Stage2Config:
     amp: bool = True                # fp16 autocast + GradScaler on CUDA (the paper's AMP)
     cpu_bf16: bool = False          # bf16 autocast on CPU (a tiny-mode speed option)
     share_kv: bool = True           # B x B: candidate keys/values once per target, not per pair (exact)
+    fast_eval: bool = field(default=True, metadata=SPEED_ONLY)  # evaluation groups the split's pairs by
+                                    # candidate: its keys/values once for every query ranking it (exact);
+                                    # False: one forward of K pairs per query, as the authors' script
     z_t: str = "cached"             # "cached": z_t computed once per query, filter in eval mode (the paper: pre-computable);
                                     # "recompute": every step with the filter in train mode, dropout on (authors, quirk 1)
     dropout: float | None = None    # the re-ranker's dropout; None = model.dropout (BLIP's 0.1, the paper)

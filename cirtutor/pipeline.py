@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from cirtutor.cache import cache_dir
-from cirtutor.config import Config
+from cirtutor.config import Config, result_fields
 from cirtutor.data.registry import dataset_root, open_dataset
 from cirtutor.engine.features import FeatureStore, encode_gallery
 from cirtutor.engine.loop import world
@@ -338,6 +338,11 @@ def usable_ks(cfg: Config, val) -> tuple[int, ...]:
     return ks
 
 
+def eval_speed(cfg: Config) -> dict:
+    """How stage-2 evaluation runs (never what it computes): the fast path or one forward per batch of queries."""
+    return {"share_kv": cfg.stage2.fast_eval, "batch_size": cfg.stage2.eval_batch_size}
+
+
 def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, train, val, stores, weights: Path,
                device, ablation: str | None = None, resume: bool = False, details: dict | None = None,
                shared: dict | None = None) -> tuple[DualEncoderReranker, dict]:
@@ -362,17 +367,18 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
         say(f"{label}: {report.summary()}")
         z_ts_train, pools, negatives = stage2_training_inputs(cfg, filt, train, stores, device, shared)
         k = cfg.stage2.k
-        validate = validator(lambda: evaluate_reranker(filt, model, val, stores["val"], (k,), device=device)[f"K={k}"],
+        validate = validator(lambda: evaluate_reranker(filt, model, val, stores["val"], (k,), device=device,
+                                                       **eval_speed(cfg))[f"K={k}"],
                              cfg.stage2, model, out, f"{label} R_{k}")
         meta = {"stage": 2, "seed": seed, "ablation": ablation or "",
-                "config": json.dumps([dataclasses.asdict(cfg.stage2), dataclasses.asdict(cfg.model)], sort_keys=True)}
+                "config": json.dumps([result_fields(cfg.stage2), result_fields(cfg.model)], sort_keys=True)}
         history = train_stage2(model, train, z_ts_train, stores["train"], cfg.stage2, pools=pools, negatives=negatives,
                                seed=seed, device=device, filter_model=filt, log=say, log_every=200, on_epoch_end=validate,
                                checkpoint=out / "last.pt", resume=resume, meta=meta)
         finish_training(model, history, cfg.stage2.select, out, final)
     model.to(device)
     ks = usable_ks(cfg, val) if ablation is None else (cfg.stage2.k,)   # ablation tables report R_K at the main K
-    metrics = evaluate_reranker(filt, model, val, stores["val"], ks, device=device, details=details)
+    metrics = evaluate_reranker(filt, model, val, stores["val"], ks, device=device, details=details, **eval_speed(cfg))
     if world()[0] == 0:
         atomic_write_json(out / "metrics.json", metrics, indent=2)
     return model, metrics
@@ -383,7 +389,8 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
 def inference_times(cfg: Config, filt, model, val, stores, device, ks, n: int = 64) -> dict:
     """Fig. 7: wall time per query of the filter (encode the query, rank the gallery) and of
     re-ranking its top-K for each K, on the first `n` validation queries, batch 1 as the
-    authors' evaluation. Fixed overheads (model loading, image features) are reported apart."""
+    authors' evaluation (no keys/values shared across queries: a single query's latency). Fixed
+    overheads (model loading, image features) are reported apart."""
     idx = list(range(min(n, len(val.queries))))
     gallery = val.gallery if val.dataset_name == "CIRR" else next(iter(val.galleries.values()))
     start = time.perf_counter()
@@ -397,7 +404,8 @@ def inference_times(cfg: Config, filt, model, val, stores, device, ks, n: int = 
     per_query = {}
     for k in ks:
         start = time.perf_counter()
-        score_lists(model, val, z_all, stores["val"], ranked[:, :k], batch_size=1, device=device, indices=idx)
+        score_lists(model, val, z_all, stores["val"], ranked[:, :k], batch_size=1, device=device, indices=idx,
+                    share_kv=False)
         per_query[str(k)] = filter_s + (time.perf_counter() - start) / len(idx)
     return {"filter_per_query_s": filter_s, "per_query_s": per_query, "queries_timed": len(idx)}
 

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save
 
 from cirtutor.cache import cache_dir, cached
 from cirtutor.compact import pack, unpack
-from cirtutor.config import Config
+from cirtutor.config import Config, result_fields
 from cirtutor.data.registry import dataset_root
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.stage1 import batch_order, stage1_inputs
@@ -74,7 +74,7 @@ def _digest(cfg: Config, seed: int, reranker: bool = False, ablation: str | None
     """A digest of what a trained model depends on: the data, model and stage-1 config (and
     stage 2's for a re-ranker), the initial weights' contents, the subsample, the seed (and the ablation)."""
     sections = [cfg.data, cfg.model, cfg.stage1] + ([cfg.stage2] if reranker else [])
-    return config_digest(*map(dataclasses.asdict, sections), weights_key(init_weights(cfg, verbose=False)),
+    return config_digest(*map(result_fields, sections), weights_key(init_weights(cfg, verbose=False)),
                          cfg.subsample, seed, *([ablation] if reranker else []))
 
 

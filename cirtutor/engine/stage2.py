@@ -225,11 +225,20 @@ def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor]
 
 @torch.no_grad()
 def score_lists(model: DualEncoderReranker, dataset, z_ts, store: FeatureStore, candidates: np.ndarray,
-                batch_size: int = 8, device="cpu", indices=None) -> np.ndarray:
+                batch_size: int = 8, device="cpu", indices=None, share_kv: bool = True, pair_batch: int = 256,
+                kv_budget_mb: float = 1024) -> np.ndarray:
     """Re-ranker scores (N, K) of the queries `indices` (default 0..N-1) against their K
-    candidate names (N, K): a scoring forward per `batch_size` queries, eval mode, fp32."""
+    candidate names (N, K), eval mode, fp32.
+
+    `share_kv` (default, the fast path): every (query, candidate) pair of the split is grouped
+    by candidate; each candidate's cross-attention keys and values are computed once and
+    reused by every query that ranks it (`score_by_candidate`). Exact: the same scores as
+    one forward of K pairs per query (False; `batch_size` queries per forward)."""
     model.eval()
     indices = list(range(len(candidates)) if indices is None else indices)
+    if share_kv and len(indices):
+        return score_by_candidate(model, dataset, z_ts, store, np.asarray(candidates), indices, device,
+                                  pair_batch, kv_budget_mb)
     out = []
     for start in range(0, len(indices), batch_size):
         rows = list(range(start, min(start + batch_size, len(indices))))
@@ -241,8 +250,49 @@ def score_lists(model: DualEncoderReranker, dataset, z_ts, store: FeatureStore, 
     return torch.cat(out).numpy() if out else np.zeros((0, candidates.shape[1] if np.ndim(candidates) == 2 else 0))
 
 
+def kv_bytes_per_candidate(model: DualEncoderReranker, n_tokens: int) -> int:
+    """fp32 bytes of one candidate's keys and values over every cross-attention layer and stream."""
+    streams = 2 if model.cfg.streams == "both" else 1
+    return 4 * 2 * streams * model.cfg.text_layers * n_tokens * model.cfg.text_width
+
+
+def score_by_candidate(model: DualEncoderReranker, dataset, z_ts, store: FeatureStore, names: np.ndarray,
+                       indices: list[int], device, pair_batch: int = 256, kv_budget_mb: float = 1024) -> np.ndarray:
+    """The fast path of `score_lists`: the N x K pairs grouped by candidate.
+
+    The split's distinct candidates are taken in blocks that fit `kv_budget_mb`; for each block,
+    `candidate_kv` computes its keys and values once, then every pair whose candidate is in the
+    block is scored, `pair_batch` pairs per forward, sorted by text length so that padding
+    stays short. Exact: a pair's score does not depend on the pairs it is batched with."""
+    N, K = names.shape
+    uniq, inverse = np.unique(names, return_inverse=True)
+    inverse = inverse.reshape(N, K)                                       # (N, K) -> row of `uniq`
+    ids_all, mask_all = tokenize([dataset.query_text(i) for i in indices])
+    lengths = mask_all.sum(1).numpy()                                     # (N,) real tokens per query
+    refs_needed = model.cfg.zt_input != "z_t"
+    per_cand = kv_bytes_per_candidate(model, store[[uniq[0]]].shape[1])
+    block = max(1, int(kv_budget_mb * 2 ** 20 // per_cand))
+    out = np.zeros((N, K), dtype=np.float32)
+    for b0 in range(0, len(uniq), block):
+        rows, cols = np.nonzero((inverse >= b0) & (inverse < b0 + block))  # the pairs of this block
+        kv = model.candidate_kv(store[list(uniq[b0:b0 + block])].to(device))
+        order = np.argsort(lengths[rows], kind="stable")
+        for s in range(0, len(order), pair_batch):
+            r, c = rows[order[s:s + pair_batch]], cols[order[s:s + pair_batch]]
+            L = int(lengths[r].max())
+            ids, mask = ids_all[r, :L].to(device), mask_all[r, :L].to(device)          # (P, L)
+            z_t = pad_z_t([z_ts[indices[i]] for i in r]).to(device)                   # (P, L, d)
+            if z_t.shape[1] != L:
+                raise ValueError("z_t and the tokens disagree in length: was z_t computed for the same texts?")
+            refs = store[[dataset.queries[indices[i]]["reference"] for i in r]].to(device) if refs_needed else None
+            index = torch.as_tensor(inverse[r, c] - b0, device=device)           # (P,) row of the block
+            out[r, c] = model(ids, mask, z_t, kv, refs, index=index).float().cpu().numpy()
+    return out
+
+
 def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker, dataset, store: FeatureStore,
-                      ks, *, batch_size: int = 8, device="cpu", details: dict | None = None) -> dict:
+                      ks, *, batch_size: int = 8, device="cpu", details: dict | None = None,
+                      share_kv: bool = True) -> dict:
     """The filter (F) and the re-ranker at each K (R_K) on a validation split, from one scoring
     pass over max(ks) candidates per query (facts §9.4): {"filter": ..., "K=k": ... + "coverage"}.
 
@@ -259,8 +309,8 @@ def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker,
         labels = labels_from_ranking(ranked, targets)                  # (N, M-1)
         subsets = [q["subset"] for q in dataset.queries]
         results = {"filter": cirr_summary(labels, labels_from_ranking(subset_ranking(ranked, subsets), targets))}
-        scores = score_lists(model, dataset, z_ts, store, ranked[:, :k_max], batch_size, device)
-        subset_scores = score_lists(model, dataset, z_ts, store, np.asarray(subsets), batch_size, device)
+        scores = score_lists(model, dataset, z_ts, store, ranked[:, :k_max], batch_size, device, share_kv=share_kv)
+        subset_scores = score_lists(model, dataset, z_ts, store, np.asarray(subsets), batch_size, device, share_kv=share_kv)
         subset_labels = labels_from_ranking(subset_ranking_by_scores(subsets, subset_scores), targets)
         reranked = rerank_labels_for_ks(labels[:, :k_max], scores, ks)
         for k in ks:
@@ -276,7 +326,8 @@ def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker,
                                   top_k=min(max(k_max, 50), len(gallery)), device=device, query_emb=query_emb[idx])
         labels = labels_from_ranking(ranked, [dataset.queries[i]["target"] for i in idx])
         per_f[cat] = labels
-        scores = score_lists(model, dataset, z_ts, store, ranked[:, :k_max], batch_size, device, indices=idx)
+        scores = score_lists(model, dataset, z_ts, store, ranked[:, :k_max], batch_size, device, indices=idx,
+                             share_kv=share_kv)
         for k, rr in rerank_labels_for_ks(labels[:, :k_max], scores, ks).items():
             per_r[k][cat] = rr
             cover[k].append(recall_at_k(labels, k))

@@ -58,22 +58,32 @@ class Attention(nn.Module):
     def split(self, x: torch.Tensor) -> torch.Tensor:  # (P, L, d) -> (P, heads, L, d / heads)
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None,
-                grid: tuple[int, int] | None = None) -> torch.Tensor:
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context tokens (n, L_c, d_c) -> keys, values (n, heads, L_c, d / heads)."""
+        return self.split(self.key(context)), self.split(self.value(context))
+
+    def forward(self, x: torch.Tensor, context, mask: torch.Tensor | None = None,
+                grid: tuple[int, int] | None = None, index: torch.Tensor | None = None) -> torch.Tensor:
         """x (P, L, d) attends `context` (P, L_c, d_c); mask (P, 1, 1, L_c) bool, True = attend.
 
-        With `grid=(n_q, n_c)` the P = n_q * n_c pairs form a grid (row i * n_c + j = query i,
-        candidate j) and `context` holds the n_c candidates once, (n_c, L_c, d_c): keys and
-        values are computed once per candidate instead of once per pair, and every query's
-        tokens attend a candidate in one SDPA call (tokens attend independently, so folding
-        the queries into the length axis is exact). Unmasked context only."""
+        Two exact ways to compute a candidate's keys and values once for many pairs (they
+        depend on the candidate only), for unmasked context:
+        * `grid=(n_q, n_c)`: the P = n_q * n_c pairs form a grid (row i * n_c + j = query i,
+          candidate j) and `context` holds the n_c candidates once, (n_c, L_c, d_c); every
+          query's tokens attend a candidate in one SDPA call (tokens attend independently, so
+          folding the queries into the length axis is exact). Training's B x B logits.
+        * `index` (P,): `context` is the (keys, values) of n_c candidates, precomputed by
+          `keys_values`, and pair p attends candidate index[p]. Evaluation's fast path."""
         q = self.query(x)
         if grid is not None:
             n_q, n_c = grid
             L = q.shape[1]
             q = q.view(n_q, n_c, L, -1).transpose(0, 1).flatten(1, 2)       # (n_c, n_q * L, d)
-        q, k, v = self.split(q), self.split(self.key(context)), self.split(self.value(context))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        k, v = context if isinstance(context, tuple) else self.keys_values(context)
+        if index is not None:
+            k, v = k[index], v[index]                                        # (P, heads, L_c, d / heads)
+        out = F.scaled_dot_product_attention(self.split(q), k, v, attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
         out = out.transpose(1, 2).flatten(-2)                                # (P, L, d) or (n_c, n_q * L, d)
         if grid is not None:
             out = out.view(n_c, n_q, L, -1).transpose(0, 1).flatten(0, 1)   # (P, L, d), pair order restored
@@ -127,10 +137,15 @@ class DualAttention(nn.Module):
             self.self1 = Attention(d, h, kv_width, p)
         self.output = DualOutput(d, cfg.text_eps, p, cfg.streams, merge_layer)
 
-    def forward(self, A, B, ctx_A, ctx_B, mask_A, mask_B, merge: bool, grid=None):
-        a = self.self0(A, ctx_A, mask_A, grid) if A is not None else None
-        b = self.self1(B, ctx_B, mask_B, grid) if B is not None else None
+    def forward(self, A, B, ctx_A, ctx_B, mask_A, mask_B, merge: bool, grid=None, index=None):
+        a = self.self0(A, ctx_A, mask_A, grid, index) if A is not None else None
+        b = self.self1(B, ctx_B, mask_B, grid, index) if B is not None else None
         return self.output(a, b, A, B, merge)
+
+    def keys_values(self, context: torch.Tensor) -> tuple:
+        """(keys, values) of each stream's attention on `context` (None for an ablated stream)."""
+        return tuple(getattr(self, name).keys_values(context) if hasattr(self, name) else None
+                     for name in ("self0", "self1"))
 
 
 class DualEncoderLayer(nn.Module):
@@ -162,12 +177,14 @@ class DualEncoderLayer(nn.Module):
         out[keep] = output(intermediate(h), h)
         return out
 
-    def forward(self, A, B, V, mask_A, mask_B, grid=None):
+    def forward(self, A, B, V, mask_A, mask_B, grid=None, index=None):
         """A (P, L_A, d), B (P, L_B, d), candidate tokens V (P, L_v, d_v) -> new (A, B).
         With `grid=(n_q, n_c)`, V is (n_c, L_v, d_v): each candidate once (see `Attention`).
+        With `index` (P,), V is this layer's `crossattention.keys_values` of n_c candidates.
         Masks (P, 1, 1, L) bool, True = a real token."""
         A, B = self.attention(A, B, A, B, mask_A, mask_B, merge=False)
-        A, B = self.crossattention(A, B, V, V, None, None, merge=True, grid=grid)
+        ctx_A, ctx_B = V if index is not None else (V, V)
+        A, B = self.crossattention(A, B, ctx_A, ctx_B, None, None, merge=True, grid=grid, index=index)
         A = self.feed_forward(A, "A", mask_A[:, 0, 0]) if A is not None else None
         B = self.feed_forward(B, "B", mask_B[:, 0, 0]) if B is not None else None
         return A, B
@@ -183,14 +200,21 @@ class DualEncoder(nn.Module):
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(DualEncoderLayer(cfg, i) for i in range(cfg.text_layers))
 
-    def forward(self, A, input_ids, mask_A, text_mask, V, grid=None):
-        """-> final (A, B) hidden sequences (either None when its stream is ablated)."""
+    def forward(self, A, input_ids, mask_A, text_mask, V, grid=None, index=None):
+        """-> final (A, B) hidden sequences (either None when its stream is ablated).
+        With `index`, V is `candidate_kv`'s list: one layer's keys and values per layer."""
         B = self.embeddings(input_ids=input_ids) if hasattr(self, "embeddings") else None
         mask_A = mask_A[:, None, None, :].bool() if A is not None else None  # (P, 1, 1, L_A)
         mask_B = text_mask[:, None, None, :].bool()
-        for layer in self.encoder.layer:
-            A, B = layer(A, B, V, mask_A, mask_B, grid)
+        contexts = V if index is not None else [V] * len(self.encoder.layer)
+        for layer, context in zip(self.encoder.layer, contexts):
+            A, B = layer(A, B, context, mask_A, mask_B, grid, index)
         return A, B
+
+    def candidate_kv(self, V: torch.Tensor) -> list[tuple]:
+        """Candidate tokens V (n_c, L_v, d_v) -> per layer, each stream's cross-attention
+        (keys, values), (n_c, heads, L_v, d / heads) each."""
+        return [layer.crossattention.keys_values(V) for layer in self.encoder.layer]
 
 
 def bert_init(module: nn.Module) -> None:
@@ -261,13 +285,22 @@ class DualEncoderReranker(nn.Module):
             tokens = torch.cat([tokens, pooled], dim=1)        # (P, 1 + g*g, d)
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
 
-    def forward(self, input_ids, text_mask, z_t, cand_feats, ref_feats=None, grid=None) -> torch.Tensor:
+    def forward(self, input_ids, text_mask, z_t, cand_feats, ref_feats=None, grid=None, index=None) -> torch.Tensor:
         """Aligned pairs -> scores (P,) = column 0 of the head. With `grid=(n_q, n_c)` the pairs
-        are every query x every candidate and `cand_feats` holds each candidate once (n_c, L_v, d_v)."""
+        are every query x every candidate and `cand_feats` holds each candidate once (n_c, L_v, d_v).
+        With `index` (P,), `cand_feats` is `candidate_kv(...)` of n_c candidates and pair p's
+        candidate is index[p]."""
         A, mask_A = self.zt_stream_input(z_t, text_mask, ref_feats)
-        A, B = self.text_encoder(A, input_ids, mask_A, text_mask, cand_feats, grid)
+        A, B = self.text_encoder(A, input_ids, mask_A, text_mask, cand_feats, grid, index)
         cls = torch.cat([h[:, 0] for h in (A, B) if h is not None], dim=-1)  # [CLS]_A first, then [CLS]_B
         return self.cls_head(cls)[:, 0]
+
+    def candidate_kv(self, cand_feats: torch.Tensor) -> list[tuple]:
+        """The keys and values that n_c candidates' image tokens (n_c, L_v, d_v) give every
+        cross-attention layer and stream. They depend on the candidate alone (~70% of a pair's
+        FLOPs at paper dims: 577 image tokens against ~15 text tokens), so evaluation computes
+        them once per candidate and every pair that ranks it reuses them: `forward(..., index=)`."""
+        return self.text_encoder.candidate_kv(cand_feats)
 
     def score_candidates(self, input_ids, text_mask, z_t, cand_feats, ref_feats=None) -> torch.Tensor:
         """B queries x their K candidates (B, K, L_v, d_v) -> scores (B, K), in one forward."""
