@@ -151,3 +151,49 @@ def test_gradients_reach_every_trainable_tensor_and_not_the_vit():
     model.loss(model.bxb_logits(ids, mask, z_t, targets, ref)).backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert all(g is not None for g in grads.values()) and not any("visual_encoder" in n for n in grads)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    """Checkpointed layers are recomputed in the backward pass with the same dropout samples."""
+    model = variant().train()                                   # BLIP's dropout 0.1 is on
+    ids, mask, z_t, targets, _ = inputs()
+
+    def step(checkpointing):
+        model.zero_grad()
+        model.text_encoder.checkpointing = checkpointing
+        torch.manual_seed(3)
+        loss = model.loss(model.bxb_logits(ids, mask, z_t, targets))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (loss0, g0), (loss1, g1) = step(False), step(True)
+    assert torch.equal(loss0, loss1) and g0.keys() == g1.keys() and len(g0) > 50
+    assert all(torch.allclose(g0[n], g1[n], atol=1e-6) for n in g0)
+    torch.manual_seed(4)
+    assert not torch.equal(model.loss(model.bxb_logits(ids, mask, z_t, targets)).detach(), loss0)  # dropout is live
+
+
+@pytest.mark.parametrize("kw", [{}, {"streams": "text"}, {"merge": "full_mlp"}])
+def test_the_flop_model_counts_what_torch_counts(kw):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cirtutor.models.flops import pair_flops
+    model = variant(**kw)
+    ids, mask = tokenize(["add a square"] * 3)                  # equal lengths: no padding
+    z_t, V = torch.randn(3, ids.shape[1], 96), torch.randn(3, 65, 96)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:   # the math kernel: matmuls torch can count
+        model(ids, mask, z_t, V)
+    assert counter.get_total_flops() == pytest.approx(3 * pair_flops(model.cfg, ids.shape[1], 65)["total"])
+    shared = pair_flops(model.cfg, ids.shape[1], 65, shared_by=10)
+    assert shared["candidate_kv"] == pytest.approx(pair_flops(model.cfg, ids.shape[1], 65)["candidate_kv"] / 10)
+
+
+def test_attending_each_candidate_equals_copying_its_keys_per_pair():
+    from cirtutor.models.reranker import attend_each_candidate
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(7, 4, 5, 8, generator=g), torch.randn(3, 4, 9, 8, generator=g), torch.randn(3, 4, 9, 8, generator=g)
+    for index in (torch.tensor([0, 0, 1, 1, 1, 2, 2]), torch.tensor([2, 0, 1, 0, 2, 1, 0])):  # sorted and not
+        expected = F.scaled_dot_product_attention(q, k[index], v[index])
+        assert torch.allclose(attend_each_candidate(q, k, v, index), expected, atol=1e-6)

@@ -10,6 +10,7 @@ from cirtutor.engine.stage1 import encode_queries, rank_with_filter
 from cirtutor.engine.stage2 import (BxBObjective, batch_order, evaluate_reranker, filter_negatives, hard_pools,
                                     kv_bytes_per_candidate, make_stage2_optimizer, query_inputs, sample_negatives, score_lists, train_stage2)
 from cirtutor.models import DualEncoderReranker
+from cirtutor.models import reranker as reranker_module
 
 SMALL = ["data.synthetic_size=8", "data.synthetic_resolution=32", "data.resolution=32", "model.image_size=32",
          "stage2.batch_size=6", "stage2.epochs=2", "stage2.hard_pool=10"]
@@ -166,9 +167,13 @@ def test_reranked_evaluation_keeps_the_paper_identities(world):
 
 @pytest.mark.parametrize("kw", [{}, {"streams": "z_t"}, {"streams": "text"}, {"zt_input": "ref_cls"},
                                 {"zt_input": "ref_cls_spatial"}, {"merge": "full_mlp"}, {"dual_ffn": True}])
-def test_fast_path_scores_equal_the_per_query_path(world, kw):
-    """Grouping the split's pairs by candidate (keys/values once per candidate, length-sorted
-    batches, blocks of candidates) gives the scores of one K-pair forward per query."""
+@pytest.mark.parametrize("one_by_one", [False, True])
+def test_fast_path_scores_equal_the_per_query_path(world, kw, one_by_one, monkeypatch):
+    """Grouping the split's pairs by candidate (keys/values once per candidate, equal-length
+    batches, blocks of candidates) gives the scores of one K-pair forward per query, whether
+    the keys/values are copied per pair (small contexts) or attended one candidate at a time."""
+    if one_by_one:
+        monkeypatch.setattr(reranker_module, "SMALL_CONTEXT", 0)
     cfg, filt, _, val, _, sv = world
     torch.manual_seed(0)
     model = DualEncoderReranker(dataclasses.replace(cfg.model, **kw))
@@ -180,3 +185,10 @@ def test_fast_path_scores_equal_the_per_query_path(world, kw):
                        kv_budget_mb=3 * kv_bytes_per_candidate(model, sv[[val.gallery[0]]].shape[1]) / 2 ** 20)
     assert len(np.unique(ranked[idx])) > 3 and fast.shape == slow.shape == (len(idx), 8)   # several blocks
     assert np.abs(fast - slow).max() < 1e-5
+
+
+def test_equal_length_batches_never_mix_lengths():
+    from cirtutor.engine.stage2 import equal_length_batches
+    lengths = np.array([3, 1, 3, 2, 3, 3])
+    batches = [b.tolist() for b in equal_length_batches(lengths, 3)]
+    assert batches == [[1], [3], [0, 2, 4], [5]]

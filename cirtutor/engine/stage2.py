@@ -202,6 +202,7 @@ def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor]
     if cfg.negatives == "filter_topk" and (negatives is None or cfg.num_negatives < 1):
         raise ValueError("stage2.negatives='filter_topk' needs per-query filter candidates and num_negatives >= 1")
     model.to(device)
+    model.text_encoder.checkpointing = cfg.checkpointing
     objective = distribute(BxBObjective(model, cfg.share_kv), device)
     optimizer = make_stage2_optimizer(model, cfg)
     batches = lambda gen: list(batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, gen, pools))
@@ -226,7 +227,7 @@ def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor]
 @torch.no_grad()
 def score_lists(model: DualEncoderReranker, dataset, z_ts, store: FeatureStore, candidates: np.ndarray,
                 batch_size: int = 8, device="cpu", indices=None, share_kv: bool = True, pair_batch: int = 256,
-                kv_budget_mb: float = 1024) -> np.ndarray:
+                kv_budget_mb: float = 4096) -> np.ndarray:
     """Re-ranker scores (N, K) of the queries `indices` (default 0..N-1) against their K
     candidate names (N, K), eval mode, fp32.
 
@@ -256,14 +257,22 @@ def kv_bytes_per_candidate(model: DualEncoderReranker, n_tokens: int) -> int:
     return 4 * 2 * streams * model.cfg.text_layers * n_tokens * model.cfg.text_width
 
 
+def equal_length_batches(lengths: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    """Positions of `lengths` in batches of one length each, at most `size` long, shortest first."""
+    order = np.argsort(lengths, kind="stable")
+    runs = np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1)
+    for run in runs:
+        yield from (run[s:s + size] for s in range(0, len(run), size))
+
+
 def score_by_candidate(model: DualEncoderReranker, dataset, z_ts, store: FeatureStore, names: np.ndarray,
-                       indices: list[int], device, pair_batch: int = 256, kv_budget_mb: float = 1024) -> np.ndarray:
+                       indices: list[int], device, pair_batch: int = 256, kv_budget_mb: float = 4096) -> np.ndarray:
     """The fast path of `score_lists`: the N x K pairs grouped by candidate.
 
     The split's distinct candidates are taken in blocks that fit `kv_budget_mb`; for each block,
     `candidate_kv` computes its keys and values once, then every pair whose candidate is in the
-    block is scored, `pair_batch` pairs per forward, sorted by text length so that padding
-    stays short. Exact: a pair's score does not depend on the pairs it is batched with."""
+    block is scored, pairs of equal text length together (no padding), at most `pair_batch`
+    per forward. Exact: a pair's score does not depend on the pairs it is batched with."""
     N, K = names.shape
     uniq, inverse = np.unique(names, return_inverse=True)
     inverse = inverse.reshape(N, K)                                       # (N, K) -> row of `uniq`
@@ -276,16 +285,17 @@ def score_by_candidate(model: DualEncoderReranker, dataset, z_ts, store: Feature
     for b0 in range(0, len(uniq), block):
         rows, cols = np.nonzero((inverse >= b0) & (inverse < b0 + block))  # the pairs of this block
         kv = model.candidate_kv(store[list(uniq[b0:b0 + block])].to(device))
-        order = np.argsort(lengths[rows], kind="stable")
-        for s in range(0, len(order), pair_batch):
-            r, c = rows[order[s:s + pair_batch]], cols[order[s:s + pair_batch]]
+        by_candidate = np.argsort(inverse[rows, cols], kind="stable")     # within a length, pairs of a candidate together
+        rows, cols = rows[by_candidate], cols[by_candidate]
+        for batch in equal_length_batches(lengths[rows], pair_batch):
+            r, c = rows[batch], cols[batch]
             L = int(lengths[r].max())
             ids, mask = ids_all[r, :L].to(device), mask_all[r, :L].to(device)          # (P, L)
             z_t = pad_z_t([z_ts[indices[i]] for i in r]).to(device)                   # (P, L, d)
             if z_t.shape[1] != L:
                 raise ValueError("z_t and the tokens disagree in length: was z_t computed for the same texts?")
             refs = store[[dataset.queries[indices[i]]["reference"] for i in r]].to(device) if refs_needed else None
-            index = torch.as_tensor(inverse[r, c] - b0, device=device)           # (P,) row of the block
+            index = torch.as_tensor(inverse[r, c] - b0, device=device)              # (P,) row of the block
             out[r, c] = model(ids, mask, z_t, kv, refs, index=index).float().cpu().numpy()
     return out
 

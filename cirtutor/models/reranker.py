@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers.models.blip.modeling_blip_text import BlipTextEmbeddings, BlipTextIntermediate, BlipTextOutput
 
 from cirtutor.config import ModelConfig
@@ -43,6 +44,35 @@ STREAMS = ("both", "z_t", "text")
 ZT_INPUTS = ("z_t", "ref_cls", "ref_cls_spatial")
 MERGES = ("paper", "full_mlp")
 MERGE_INITS = ("bert", "average")
+
+
+# Candidates whose keys (heads x L_c x d / heads) are larger than this are attended one by one
+# on CPU rather than copied for every pair that ranks them (`attend_each_candidate`).
+SMALL_CONTEXT = 2 ** 16
+
+
+def attend_each_candidate(q, k, v, index, dropout: float = 0.0) -> torch.Tensor:
+    """q (P, heads, L, d_h) of P pairs; k, v (n_c, heads, L_c, d_h) of n_c candidates; pair p
+    attends candidate index[p] -> (P, heads, L, d_h). The pairs of one candidate are folded into
+    one SDPA call on views of its keys and values (tokens attend independently: exact), so no
+    per-pair copy of a 577-token context is made: on CPU at paper dims, copying it cost more
+    than the attention itself."""
+    P, heads, L, dh = q.shape
+    order = torch.argsort(index, stable=True)
+    is_sorted = bool((order == torch.arange(P, device=order.device)).all())
+    if not is_sorted:
+        q, index = q[order], index[order]
+    cands, counts = torch.unique_consecutive(index, return_counts=True)
+    out = torch.empty_like(q)
+    start = 0
+    for c, n in zip(cands.tolist(), counts.tolist()):
+        qc = q[start:start + n].transpose(0, 1).reshape(1, heads, n * L, dh)        # (1, heads, n * L, d_h)
+        oc = F.scaled_dot_product_attention(qc, k[c:c + 1], v[c:c + 1], dropout_p=dropout)
+        out[start:start + n] = oc.view(heads, n, L, dh).transpose(0, 1)
+        start += n
+    if not is_sorted:
+        out = torch.empty_like(out).index_copy_(0, order, out)
+    return out
 
 
 class Attention(nn.Module):
@@ -80,10 +110,13 @@ class Attention(nn.Module):
             L = q.shape[1]
             q = q.view(n_q, n_c, L, -1).transpose(0, 1).flatten(1, 2)       # (n_c, n_q * L, d)
         k, v = context if isinstance(context, tuple) else self.keys_values(context)
-        if index is not None:
-            k, v = k[index], v[index]                                        # (P, heads, L_c, d / heads)
-        out = F.scaled_dot_product_attention(self.split(q), k, v, attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if index is not None and not q.is_cuda and k[0].numel() > SMALL_CONTEXT:
+            out = attend_each_candidate(self.split(q), k, v, index, p)        # no copies of k, v per pair
+        else:
+            if index is not None:
+                k, v = k.index_select(0, index), v.index_select(0, index)   # (P, heads, L_c, d / heads)
+            out = F.scaled_dot_product_attention(self.split(q), k, v, attn_mask=mask, dropout_p=p)
         out = out.transpose(1, 2).flatten(-2)                                # (P, L, d) or (n_c, n_q * L, d)
         if grid is not None:
             out = out.view(n_c, n_q, L, -1).transpose(0, 1).flatten(0, 1)   # (P, L, d), pair order restored
@@ -199,6 +232,8 @@ class DualEncoder(nn.Module):
             self.embeddings = BlipTextEmbeddings(text_config(cfg))
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(DualEncoderLayer(cfg, i) for i in range(cfg.text_layers))
+        self.checkpointing = False  # activation checkpointing in training: keep each layer's inputs only and
+                                    # recompute its insides in the backward pass (same RNG, so the same numbers)
 
     def forward(self, A, input_ids, mask_A, text_mask, V, grid=None, index=None):
         """-> final (A, B) hidden sequences (either None when its stream is ablated).
@@ -208,7 +243,10 @@ class DualEncoder(nn.Module):
         mask_B = text_mask[:, None, None, :].bool()
         contexts = V if index is not None else [V] * len(self.encoder.layer)
         for layer, context in zip(self.encoder.layer, contexts):
-            A, B = layer(A, B, context, mask_A, mask_B, grid, index)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                A, B = checkpoint(layer, A, B, context, mask_A, mask_B, grid, index, use_reentrant=False)
+            else:
+                A, B = layer(A, B, context, mask_A, mask_B, grid, index)
         return A, B
 
     def candidate_kv(self, V: torch.Tensor) -> list[tuple]:
