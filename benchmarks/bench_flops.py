@@ -6,7 +6,8 @@ real captions' mean), per pair as the authors' evaluation computes it (keys/valu
 candidate per pair) and with the candidate's keys/values shared by `--shared-by` pairs (the
 fast path; ~39 at K = 100 on Fashion-IQ val). Both forwards are then timed on this machine,
 P pairs each, and their achieved GFLOP/s are set against this machine's measured peak: the
-best of a few large fp32 matrix products (the arithmetic the model is made of).
+best of large fp32 matrix products measured before and after the forwards (the arithmetic
+the model is made of; a shared machine's speed drifts by ~30% over minutes).
 
     python benchmarks/bench_flops.py --preset tiny --pairs 512
     python benchmarks/bench_flops.py --preset paper --pairs 32 --repeats 1
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import RESULTS, provenance, record, save_results, timed
+from common import add_output_args, provenance, record, save_results, timed
 
 from cirtutor.config import get_model_config
 from cirtutor.models import DualEncoderReranker, tokenize
@@ -37,7 +38,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--results", default=str(RESULTS))
+    add_output_args(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -50,10 +51,11 @@ def main(argv=None):
     n_cand = max(1, P // m)
     cands = torch.randn(n_cand, L_v, cfg.vision_width, device=dev)
     index = torch.arange(P, device=dev) % n_cand                                       # each candidate in m pairs
+    peak = matmul_peak(dev)
     with torch.no_grad():
         per_pair_s = timed(lambda: model(ids, mask, z_t, cands[index]), args.repeats, dev) / P
         shared_s = timed(lambda: model(ids, mask, z_t, model.candidate_kv(cands), index=index), args.repeats, dev) / P
-    peak = matmul_peak(dev)
+    peak = max(peak, matmul_peak(dev))             # before and after: this machine's speed drifts
     rows = []
     for name, shared_by, seconds in (("per pair (authors)", 1, per_pair_s), (f"K/V shared by {m} pairs (fast)", m, shared_s)):
         f = pair_flops(cfg, L, L_v, shared_by)
@@ -71,7 +73,7 @@ def main(argv=None):
                   f"pair_gflop_{args.preset}_shared": round(rows[1][1]["total"] / 1e9, 4),
                   f"fraction_of_peak_{where}_{args.preset}_per_pair": round(rows[0][3] / peak, 3),
                   f"fraction_of_peak_{where}_{args.preset}_shared": round(rows[1][3] / peak, 3),
-                  f"matmul_peak_gflops_{where}": round(peak / 1e9, 1)}, "bench_flops.py", dev)
+                  f"matmul_peak_gflops_{where}": round(peak / 1e9, 1)}, "bench_flops.py", dev, path=args.results_json)
 
 
 if __name__ == "__main__":

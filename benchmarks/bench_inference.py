@@ -16,7 +16,7 @@ import argparse
 import time
 
 import torch
-from common import RESULTS, provenance, record, timed
+from common import add_output_args, provenance, record, timed
 
 from cirtutor.config import get_model_config
 from cirtutor.models import CandidateFilter, DualEncoderReranker, tokenize
@@ -32,7 +32,7 @@ def main(argv=None):
     p.add_argument("--gallery", type=int, default=2000, help="gallery images ranked by the filter")
     p.add_argument("--queries", type=int, default=5, help="timed queries per measurement")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--results", default=str(RESULTS))
+    add_output_args(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -28,7 +28,7 @@ import subprocess
 import sys
 
 import torch
-from common import RESULTS, provenance, random_texts, record, save_results, sync, timed
+from common import add_output_args, provenance, random_texts, record, save_results, sync, timed
 
 from cirtutor.config import get_model_config
 from cirtutor.models import DualEncoderReranker, tokenize
@@ -101,7 +101,7 @@ def main(argv=None):
     p.add_argument("--checkpointing", default="off,on")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--results", default=str(RESULTS))
+    add_output_args(p)
     p.add_argument("--one", help=argparse.SUPPRESS)             # path,precision,on|off: run one configuration here
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -116,7 +116,7 @@ def main(argv=None):
                str(args.repeats), "--device", args.device, "--threads", str(args.threads), "--one", f"{path},{precision},{ckpt}"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+            tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}; -9: killed, out of memory?"])[-1]
             print(f"{path} {precision} checkpointing {ckpt}: failed ({tail})", flush=True)
             rows.append((path, precision, ckpt, None, None))
             continue
@@ -141,10 +141,11 @@ def main(argv=None):
     if default:
         tag = f"{where}_{args.preset}_b{args.batch}"
         save_results({f"train_step_s_{tag}": round(default[0], 4),
-                      f"train_step_peak_mem_gb_{tag}": round(default[1] + held, 3)}, "bench_train_step.py", args.device)
+                      f"train_step_peak_mem_gb_{tag}": round(default[1] + held, 3)}, "bench_train_step.py", args.device,
+                     path=args.results_json)
         if where == "gpu" and args.preset == "paper" and args.batch == 16:
             save_results({"train_step_peak_mem_gb_paper_b16": round(default[1] + held, 3)}, "bench_train_step.py",
-                         args.device)
+                         args.device, path=args.results_json)
 
 
 if __name__ == "__main__":

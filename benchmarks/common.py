@@ -66,6 +66,12 @@ def provenance(script: str, threads: int | None = None, device="cpu") -> str:
     return f"{datetime.now(timezone.utc):%Y-%m-%d} · {machine(device)} · `{command(script)}`"
 
 
+def add_output_args(parser) -> None:
+    """--results (the Markdown log) and --results-json (the headline numbers): where a run writes."""
+    parser.add_argument("--results", default=str(RESULTS), help="Markdown file the table is appended to")
+    parser.add_argument("--results-json", default=str(RESULTS_JSON), help="JSON file the headline numbers are merged into")
+
+
 def record(lines: list[str], results: str | Path = RESULTS) -> None:
     """Print a results table and append it to RESULTS.md."""
     text = "\n".join(lines) + "\n"

@@ -192,3 +192,13 @@ def test_equal_length_batches_never_mix_lengths():
     lengths = np.array([3, 1, 3, 2, 3, 3])
     batches = [b.tolist() for b in equal_length_batches(lengths, 3)]
     assert batches == [[1], [3], [0, 2, 4], [5]]
+
+
+def test_bf16_scoring_stays_close_to_fp32(world):
+    cfg, filt, _, val, _, sv = world
+    torch.manual_seed(0)
+    model = DualEncoderReranker(cfg.model)
+    _, z_ts = encode_queries(filt, val, sv)
+    ranked = rank_with_filter(filt, val, sv, val.gallery, remove_reference=True, top_k=5)
+    fp32, bf16 = score_lists(model, val, z_ts, sv, ranked), score_lists(model, val, z_ts, sv, ranked, bf16=True)
+    assert bf16.dtype == np.float32 and 0 < np.abs(bf16 - fp32).max() < 0.05 * np.abs(fp32).max() + 1e-2

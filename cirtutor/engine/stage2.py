@@ -227,19 +227,28 @@ def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor]
 @torch.no_grad()
 def score_lists(model: DualEncoderReranker, dataset, z_ts, store: FeatureStore, candidates: np.ndarray,
                 batch_size: int = 8, device="cpu", indices=None, share_kv: bool = True, pair_batch: int = 256,
-                kv_budget_mb: float = 4096) -> np.ndarray:
+                kv_budget_mb: float = 4096, bf16: bool = False) -> np.ndarray:
     """Re-ranker scores (N, K) of the queries `indices` (default 0..N-1) against their K
     candidate names (N, K), eval mode, fp32.
 
     `share_kv` (default, the fast path): every (query, candidate) pair of the split is grouped
     by candidate; each candidate's cross-attention keys and values are computed once and
     reused by every query that ranks it (`score_by_candidate`). Exact: the same scores as
-    one forward of K pairs per query (False; `batch_size` queries per forward)."""
+    one forward of K pairs per query (False; `batch_size` queries per forward).
+
+    `bf16`: bf16 autocast (GPUs' fast path; scores then differ from fp32 by ~1e-2, so off by default)."""
     model.eval()
     indices = list(range(len(candidates)) if indices is None else indices)
-    if share_kv and len(indices):
-        return score_by_candidate(model, dataset, z_ts, store, np.asarray(candidates), indices, device,
-                                  pair_batch, kv_budget_mb)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        if share_kv and len(indices):
+            return score_by_candidate(model, dataset, z_ts, store, np.asarray(candidates), indices, device,
+                                      pair_batch, kv_budget_mb)
+        return score_per_query(model, dataset, z_ts, store, candidates, indices, batch_size, device)
+
+
+def score_per_query(model: DualEncoderReranker, dataset, z_ts, store: FeatureStore, candidates: np.ndarray,
+                    indices: list[int], batch_size: int = 8, device="cpu") -> np.ndarray:
+    """The authors' way of `score_lists`: one forward of `batch_size` queries x their K candidates."""
     out = []
     for start in range(0, len(indices), batch_size):
         rows = list(range(start, min(start + batch_size, len(indices))))

@@ -4,7 +4,8 @@
   and CIRR summaries, stage-2 re-ranking of label rows;
 * `topk`: stage 1's top-K files, in our pickle-free format and the authors' format;
 * `rank_analysis`: Table 7 and Figure 8 (initial vs re-ranked position of the target);
-* `submission`: the CIRR test-server files and their validator.
+* `submission`: the CIRR test-server files and their validator;
+* `search`: exact top-K over galleries far larger than the datasets' (torch, or FAISS if installed).
 """
 from cirtutor.evaluation.metrics import (
     EvaluationError,
