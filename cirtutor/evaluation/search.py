@@ -6,7 +6,7 @@ the datasets' galleries hold a few thousand images). For a retrieval service ove
 images, `top_k` returns only the best K per query:
 
 * "torch": a matrix product per gallery chunk, `topk` per chunk, then over the chunks' winners;
-* "faiss": FAISS's exact `IndexFlatIP` (`pip install cirtutor[search]`), 1.5-1.7x faster on
+* "faiss": FAISS's exact `IndexFlatIP` (`pip install cirtutor[search]`), 1.5-1.8x faster on
   this project's 2-core CPU from 10k to 1M 256-d embeddings (benchmarks/bench_search.py);
 * "auto": FAISS when it is installed, else torch.
 
