@@ -16,12 +16,40 @@ from cirtutor.errors import CirtutorError
 # Field metadata for switches that change how fast a result is computed, never the result (exact
 # speed paths): the digests that name trained models leave them out, so flipping one reuses them.
 SPEED_ONLY = {"speed_only": True}
+# Field metadata for options added after trained models were shipped: a digest names them only when
+# they are set away from their default, so the models trained before them keep their names.
+WHEN_SET = {"when_set": True}
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def result_fields(section) -> dict:
-    """A config section as a dict without its SPEED_ONLY fields: what a trained model depends on."""
-    return {f.name: v for f, v in ((f, getattr(section, f.name)) for f in dataclasses.fields(section))
-            if not f.metadata.get("speed_only")}
+    """A config section as a dict of what a trained model depends on: without its SPEED_ONLY
+    fields, and without WHEN_SET fields left at their default."""
+    out = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.metadata.get("speed_only") or (f.metadata.get("when_set") and value == _default(f)):
+            continue
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+@dataclass
+class CalaConfig:
+    """CaLa's training-only associations for stage 1 (facts EXTENSIONS §A.6/§A.7; `stage1.aux=cala`).
+    Defaults: the authors' README recipe and code."""
+    w_c: float = 0.45               # CTR's share of the mixed logits w_c S_ctr + (1 - w_c) S_f (code form)
+    w_t: float = 0.1                # TBIA's share of the loss w_t CE(S_tbia) + (1 - w_t) CE(mixed) (code form)
+    scale: float = 10.0             # the auxiliary logits' hard-coded factor
+    form: str = "code"              # "code": the authors' mix | "paper": CE(S_f) + alpha CE(S_tbia) + beta CE(S_ctr)
+    alpha: float = 0.1              # paper form (the paper's values are unknown, facts §A.7)
+    beta: float = 0.1
+    normalize_aux: bool = False     # documented deviation: L2-normalise o, m, c, g before the dot products
+    symmetric_ce: bool = False      # documented deviation: add the column-direction CE
+    lr_mult: float = 2.0            # the two modules' learning-rate factor (authors: 2x)
 
 
 @dataclass
@@ -90,6 +118,9 @@ class Stage1Config:
     amp: bool = True                # fp16 autocast + GradScaler on CUDA (the paper's AMP)
     cpu_bf16: bool = False          # bf16 autocast on CPU (a tiny-mode speed option; the frozen parts stay fp32)
     eval_batch_size: int = 32       # queries per evaluation batch (facts §11, quirk 14)
+    aux: str = field(default="none", metadata=WHEN_SET)  # training-only extra losses: "none" (the paper) |
+                                    # "cala" (CaLa's TBIA + CTR, seed system 2; evaluation unchanged)
+    cala: CalaConfig = field(default_factory=CalaConfig, metadata=WHEN_SET)
 
 
 @dataclass

@@ -197,7 +197,7 @@ def run_stage1(cfg: Config, run: Path, seed: int, *, train, val, stores, weights
     say(f"stage 1 (seed {seed}): {report.summary()}")
     validate = validator(lambda: evaluate_filter(filt, val, stores["val"], device=device), cfg.stage1, filt, out,
                          f"stage 1 (seed {seed})")
-    meta = {"stage": 1, "seed": seed, "config": json.dumps(dataclasses.asdict(cfg.stage1), sort_keys=True)}
+    meta = {"stage": 1, "seed": seed, "config": json.dumps(result_fields(cfg.stage1), sort_keys=True)}
     history = train_stage1(filt, train, stores["train"], cfg.stage1, seed=seed, device=device, log=say,
                            log_every=200, on_epoch_end=validate, checkpoint=out / "last.pt", resume=resume, meta=meta)
     finish_training(filt, history, cfg.stage1.select, out, final)

@@ -3,6 +3,7 @@ uninterrupted one (weights, loss history and metrics), for both stages (tiny dim
 import pytest
 import torch
 
+from cirtutor.config import apply_overrides
 from cirtutor.engine.loop import ResumeError, load_checkpoint
 from cirtutor.engine.stage1 import encode_queries, evaluate_filter, train_stage1
 from cirtutor.engine.stage2 import evaluate_reranker, hard_pools, train_stage2
@@ -31,8 +32,11 @@ def states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_stage1_killed_mid_epoch_resumes_to_the_same_end(world, tmp_path):
+@pytest.mark.parametrize("aux", ["none", "cala"])
+def test_stage1_killed_mid_epoch_resumes_to_the_same_end(world, tmp_path, aux):
+    """With CaLa, its training-only modules resume too (the checkpoint's "extra")."""
     cfg, init, train, val, st, sv = world
+    cfg = apply_overrides(cfg, [f"stage1.aux={aux}"])
     steps_per_epoch = len(train.queries) // cfg.stage1.batch_size
     kill_at = steps_per_epoch + 3                     # mid-epoch 1, one step after the checkpoint at an even step
     assert kill_at % 2 == 1 and 3 < steps_per_epoch
@@ -43,7 +47,9 @@ def test_stage1_killed_mid_epoch_resumes_to_the_same_end(world, tmp_path):
     ckpt = tmp_path / "last.pt"
     killed = fresh_filter(cfg, init)
     train_stage1(killed, train, st, cfg.stage1, seed=3, checkpoint=ckpt, stop_after=kill_at, **QUIET)
-    assert load_checkpoint(ckpt)["position"] == {"epoch": 1, "step_in_epoch": 2, "step": kill_at - 1}
+    blob = load_checkpoint(ckpt)
+    assert blob["position"] == {"epoch": 1, "step_in_epoch": 2, "step": kill_at - 1}
+    assert bool(blob["extra"]) == (aux == "cala") and not any(k.startswith("cala") for k in blob["model"])
 
     resumed = CandidateFilter(cfg.model)              # weights, optimizer, RNG all come from the checkpoint
     h_resumed = train_stage1(resumed, train, st, cfg.stage1, seed=3, checkpoint=ckpt, resume=True, **QUIET)

@@ -107,12 +107,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def training_only_state(objective: torch.nn.Module) -> dict:
+    """The objective's own tensors besides the model's (e.g. CaLa's modules): they are trained and
+    must resume, but the model's checkpoint for evaluation never holds them."""
+    return {k: v for k, v in objective.state_dict().items() if not k.startswith("model.")}
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer, scaler, position: Position,
                     history: History, meta: dict) -> Path:
     """Everything a run needs to continue, written atomically (a kill leaves the previous file)."""
     blob = {
         "version": CHECKPOINT_VERSION,
         "model": unwrap(model).model.state_dict(),
+        "extra": training_only_state(unwrap(model)),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "rng": rng_state(),
@@ -174,7 +181,8 @@ def fit(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: 
     if resume:
         blob = load_checkpoint(checkpoint)
         check_meta(blob["meta"], meta, Path(checkpoint))
-        unwrap(objective).model.load_state_dict(blob["model"])
+        unwrap(objective).load_state_dict({**{f"model.{k}": v for k, v in blob["model"].items()},
+                                           **blob.get("extra", {})})
         optimizer.load_state_dict(blob["optimizer"])
         scaler.load_state_dict(blob["scaler"])
         set_rng_state(blob["rng"])

@@ -18,6 +18,9 @@ from cirtutor.engine.loop import History, Schedule, distribute, fit
 from cirtutor.engine.optim import make_optimizer
 from cirtutor.evaluation import cirr_summary, fashioniq_summary, labels_from_ranking, rank_gallery, subset_ranking
 from cirtutor.models import CandidateFilter, tokenize
+from cirtutor.models.backbones import text_states
+from cirtutor.models.cala import CaLa
+from cirtutor.models.tokenizer import cls_token_id
 
 
 def batch_order(queries: list[dict], batch_size: int, composition: str, generator: torch.Generator) -> Iterator[list[int]]:
@@ -54,6 +57,43 @@ class FilterObjective(torch.nn.Module):
         return self.model.loss(query_emb.float(), target_emb.float())
 
 
+class CalaObjective(torch.nn.Module):
+    """Eq. 1 plus CaLa's training-only associations (facts EXTENSIONS §A.6, §A.12): the filter's
+    logits S_f, the composed query's states H_mm (the filter's own multimodal pass, z_t), the
+    caption's states H_txt (a text-only pass of the same text encoder, [CLS] at position 0) and
+    the images' ViT tokens feed `CaLa.loss`. The filter itself is unchanged."""
+
+    def __init__(self, model: CandidateFilter, cala: CaLa):
+        super().__init__()
+        self.model, self.cala = model, cala
+
+    def forward(self, ids, mask, ref_feats, target_feats) -> torch.Tensor:
+        query_emb, H_mm = self.model(ids, mask, ref_feats)                  # (B, e), (B, L_w, d)
+        target_emb = self.model.gallery_embed(target_feats)               # (B, e), frozen vision_proj
+        S_f = self.model.logits(query_emb.float(), target_emb.float())    # (B, B)
+        H_txt = None
+        if self.cala.active:                                              # both weights 0: the plain filter, exactly
+            text_ids = ids.clone()
+            text_ids[:, 0] = cls_token_id()                               # unimodal mode: [CLS], no image
+            H_txt = text_states(self.model.text_encoder, text_ids, mask).float()  # (B, L_w, d)
+        return self.cala.loss(S_f, H_mm.float(), H_txt, ref_feats.float(), target_feats.float(), mask)
+
+
+def stage1_objective(model: CandidateFilter, cfg: Stage1Config, seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The objective for `cfg.aux` and its optimiser (CaLa's modules, initialised from `seed`
+    whatever the caller's random state, at lr x cala.lr_mult)."""
+    if cfg.aux == "none":
+        return FilterObjective(model), make_optimizer(model, cfg.lr, cfg.weight_decay)
+    if cfg.aux != "cala":
+        raise ValueError(f"stage1.aux={cfg.aux!r}; expected 'none' or 'cala'")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        cala = CaLa(model.cfg.text_width, model.cfg.vision_width, cfg.cala).to(model.temp.device)
+    objective = CalaObjective(model, cala)
+    return objective, make_optimizer(objective, cfg.lr, cfg.weight_decay, boosted=lambda n: n.startswith("cala."),
+                                     boost=cfg.cala.lr_mult)
+
+
 def stage1_inputs(train_set, store: FeatureStore, device):
     """`inputs(batch, epoch)` for the loop: tokens and cached image tokens of a batch of queries."""
     def inputs(batch, epoch):
@@ -78,8 +118,8 @@ def train_stage1(model: CandidateFilter, train_set, store: FeatureStore, cfg: St
         with torch.no_grad():
             model.temp.fill_(cfg.init_temp)
     model.to(device)
-    objective = distribute(FilterObjective(model), device)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    objective, optimizer = stage1_objective(model, cfg, seed)
+    objective = distribute(objective, device)
     batches = lambda gen: batch_order(train_set.queries, cfg.batch_size, cfg.batch_composition, gen)
     return fit(objective, optimizer, Schedule(cfg.epochs, cfg.lr, cfg.schedule, cfg.horizon), batches,
                stage1_inputs(train_set, store, device), seed=seed, device=device, amp=cfg.amp,

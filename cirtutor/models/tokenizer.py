@@ -32,6 +32,11 @@ def enc_token_id() -> int:
     return blip_tokenizer().convert_tokens_to_ids("[ENC]")
 
 
+def cls_token_id() -> int:
+    """[CLS]: position 0 of a text in unimodal mode (multimodal mode overwrites it with [ENC])."""
+    return blip_tokenizer().cls_token_id
+
+
 def tokenize(texts: Sequence[str], device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Texts -> (input_ids, text_mask), both (B, L_w) with L_w the longest text; ids[:, 0] = [ENC]."""
     batch = blip_tokenizer()(list(texts), padding="longest", truncation=False, return_tensors="pt")
