@@ -18,11 +18,8 @@ import torch
 
 
 def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+    return importlib.util.find_spec("faiss") is not None
 
 
 def top_k(query_emb: torch.Tensor, gallery_emb: torch.Tensor, k: int, backend: str = "auto",
