@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import add_output_args, provenance, record, save_results, timed
+from common import parse, provenance, record, save_results, timed
 
 from cirtutor.config import get_model_config
 from cirtutor.models import DualEncoderReranker, tokenize
@@ -36,14 +36,10 @@ def main(argv=None):
     p.add_argument("--pairs", type=int, default=512)
     p.add_argument("--shared-by", type=int, default=39, help="pairs that share one candidate's keys/values")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    add_output_args(p)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse(p, argv)
     torch.manual_seed(0)
     cfg, dev, P, m = get_model_config(args.preset), args.device, args.pairs, args.shared_by
-    L_v = (cfg.image_size // cfg.patch_size) ** 2 + 1
+    L_v = cfg.image_tokens
     model = DualEncoderReranker(cfg).to(dev).eval()
     ids, mask = tokenize([" ".join(["red"] * 12)] * P, dev)                            # 14 tokens, no padding
     L = ids.shape[1]

@@ -16,7 +16,7 @@ import argparse
 import time
 
 import torch
-from common import add_output_args, provenance, record, timed
+from common import parse, provenance, record, timed
 
 from cirtutor.config import get_model_config
 from cirtutor.models import CandidateFilter, DualEncoderReranker, tokenize
@@ -31,10 +31,7 @@ def main(argv=None):
     p.add_argument("--ks", default="10,20,50,100")
     p.add_argument("--gallery", type=int, default=2000, help="gallery images ranked by the filter")
     p.add_argument("--queries", type=int, default=5, help="timed queries per measurement")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    add_output_args(p)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse(p, argv, device=False)
     torch.manual_seed(0)
     ks = [int(k) for k in args.ks.split(",")]
     cfg = get_model_config(args.preset)
@@ -61,7 +58,7 @@ def main(argv=None):
                     for k in ks}
 
     lines = [f"### Inference time per query vs K (Fig. 7), {args.preset} dims, gallery {args.gallery}, L_v = {L_v}",
-             provenance("bench_inference.py", args.threads),
+             provenance("bench_inference.py"),
              f"Fixed overheads: building both models {build_s:.2f} s; image tokens {per_image_s * 1000:.1f} ms per "
              f"gallery image (once per split, cached).", "",
              "| K | filter (ms/query) | re-rank top-K (ms/query) | total (ms/query) | × filter |", "|---|---|---|---|---|"]

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 import torch
-from common import add_output_args, provenance, random_texts, record, save_results, sync
+from common import parse, provenance, random_texts, record, save_results, sync
 
 from cirtutor.config import get_model_config
 from cirtutor.engine.stage2 import score_lists
@@ -87,16 +87,12 @@ def main(argv=None):
     p.add_argument("--queries-per-image", type=float, default=0.39, help="split size / gallery size (Fashion-IQ val)")
     p.add_argument("--pair-batch", type=int, default=256, help="pairs per forward on the fast path")
     p.add_argument("--bf16", action="store_true", help="fast path in bf16 autocast (GPUs; not exact)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    add_output_args(p)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse(p, argv)
     torch.manual_seed(0)
     ks, dev = [int(k) for k in args.ks.split(",")], args.device
     cfg = get_model_config(args.preset)
     filt, reranker = CandidateFilter(cfg).to(dev).eval(), DualEncoderReranker(cfg).to(dev).eval()
-    L_v = (cfg.image_size // cfg.patch_size) ** 2 + 1
+    L_v = cfg.image_tokens
 
     rows, headline = [], {}
     for k in ks:

@@ -20,7 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import add_output_args, provenance, record, save_results
+from common import parse, provenance, record, save_results
 
 from cirtutor.evaluation.search import faiss_available, top_k
 
@@ -31,10 +31,7 @@ def main(argv=None):
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    add_output_args(p)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse(p, argv, device=False)
     faiss = None
     if faiss_available():
         import faiss

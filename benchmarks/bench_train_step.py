@@ -28,7 +28,7 @@ import subprocess
 import sys
 
 import torch
-from common import add_output_args, provenance, random_texts, record, save_results, sync, timed
+from common import parse, provenance, random_texts, record, save_results, sync, timed
 
 from cirtutor.config import get_model_config
 from cirtutor.models import DualEncoderReranker, tokenize
@@ -50,7 +50,7 @@ def one(preset: str, batch: int, path: str, precision: str, checkpointing: bool,
     model = DualEncoderReranker(cfg).to(device).train()
     model.text_encoder.checkpointing = checkpointing
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    L_v = (cfg.image_size // cfg.patch_size) ** 2 + 1
+    L_v = cfg.image_tokens
     dev_type = torch.device(device).type
     autocast = torch.autocast(dev_type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
@@ -99,12 +99,8 @@ def main(argv=None):
     p.add_argument("--paths", default="loop,batched,shared")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--checkpointing", default="off,on")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    add_output_args(p)
     p.add_argument("--one", help=argparse.SUPPRESS)             # path,precision,on|off: run one configuration here
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse(p, argv)
     if args.one:
         path, precision, ckpt = args.one.split(",")
         print(json.dumps(one(args.preset, args.batch, path, precision, ckpt == "on", args.repeats, args.device)))
@@ -127,7 +123,7 @@ def main(argv=None):
 
     where = "gpu" if torch.device(args.device).type == "cuda" else "cpu"
     cfg = get_model_config(args.preset)
-    L_v = (cfg.image_size // cfg.patch_size) ** 2 + 1
+    L_v = cfg.image_tokens
     lines = [f"### Stage-2 training step, {args.preset} dims, {where}, B = {args.batch} ({args.batch ** 2} pairs, L_v = {L_v})",
              provenance("bench_train_step.py", device=args.device),
              f"Held before a step (weights + Adam's moments): {held:.2f} GB.", "",

@@ -61,7 +61,7 @@ def command(script: str) -> str:
     return "python " + " ".join([f"benchmarks/{script}", *sys.argv[1:]])
 
 
-def provenance(script: str, threads: int | None = None, device="cpu") -> str:
+def provenance(script: str, device="cpu") -> str:
     """The date, the machine and the command line of this run, for the results table."""
     return f"{datetime.now(timezone.utc):%Y-%m-%d} · {machine(device)} · `{command(script)}`"
 
@@ -70,6 +70,18 @@ def add_output_args(parser) -> None:
     """--results (the Markdown log) and --results-json (the headline numbers): where a run writes."""
     parser.add_argument("--results", default=str(RESULTS), help="Markdown file the table is appended to")
     parser.add_argument("--results-json", default=str(RESULTS_JSON), help="JSON file the headline numbers are merged into")
+
+
+def parse(parser, argv=None, device: bool = True):
+    """Add the arguments every script takes (--device, --threads, --results, --results-json),
+    parse `argv` and set torch's thread count."""
+    if device:
+        parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 ...")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_output_args(parser)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def record(lines: list[str], results: str | Path = RESULTS) -> None:

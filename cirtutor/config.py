@@ -98,6 +98,11 @@ class ModelConfig:
     merge_init: str = "bert"        # new merge layers: "bert" N(0, 0.02) as the paper's; "average": [I/2, I/2], so
                                     # they start as the first half's averaging (a tiny-mode option)
 
+    @property
+    def image_tokens(self) -> int:
+        """L_v: the ViT's patches plus its [CLS] (577 at 384 px with 16 px patches)."""
+        return (self.image_size // self.patch_size) ** 2 + 1
+
 
 @dataclass
 class Stage1Config:

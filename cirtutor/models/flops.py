@@ -25,7 +25,7 @@ def pair_flops(cfg: ModelConfig, L: int, L_v: int | None = None, shared_by: floa
     tokens), "candidate_kv" (divided by `shared_by`), "attention" (scores and weighted sums),
     "merge_head", and "total". Encoder-z_t is taken to read z_t (length L), as the paper's model."""
     d, dv, I, layers = cfg.text_width, cfg.vision_width, cfg.text_intermediate, cfg.text_layers
-    L_v = L_v if L_v is not None else (cfg.image_size // cfg.patch_size) ** 2 + 1
+    L_v = L_v if L_v is not None else cfg.image_tokens
     streams = 2 if cfg.streams == "both" else 1
     per_stream = {"text": 2 * (4 * L * d * d + 2 * L * d * d + 2 * L * d * I),
                   "candidate_kv": 2 * 2 * L_v * dv * d / shared_by,

@@ -244,7 +244,7 @@ def fit_pos_embed(state: dict, cfg: ModelConfig) -> None:
     """Resize the ViT position embedding of `state` (our names) to cfg's image size, in place."""
     key = "visual_encoder.embeddings.position_embedding"
     if key in state:
-        state[key] = interpolate_pos_embed(state[key], (cfg.image_size // cfg.patch_size) ** 2 + 1)
+        state[key] = interpolate_pos_embed(state[key], cfg.image_tokens)
 
 
 def load_filter(path: str | Path, cfg: ModelConfig, trust: bool = False) -> tuple[CandidateFilter, LoadReport]:
