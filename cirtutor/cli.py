@@ -1,6 +1,7 @@
 """The one command line: `cirtutor <command> ...`.
 
     cirtutor reproduce --preset tiny [--seeds 3]  the main job (tiny mode: synthetic data, CPU), report.md
+    cirtutor study cala --preset tiny [--seeds 3]  the main job for each variant of a study, study.json
     cirtutor train-stage1 --preset P --run-dir DIR [--seed S] [--resume]     the candidate filter
     cirtutor extract-topk --preset P --run-dir DIR [--k 200]                 its top-K lists of the val split
     cirtutor train-stage2 --preset P --run-dir DIR [--ablation A] [--resume] the re-ranker
@@ -71,6 +72,15 @@ def cmd_reproduce(args) -> int:
         return reproduce(cfg, seeds=args.seeds, out=args.run, resume=args.resume)
 
 
+def cmd_study(args) -> int:
+    from cirtutor.study import run_study, table
+
+    study = run_study(args.name, args.preset, args.seeds, args.run, args.variants.split(",") if args.variants else None)
+    for stage in ("filter", "rerank"):
+        print(f"\n{stage} (mean ± std over {args.seeds} seeds)\n" + table(study, stage))
+    return 0
+
+
 def cmd_stage(args) -> int:
     from cirtutor import stages
 
@@ -125,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=1, help="train and evaluate seeds 0..N-1 (mean ± std in the report)")
     s.add_argument("--resume", action="store_true", help="continue the trainings of --run-dir from their checkpoints")
     s.set_defaults(func=cmd_reproduce)
+
+    s = sub.add_parser("study", help="run the main job for every variant of a named study (e.g. cala) over seeds")
+    s.add_argument("name", help="the study: cala")
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--seeds", type=int, default=3)
+    s.add_argument("--run-dir", dest="run", metavar="DIR", help="the study folder (default: runs/study-<name>-<preset>)")
+    s.add_argument("--variants", help="comma-separated subset of the study's variants (default: all)")
+    s.set_defaults(func=cmd_study)
 
     for name, text in (("train-stage1", "train the candidate filter (stage 1)"),
                        ("extract-topk", "write stage 1's top-K lists of the validation split"),

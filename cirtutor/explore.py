@@ -1,4 +1,4 @@
-"""Looking at results query by query: notebook 06's break-downs and interactive explorer.
+"""Looking at results query by query (notebook 06), and inside CaLa's loss (notebook 08).
 
 All of it reads the `details` an evaluation returns (`evaluate_reranker(..., details=d)`):
 the filter's top-K names of every query ("ranked", (N, K)), the re-ranker's scores of them
@@ -10,6 +10,7 @@ the filter's top-K names of every query ("ranked", (N, K)), the re-ranker's scor
     recall_by_group(details, groups, k)       R@k of F and of R per group (an edit type, a category)
     query_item / target_gain (pipeline)       one row as a figure item; how far re-ranking moved its target
     explorer(dataset, details)                sliders over the queries and K, drawing each one's lists
+    logit_breakdown(objective, dataset, store) CaLa's logit matrices on training batches: who wins each row
 """
 from __future__ import annotations
 
@@ -121,3 +122,34 @@ def explorer(dataset, details: dict, n: int = 6):
     k.observe(draw, names="value")
     draw()
     return widgets.VBox([widgets.HBox([which, pick, k]), out])
+
+
+def logit_breakdown(objective, dataset, store, n_batches: int = 8, batch_size: int = 64,
+                    composition: str = "reference_groups", seed: int = 0, device="cpu") -> dict[str, dict[str, float]]:
+    """Look inside CaLa's loss (notebook 08): on the first `n_batches` training batches that
+    `batch_order` makes (generator seeded by `seed`), with the model and modules in eval mode,
+    each logit matrix of `CalaObjective.logits` ("S_f", "S_ctr", "S_tbia", "S_mix") ->
+    {"top-1": % of rows whose own column wins, "mean |S|": mean absolute logit,
+     "margin": mean diagonal minus mean off-diagonal}, averaged over the batches.
+    "top-1" of S_f is what evaluation uses; of S_mix, what the authors' loss trains."""
+    import torch
+
+    from cirtutor.engine.stage1 import batch_order, stage1_inputs
+
+    objective.eval()
+    inputs = stage1_inputs(dataset, store, device)
+    order = batch_order(dataset.queries, batch_size, composition, torch.Generator().manual_seed(seed))
+    sums: dict[str, np.ndarray] = {}
+    n = 0
+    with torch.no_grad():
+        for batch, _ in zip(order, range(n_batches)):
+            for name, S in objective.logits(*inputs(batch, 0)).items():              # (B, B) each
+                S = S.float().cpu()
+                own = torch.eye(len(S), dtype=torch.bool)
+                row = [(S.argmax(1) == torch.arange(len(S))).float().mean().item() * 100, S.abs().mean().item(),
+                       (S[own].mean() - S[~own].mean()).item()]
+                sums[name] = sums.get(name, 0) + np.array(row)
+            n += 1
+    if n < n_batches:
+        raise CirtutorError(f"only {n} batches of {batch_size} in {len(dataset.queries)} queries; asked for {n_batches}")
+    return {name: dict(zip(("top-1", "mean |S|", "margin"), (v / n).tolist())) for name, v in sums.items()}

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save as save_safetensors
 
 from cirtutor.cache import cache_dir
 from cirtutor.config import Config, result_fields
@@ -201,6 +202,7 @@ def run_stage1(cfg: Config, run: Path, seed: int, *, train, val, stores, weights
     history = train_stage1(filt, train, stores["train"], cfg.stage1, seed=seed, device=device, log=say,
                            log_every=200, on_epoch_end=validate, checkpoint=out / "last.pt", resume=resume, meta=meta)
     finish_training(filt, history, cfg.stage1.select, out, final)
+    save_training_only(out)
     metrics = evaluate_filter(filt, val, stores["val"], device=device)
     if world()[0] == 0:
         atomic_write_json(out / "metrics.json", metrics, indent=2)
@@ -244,6 +246,21 @@ def finish_training(model: torch.nn.Module, history, select: str, out: Path, fin
         write_csv(out / "metrics.csv", history.train)
         write_csv(out / "validation.csv", history.val)
         atomic_write_bytes(final, state_bytes(model))
+
+
+AUX_MODULES = "aux_modules.safetensors"    # stage 1's training-only modules (CaLa), for inspection
+
+
+def save_training_only(out: Path) -> None:
+    """Keep the training-only modules of a stage-1 run (CaLa's HCA and TAC; none for the plain
+    filter) next to filter.pt, as they were at the last checkpoint (the end of training): the filter
+    never needs them, notebook 08 looks inside them. The resumable last.pt may be deleted later."""
+    last = out / "last.pt"
+    if world()[0] != 0 or not last.is_file():
+        return
+    extra = torch_load(last).get("extra", {})
+    if extra:
+        atomic_write_bytes(out / AUX_MODULES, save_safetensors({k: v.contiguous() for k, v in extra.items()}))
 
 
 def state_bytes(model: torch.nn.Module) -> bytes:

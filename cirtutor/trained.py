@@ -42,8 +42,9 @@ from cirtutor.engine.stage1 import batch_order, stage1_inputs
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_bytes, atomic_write_json
 from cirtutor.models import CandidateFilter, DualEncoderReranker
+from cirtutor.models.cala import CaLa
 from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
-from cirtutor.pipeline import (ABLATIONS, config_dict, config_digest, datasets, feature_stores, init_weights, is_tiny,
+from cirtutor.pipeline import (ABLATIONS, AUX_MODULES, config_dict, config_digest, datasets, feature_stores, init_weights, is_tiny,
                                load_weights, resolve_device, run_stage1, run_stage2, stage1_dir, state_bytes,
                                variant_config, weights_key)
 
@@ -144,6 +145,24 @@ def _train(cfg: Config, seed: int, ablation: str | None, kind: str, run: Path, d
         (_run_dir(run, seed, ablation, kind) / spare).unlink(missing_ok=True)
 
 
+def trained_cala(cfg: Config, seed: int = 0, verbose: bool = True, data: FilterData | None = None) -> tuple[CandidateFilter, CaLa, dict]:
+    """(the CaLa-trained filter, its training-only CaLa modules (HCA, TAC) in eval mode, the
+    filter's validation metrics) for a preset with stage1.aux="cala": `trained_filter`'s cache,
+    plus the modules its stage 1 kept beside the filter (`pipeline.save_training_only`)."""
+    if cfg.stage1.aux != "cala":
+        raise CirtutorError(f"trained_cala needs stage1.aux='cala' (this config has {cfg.stage1.aux!r}): "
+                            "apply_overrides(cfg, ['stage1.aux=cala'])")
+    filt, metrics = trained_filter(cfg, seed, verbose, data)
+    path = stage1_dir(trained_filter_dir(cfg, seed), seed) / AUX_MODULES
+    if not path.is_file():
+        raise CirtutorError(f"{path} is missing: this filter was trained before its CaLa modules were kept; "
+                            f"delete {trained_filter_dir(cfg, seed)} and it is trained again")
+    with torch.random.fork_rng():
+        cala = CaLa(cfg.model.text_width, cfg.model.vision_width, cfg.stage1.cala)
+    cala.load_state_dict({k.removeprefix("cala."): v for k, v in load_file(path).items()})
+    return filt, cala.to(resolve_device(cfg)).eval(), metrics
+
+
 def trained_reranker_dir(cfg: Config, seed: int = 0, ablation: str | None = None) -> Path:
     """The cache folder of the re-ranker `trained_reranker(cfg, seed, ablation)` returns (it may not exist yet)."""
     return cache_dir() / "trained" / f"{cfg.name}-reranker-{_digest(cfg, seed, reranker=True, ablation=ablation)}"
@@ -205,8 +224,9 @@ def ship(cfg: Config, seed: int = 0, ablation: str | None = None, kind: str = "r
     target = Path(to or SHIPPED) / folder.name
     out = _run_dir(target, seed, ablation, kind)
     atomic_write_bytes(out / COMPACT, save({k: v.contiguous() for k, v in packed.items()}))
-    for name in ("metrics.json", "metrics.csv"):
-        atomic_write_bytes(out / name, (source / name).read_bytes())
+    for name in ("metrics.json", "metrics.csv", AUX_MODULES):
+        if name != AUX_MODULES or (source / name).is_file():   # CaLa's training-only modules, when there are any
+            atomic_write_bytes(out / name, (source / name).read_bytes())
     atomic_write_bytes(target / "config.json", (folder / "config.json").read_bytes())
     return target
 
@@ -217,8 +237,9 @@ def _unship(cfg: Config, seed: int, ablation: str | None, kind: str, name: str, 
     model = _start(cfg, seed, ablation, kind)
     model.load_state_dict(unpack(load_file(source / COMPACT), model.state_dict()))
     atomic_write_bytes(out / f"{kind}.pt", state_bytes(model))
-    for file in ("metrics.json", "metrics.csv"):
-        atomic_write_bytes(out / file, (source / file).read_bytes())
+    for file in ("metrics.json", "metrics.csv", AUX_MODULES):
+        if file != AUX_MODULES or (source / file).is_file():
+            atomic_write_bytes(out / file, (source / file).read_bytes())
     atomic_write_bytes(run / "config.json", (SHIPPED / name / "config.json").read_bytes())
 
 

@@ -446,3 +446,38 @@ def plot_training_loss(curves: dict, chance: float | None = None, chance_label: 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_logit_matrices(S: dict, title: str = ""):
+    """Several (B, B) logit matrices of one batch side by side (name -> matrix; row = query,
+    column = target), each with its own colour scale and the diagonal (the matches) outlined."""
+    fig, axes = plt.subplots(1, len(S), figsize=(3.3 * len(S), 3.4), layout="constrained", squeeze=False)
+    for ax, (name, m) in zip(axes[0], S.items()):
+        m = np.asarray(m, dtype=float)
+        im = ax.imshow(m, cmap="viridis")
+        for i in range(len(m)):
+            ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, ec=TARGET_COLOR, lw=1.5))
+        ax.set(title=f"{name}\nrange {m.min():.0f} … {m.max():.0f}", xlabel="column j", ylabel="row i")
+        ax.set_xticks([]), ax.set_yticks([])
+        fig.colorbar(im, ax=ax, shrink=0.75)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_study(study: dict, keys: Sequence[str] = ("R@1", "R@5", "R@10", "Rs@1"), labels: dict | None = None):
+    """A study's mean ± std over seeds (`cirtutor.study`): one panel per stage (the filter, the
+    re-ranker), one group of bars per metric, one bar per variant, error bars = sample std."""
+    variants = list(study["variants"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True, layout="constrained")
+    width = 0.8 / len(variants)
+    for ax, (stage, name) in zip(axes, (("filter", "filter F"), ("rerank", f"re-ranker R_{study.get('k', 'K')}"))):
+        for i, variant in enumerate(variants):
+            stats = study["variants"][variant]["stats"][stage]
+            x = np.arange(len(keys)) + (i - (len(variants) - 1) / 2) * width
+            ax.bar(x, [stats[k]["mean"] for k in keys], width, yerr=[stats[k]["std"] for k in keys], capsize=3,
+                   label=(labels or {}).get(variant, variant), color=f"C{i}")
+        ax.set_xticks(range(len(keys)), keys)
+        ax.set(title=f"{name}, mean ± std over {study['seeds']} seeds", ylabel="recall (%)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return fig

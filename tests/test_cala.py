@@ -10,7 +10,7 @@ from cirtutor.engine.stage1 import CalaObjective, FilterObjective, stage1_object
 from cirtutor.models import CandidateFilter, tokenize
 from cirtutor.models.backbones import text_states
 from cirtutor.models.tokenizer import cls_token_id
-from cirtutor.models.cala import CaLa, HingeCrossAttention, TwinAttentionCompositor
+from cirtutor.models.cala import CaLa, HingeCrossAttention, TwinAttentionCompositor, ce
 
 TINY = get_model_config("tiny")
 
@@ -122,3 +122,39 @@ def test_bad_cala_settings_say_what_was_expected():
         CaLa(96, 96, CalaConfig(form="sum"))
     with pytest.raises(ValueError, match="widths must match"):
         CaLa(96, 64)
+
+
+def test_the_pictures_helpers_recompute_what_the_modules_use():
+    torch.manual_seed(0)
+    hca = HingeCrossAttention(8).eval()
+    X_r, X_c, X_t = torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 6, 8)
+    A1, A2 = hca.hops(X_r, X_c, X_t)
+    path = hca.path(X_r, X_c, X_t)                               # (B, L_c, L_t): per caption token
+    assert path.shape == (2, 5, 6) and torch.allclose(path.sum(1), (A1 @ A2)[:, 0], atol=1e-5)
+    o = torch.softmax(path.sum(1), -1)[:, None] @ hca.Wv(X_t)     # the row o is read with
+    assert torch.allclose(o[:, 0], hca(X_r, X_c, X_t), atol=1e-5)
+
+    tac = TwinAttentionCompositor(8).eval()
+    Y_r, Y_t = torch.randn(2, 7, 8), torch.randn(2, 7, 8)
+    maps = tac.attention_maps(Y_r, Y_t)
+    assert maps["r"].shape == maps["t"].shape == (4, 2, 7, 7)
+    assert torch.allclose(maps["r"].sum(-1), torch.ones(4, 2, 7))
+    first = tac.M_r(Y_r, Y_t, Y_t)[1]                            # iteration 1 of branch r attends the target
+    assert torch.allclose(maps["r"][0], first)
+
+
+def test_the_objective_names_its_logits_and_they_make_the_loss():
+    torch.manual_seed(0)
+    filt = CandidateFilter(TINY).eval()
+    objective, _ = stage1_objective(filt, Stage1Config(aux="cala"))
+    objective.eval()
+    inputs = batch()
+    with torch.no_grad():
+        S = objective.logits(*inputs)
+        loss = objective(*inputs)
+    assert set(S) == {"S_f", "S_ctr", "S_tbia", "S_mix"} and all(v.shape == (4, 4) for v in S.values())
+    assert torch.allclose(S["S_mix"], 0.45 * S["S_ctr"] + 0.55 * S["S_f"])
+    assert torch.allclose(loss, 0.1 * ce(S["S_tbia"]) + 0.9 * ce(S["S_mix"]))
+    off, _ = stage1_objective(filt, Stage1Config(aux="cala", cala=CalaConfig(w_c=0.0, w_t=0.0)))
+    with pytest.raises(ValueError, match="inactive"):
+        off.logits(*inputs)

@@ -90,3 +90,25 @@ def test_query_item_and_explorer_draw_a_query(world):
     pick.value = 1                                         # redraws without error
     which.value = which.options[-1]
     assert pick.value == 0
+
+
+def test_logit_breakdown_scores_each_cala_logit_on_training_batches(world):
+    """top-1 is the share of rows whose own column wins, recomputed here on the one batch."""
+    import torch
+
+    from cirtutor.config import Stage1Config
+    from cirtutor.engine.stage1 import batch_order, stage1_inputs, stage1_objective
+    from cirtutor.explore import logit_breakdown
+
+    cfg, filt, train, _, store, _ = world
+    objective, _ = stage1_objective(filt, Stage1Config(aux="cala"))
+    out = logit_breakdown(objective, train, store, n_batches=1, batch_size=8)
+    assert set(out) == {"S_f", "S_ctr", "S_tbia", "S_mix"}
+    batch = next(batch_order(train.queries, 8, "reference_groups", torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        S = objective.logits(*stage1_inputs(train, store, "cpu")(batch, 0))
+    for name, m in S.items():
+        assert out[name]["top-1"] == pytest.approx((m.argmax(1) == torch.arange(8)).float().mean().item() * 100)
+        assert out[name]["mean |S|"] == pytest.approx(m.abs().mean().item(), rel=1e-5)
+    with pytest.raises(CirtutorError, match="asked for 1000"):
+        logit_breakdown(objective, train, store, n_batches=1000, batch_size=8)

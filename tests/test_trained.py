@@ -208,10 +208,37 @@ def test_the_shipped_trained_models_are_the_tiny_presets_own():
     mini-BLIP) changes, the compact copies must be shipped again (`trained.ship`)."""
     from cirtutor import trained as tr
 
+    from cirtutor.study import variant_config
+
     tiny = get_preset("tiny")
     expected = [tr.trained_filter_dir(tiny)] + [tr.trained_reranker_dir(tiny, ablation=a)
                                                  for a in (None, "no_text", "no_zt", "ref_cls", "ref_cls_spatial")]
+    expected += [tr.trained_filter_dir(variant_config("cala", v)) for v in ("cala", "cala_normalized")]  # notebook 08
     missing = [d.name for d in expected if not (tr.SHIPPED / d.name).is_dir()]
     assert not missing, f"ship these again with cirtutor.trained.ship: {missing}"
     stale = {p.name for p in tr.SHIPPED.iterdir()} - {d.name for d in expected}
     assert not stale, f"shipped copies no preset uses any more (delete them): {sorted(stale)}"
+
+
+def test_a_cala_filter_keeps_its_training_only_modules_and_ships_them(cache, data, tmp_path, monkeypatch, capsys):
+    """stage1.aux=cala: the filter folder also holds CaLa's HCA and TAC (for notebook 08), which
+    trained_cala loads (strictly) and ship/unship carry; a plain config is refused."""
+    import shutil
+
+    from cirtutor import trained as tr
+    from cirtutor.pipeline import AUX_MODULES
+
+    ccfg = apply_overrides(get_preset("tiny"), SMALL + ["stage1.aux=cala", "stage1.epochs=1"])
+    filt, cala, metrics = tr.trained_cala(ccfg, data=data)
+    assert (tr.trained_filter_dir(ccfg) / "seed0" / "stage1" / AUX_MODULES).is_file()
+    assert not cala.training and not any("hca" in k or "tac" in k for k in filt.state_dict())
+    init = tr.CaLa(96, 96)
+    assert any(not torch.equal(a, b) for a, b in zip(cala.state_dict().values(), init.state_dict().values()))
+    monkeypatch.setattr(tr, "SHIPPED", tmp_path / "shipped")
+    tr.ship(ccfg, kind="filter")
+    shutil.rmtree(tr.trained_filter_dir(ccfg))
+    _, cala2, metrics2 = tr.trained_cala(ccfg)
+    assert "found shipped" in capsys.readouterr().out and metrics2 == metrics
+    assert all(torch.equal(a, b) for a, b in zip(cala.state_dict().values(), cala2.state_dict().values()))
+    with pytest.raises(CirtutorError, match="stage1.aux='cala'"):
+        tr.trained_cala(apply_overrides(get_preset("tiny"), SMALL))

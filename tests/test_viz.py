@@ -27,3 +27,17 @@ def test_show_queries_frames_the_target(cirr_root, fiq_root):
 def test_show_preprocessing_panels():
     fig = show_preprocessing(Image.new("RGB", (160, 64), (200, 0, 0)), resolution=32)
     assert [ax.get_title() for ax in fig.axes] == ["original 160×64", "TargetPad(1.25) 160×128", "model input (3, 32, 32)"]
+
+
+def test_logit_matrices_and_study_figures():
+    import numpy as np
+
+    from cirtutor.viz import plot_logit_matrices, plot_study
+
+    fig = plot_logit_matrices({"S_f": np.eye(3), "S_ctr": -np.eye(3)})
+    assert [t for ax in fig.axes if (t := ax.get_title().split("\n")[0])] == ["S_f", "S_ctr"]
+    stat = {k: {"mean": 10.0, "std": 1.0} for k in ("R@1", "R@5")}
+    study = {"seeds": 3, "k": 50, "variants": {v: {"stats": {"filter": stat, "rerank": stat}} for v in ("a", "b")}}
+    fig = plot_study(study, keys=("R@1", "R@5"), labels={"a": "plain"})
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["plain", "b"]
+    assert len(fig.axes[1].patches) == 4                  # 2 metrics x 2 variants

@@ -67,7 +67,9 @@ class CalaObjective(torch.nn.Module):
         super().__init__()
         self.model, self.cala = model, cala
 
-    def forward(self, ids, mask, ref_feats, target_feats) -> torch.Tensor:
+    def states(self, ids, mask, ref_feats, target_feats):
+        """What the loss reads: S_f (B, B), H_mm (B, L_w, d), H_txt (B, L_w, d) or None when CaLa
+        is inactive, and the reference and target image tokens (B, L_v, d_v), all float32."""
         query_emb, H_mm = self.model(ids, mask, ref_feats)                  # (B, e), (B, L_w, d)
         target_emb = self.model.gallery_embed(target_feats)               # (B, e), frozen vision_proj
         S_f = self.model.logits(query_emb.float(), target_emb.float())    # (B, B)
@@ -76,7 +78,17 @@ class CalaObjective(torch.nn.Module):
             text_ids = ids.clone()
             text_ids[:, 0] = cls_token_id()                               # unimodal mode: [CLS], no image
             H_txt = text_states(self.model.text_encoder, text_ids, mask).float()  # (B, L_w, d)
-        return self.cala.loss(S_f, H_mm.float(), H_txt, ref_feats.float(), target_feats.float(), mask)
+        return S_f, H_mm.float(), H_txt, ref_feats.float(), target_feats.float()
+
+    def forward(self, ids, mask, ref_feats, target_feats) -> torch.Tensor:
+        return self.cala.loss(*self.states(ids, mask, ref_feats, target_feats), mask)
+
+    def logits(self, ids, mask, ref_feats, target_feats) -> dict[str, torch.Tensor]:
+        """One batch's logit matrices, by name (`CaLa.logits`): for looking inside the loss."""
+        S_f, H_mm, H_txt, V_ref, V_tgt = self.states(ids, mask, ref_feats, target_feats)
+        if H_txt is None:
+            raise ValueError("CaLa is inactive (w_c = w_t = 0): its logits are never computed")
+        return self.cala.logits(S_f, H_mm, H_txt, V_ref, V_tgt, mask)
 
 
 def stage1_objective(model: CandidateFilter, cfg: Stage1Config, seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

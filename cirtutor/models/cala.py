@@ -48,16 +48,28 @@ class HingeCrossAttention(nn.Module):
         self.dropout = nn.Dropout(p_drop)
         self.key_padding_mask = key_padding_mask
 
-    def forward(self, X_r, X_c, X_t, caption_mask=None) -> torch.Tensor:
-        """X_r (B, L_r, d), X_c (B, L_c, d), X_t (B, L_t, d) -> o (B, d)."""
+    def hops(self, X_r, X_c, X_t, caption_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two hops: A1 (B, L_r, L_c) reference -> caption, A2 (B, L_c, L_t) caption -> target."""
         d = X_r.shape[-1]
         k_c = self.Wkc(X_c)                                                  # (B, L_c, d)
         A1 = self.Wq(X_r) @ k_c.transpose(1, 2) / math.sqrt(d)               # (B, L_r, L_c)
         A2 = k_c @ self.Wkt(X_t).transpose(1, 2) / math.sqrt(d)              # (B, L_c, L_t)
         if self.key_padding_mask and caption_mask is not None:
             A1 = A1 * caption_mask[:, None, :].to(A1.dtype)                  # padded caption tokens add nothing
+        return A1, A2
+
+    def forward(self, X_r, X_c, X_t, caption_mask=None) -> torch.Tensor:
+        """X_r (B, L_r, d), X_c (B, L_c, d), X_t (B, L_t, d) -> o (B, d)."""
+        A1, A2 = self.hops(X_r, X_c, X_t, caption_mask)
         P = self.dropout(torch.softmax(A1 @ A2, dim=-1))                     # (B, L_r, L_t)
         return (P @ self.Wv(X_t))[:, 0]                                      # (B, d)
+
+    def path(self, X_r, X_c, X_t, caption_mask=None) -> torch.Tensor:
+        """Where reference token 0's two-hop path goes, for pictures: (B, L_c, L_t), entry (k, j) =
+        A1[0, k] A2[k, j], the part of (A1 A2)[0, j] that passes through caption token k. Summed
+        over k it is row 0 of A1 A2, whose softmax over j is the attention o is read with."""
+        A1, A2 = self.hops(X_r, X_c, X_t, caption_mask)
+        return A1[:, 0, :, None] * A2                                        # (B, L_c, L_t)
 
 
 class TwinAttentionCompositor(nn.Module):
@@ -74,11 +86,23 @@ class TwinAttentionCompositor(nn.Module):
         self.M_r = nn.MultiheadAttention(d, heads, dropout=0.0, batch_first=True)
         self.M_t = nn.MultiheadAttention(d, heads, dropout=0.0, batch_first=True)
 
-    def branch(self, block: nn.MultiheadAttention, query, other) -> torch.Tensor:
+    def branch(self, block: nn.MultiheadAttention, query, other, maps: list | None = None) -> torch.Tensor:
+        """`iters` calls of `block`, the query always `query`; with a list `maps`, each call's
+        attention weights (B, L, L) are appended to it."""
         Z = other
         for _ in range(self.iters):
-            Z = block(query, Z, Z, need_weights=False)[0]                    # (B, L, d)
+            Z, weights = block(query, Z, Z, need_weights=maps is not None)  # (B, L, d)
+            if maps is not None:
+                maps.append(weights)
         return Z
+
+    def attention_maps(self, Y_r, Y_t) -> dict[str, torch.Tensor]:
+        """Each iteration's attention, for pictures: {"r": (iters, B, L, L) the reference's rows
+        over the keys (the target, then its own previous output), "t": the mirror}."""
+        maps = {"r": [], "t": []}
+        self.branch(self.M_r, Y_r, Y_t, maps["r"])
+        self.branch(self.M_t, Y_t, Y_r, maps["t"])
+        return {k: torch.stack(v) for k, v in maps.items()}
 
     def forward(self, Y_r, Y_t) -> torch.Tensor:
         """Y_r, Y_t (B, L, d) -> g (B, d)."""
@@ -123,6 +147,15 @@ class CaLa(nn.Module):
         """S_ctr (B, B) = scale * c_i . g_j: triplet i's caption against triplet j's image pair."""
         g = self.tac(V_ref, V_tgt)                                           # (B, d)
         return self.weights.scale * self.aux(H_txt[:, 0]) @ self.aux(g).t()
+
+    def logits(self, S_f, H_mm, H_txt, V_ref, V_tgt, caption_mask=None) -> dict[str, torch.Tensor]:
+        """Every (B, B) logit matrix of the loss: "S_f" (the filter's), "S_ctr", "S_tbia" and, in the
+        code form, "S_mix" = w_c S_ctr + (1 - w_c) S_f (the logit-level fusion the authors train)."""
+        S = {"S_f": S_f, "S_ctr": self.ctr_logits(H_txt, V_ref, V_tgt),
+             "S_tbia": self.tbia_logits(H_mm, H_txt, V_tgt, caption_mask)}
+        if self.weights.form == "code":
+            S["S_mix"] = self.weights.w_c * S["S_ctr"] + (1 - self.weights.w_c) * S_f
+        return S
 
     def loss(self, S_f, H_mm, H_txt, V_ref, V_tgt, caption_mask=None) -> torch.Tensor:
         """The filter's logits S_f (B, B) and the triplets' states -> the CaLa training loss.

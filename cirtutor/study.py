@@ -1,0 +1,123 @@
+"""Seeded comparisons of a preset's variants: the multi-seed tables of the extension notebooks.
+
+A study is a named set of variants, each a list of `--set` overrides on one preset (`STUDIES`).
+`run_study` runs the main job (`pipeline.reproduce`, without the ablations) once per variant
+into root/<variant>/ for seeds 0..n-1, then gathers every seed's filter and re-ranker metrics
+and their mean ± std (`report.seed_stats`) into root/study.json:
+
+    cirtutor study cala --preset tiny --seeds 3 --run-dir runs/study-cala     (tiny: ~20 min per variant and seed)
+
+A variant whose run folder already holds finished models reloads them (reproduce's "found
+trained …, loading…"), so a study can be resumed or extended. Training a study is far beyond a
+notebook's time budget, so the package ships the tiny preset's results
+(assets/studies/<study>-<preset>.json, `ship_study`); a notebook loads them with `shipped_study`
+and re-evaluates the seed-0 models it has itself, to check the file against them (`check_seed0`).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from cirtutor.config import apply_overrides, get_preset
+from cirtutor.errors import CirtutorError
+from cirtutor.io import atomic_write_json
+
+STUDIES = {
+    "cala": {                                              # notebook 08: CaLa's training-only losses in stage 1
+        "plain": (),
+        "cala": ("stage1.aux=cala",),                      # the authors' loss: raw x10 dot products
+        "cala_normalized": ("stage1.aux=cala", "stage1.cala.normalize_aux=true"),
+    },
+}
+SHIPPED = Path(__file__).resolve().parent / "assets" / "studies"
+
+
+def variant_overrides(name: str) -> dict[str, tuple[str, ...]]:
+    if name not in STUDIES:
+        raise CirtutorError(f"unknown study {name!r}; expected one of {', '.join(STUDIES)}")
+    return STUDIES[name]
+
+
+def variant_config(name: str, variant: str, preset: str = "tiny"):
+    """The preset with the variant's overrides (the ablations switched off, as the study runs it)."""
+    overrides = variant_overrides(name)
+    if variant not in overrides:
+        raise CirtutorError(f"study {name!r} has no variant {variant!r}; expected one of {', '.join(overrides)}")
+    return apply_overrides(get_preset(preset), list(overrides[variant]) + ["ablations=()"])
+
+
+def collect(results: dict) -> list[dict]:
+    """[{"seed", "filter", "rerank"}] from a reproduce run's results.json (one seed or several)."""
+    if results.get("seed_runs"):
+        return results["seed_runs"]
+    return [{"seed": 0, "filter": results["filter"], "rerank": results["rerank"][f"K={results['k']}"]}]
+
+
+def run_study(name: str, preset: str = "tiny", seeds: int = 3, root: str | Path | None = None,
+              variants: list[str] | None = None) -> dict:
+    """Run (or reload) every variant of study `name` for seeds 0..seeds-1 into root/<variant>/ and
+    write root/study.json: {"study", "preset", "seeds", "k", "date", "machine", "command",
+    "variants": {variant: {"overrides", "runs": [{"seed", "filter", "rerank"}], "stats"}}}."""
+    from cirtutor.pipeline import reproduce
+    from cirtutor.report import seed_stats
+
+    root = Path(root or f"runs/study-{name}-{preset}")
+    chosen = variants or list(variant_overrides(name))
+    study = {"study": name, "preset": preset, "seeds": seeds, "date": time.strftime("%Y-%m-%d"),
+             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+             "command": f"cirtutor study {name} --preset {preset} --seeds {seeds}", "variants": {}}
+    for variant in chosen:
+        cfg = variant_config(name, variant, preset)
+        reproduce(cfg, seeds=seeds, out=str(root / variant))
+        results = json.loads((root / variant / "results.json").read_text())
+        runs = collect(results)
+        study["k"] = results["k"]
+        study["variants"][variant] = {"overrides": list(variant_overrides(name)[variant]), "runs": runs,
+                                      "stats": seed_stats({**results, "seed_runs": runs})}
+    atomic_write_json(root / "study.json", study, indent=2)
+    return study
+
+
+def shipped_study(name: str, preset: str = "tiny") -> dict:
+    """The study results the package ships (measured by `run_study`; see the file's "command")."""
+    variant_overrides(name)
+    path = SHIPPED / f"{name}-{preset}.json"
+    if not path.is_file():
+        raise CirtutorError(f"no shipped results for study {name!r} on preset {preset!r} ({path}): "
+                            f"run `cirtutor study {name} --preset {preset}` and read its study.json")
+    return json.loads(path.read_text())
+
+
+def ship_study(study_json: str | Path, to: Path | None = None) -> Path:
+    """Copy a finished study.json into the package's shipped folder."""
+    study = json.loads(Path(study_json).read_text())
+    path = Path(to or SHIPPED) / f"{study['study']}-{study['preset']}.json"
+    return atomic_write_json(path, study, indent=2)
+
+
+def check_seed0(study: dict, variant: str, stage: str, measured: dict, keys=("R@1", "R@5", "R@10", "R@50", "Rs@1"),
+                tol: float = 1e-6) -> None:
+    """Raise unless the study's seed-0 `stage` ("filter" | "rerank") metrics of `variant` equal
+    `measured` (what the caller just evaluated from the same seed-0 model)."""
+    run = next((r for r in study["variants"][variant]["runs"] if r["seed"] == 0), None)
+    if run is None:
+        raise CirtutorError(f"the study has no seed-0 run of {variant!r}")
+    off = {k: (run[stage][k], measured[k]) for k in keys if abs(run[stage][k] - measured[k]) > tol}
+    if off:
+        raise CirtutorError(f"the shipped study's seed-0 {stage} of {variant!r} differs from the model evaluated "
+                            f"here (study, measured): {off}; re-run the study or re-ship the models")
+
+
+def table(study: dict, stage: str, keys=("R@1", "R@5", "R@10", "R@50", "Rs@1"), labels: dict | None = None) -> str:
+    """A markdown table of mean ± std over seeds of `stage` ("filter" | "rerank") per variant."""
+    head = "| " + " | ".join(["variant", *keys]) + " |\n|" + "---|" * (len(keys) + 1) + "\n"
+    rows = []
+    for variant, entry in study["variants"].items():
+        stats = entry["stats"][stage]
+        cells = [f"{stats[k]['mean']:.1f} ± {stats[k]['std']:.1f}" for k in keys]
+        rows.append("| " + " | ".join([(labels or {}).get(variant, variant), *cells]) + " |")
+    return head + "\n".join(rows)

@@ -1,0 +1,68 @@
+"""cirtutor.study: variants as overrides, gathering seeds from reproduce's results.json, the
+mean ± std table, the seed-0 check, and the shipped results' consistency with STUDIES."""
+import json
+from pathlib import Path
+
+import pytest
+
+from cirtutor import study as st
+from cirtutor.errors import CirtutorError
+from cirtutor.report import seed_stats
+
+KEYS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3")
+
+
+def metrics(base: float) -> dict:
+    return {k: base + i for i, k in enumerate(KEYS)} | {"avg": base}
+
+
+def fake_reproduce(cfg, *, seeds, out):
+    """What reproduce writes, with numbers that depend on the variant's settings and the seed."""
+    shift = 10.0 * (cfg.stage1.aux == "cala") + 5.0 * cfg.stage1.cala.normalize_aux
+    runs = [{"seed": s, "filter": metrics(shift + s), "rerank": metrics(shift + 2 * s + 1)} for s in range(seeds)]
+    results = {"k": 50, "dataset": "cirr", "filter": runs[0]["filter"], "rerank": {"K=50": runs[0]["rerank"]}}
+    if seeds > 1:
+        results["seed_runs"] = runs
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "results.json").write_text(json.dumps(results))
+    fake_reproduce.calls.append((cfg.stage1.aux, cfg.stage1.cala.normalize_aux, tuple(cfg.ablations), seeds))
+    return 0
+
+
+def test_run_study_runs_each_variant_and_gathers_its_seeds(tmp_path, monkeypatch):
+    import cirtutor.pipeline
+
+    fake_reproduce.calls = []
+    monkeypatch.setattr(cirtutor.pipeline, "reproduce", fake_reproduce)
+    out = st.run_study("cala", seeds=3, root=tmp_path)
+    assert fake_reproduce.calls == [("none", False, (), 3), ("cala", False, (), 3), ("cala", True, (), 3)]
+    assert json.loads((tmp_path / "study.json").read_text()) == out
+    stats = out["variants"]["cala_normalized"]["stats"]
+    assert stats["filter"]["R@1"] == pytest.approx({"mean": 16.0, "std": 1.0})      # 15, 16, 17
+    assert stats["rerank"]["R@1"] == pytest.approx({"mean": 18.0, "std": 2.0})      # 16, 18, 20
+    text = st.table(out, "filter")
+    assert text.splitlines()[2].startswith("| plain | 1.0 ± 1.0 |") and len(text.splitlines()) == 5
+    st.check_seed0(out, "cala", "filter", metrics(10.0))
+    with pytest.raises(CirtutorError, match="differs"):
+        st.check_seed0(out, "cala", "filter", metrics(10.5))
+
+
+def test_a_single_seed_run_is_gathered_too():
+    results = {"k": 50, "filter": metrics(1), "rerank": {"K=10": metrics(2), "K=50": metrics(3)}}
+    assert st.collect(results) == [{"seed": 0, "filter": metrics(1), "rerank": metrics(3)}]
+
+
+def test_unknown_studies_and_variants_say_what_exists():
+    with pytest.raises(CirtutorError, match="expected one of cala"):
+        st.variant_config("calla", "plain")
+    with pytest.raises(CirtutorError, match="cala_normalized"):
+        st.variant_config("cala", "normalized")
+
+
+def test_the_shipped_study_matches_its_definition_and_its_own_runs():
+    """The shipped file must come from the variants STUDIES defines, and its mean ± std from its runs."""
+    shipped = st.shipped_study("cala")
+    assert {v: tuple(e["overrides"]) for v, e in shipped["variants"].items()} == st.STUDIES["cala"]
+    for entry in shipped["variants"].values():
+        assert sorted(r["seed"] for r in entry["runs"]) == list(range(shipped["seeds"]))
+        assert entry["stats"] == seed_stats({"filter": entry["runs"][0]["filter"], "seed_runs": entry["runs"]})
