@@ -7,6 +7,7 @@
     cirtutor train-stage2 --preset P --run-dir DIR [--ablation A] [--resume] the re-ranker
     cirtutor evaluate     --preset P --run-dir DIR [--ablation A]            F and R_K for the preset's K values
     cirtutor submit       --preset P --run-dir DIR                           CIRR test1 server files + validation
+    cirtutor zeroshot     --preset P --run-dir DIR [--set zeroshot.budget=0.05] zero-shot CIR (pseudo words)
     cirtutor analyze      --stage1 A --stage2 B [--out DIR]              Table 7 / Fig. 8 from label arrays
     cirtutor make-data --format cirr --out DIR  draw a synthetic CIR dataset in a real format
     cirtutor data-stats --dataset cirr --annotations DIR [--images DIR] [--json]
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("extract-topk", "write stage 1's top-K lists of the validation split"),
                        ("train-stage2", "train the dual-encoder re-ranker (stage 2) on the filter of --run-dir"),
                        ("evaluate", "evaluate F and R_K of --run-dir on the validation split"),
-                       ("submit", "write and validate the CIRR test1 submission files of --run-dir")):
+                       ("submit", "write and validate the CIRR test1 submission files of --run-dir"),
+                       ("zeroshot", "zero-shot CIR with pseudo words: Stage I on images, Stage II on a triplet budget")):
         s = sub.add_parser(name, help=text)
         preset_args(s, run_required=True)
         s.add_argument("--seed", type=int, default=0)

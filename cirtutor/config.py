@@ -53,6 +53,36 @@ class CalaConfig:
 
 
 @dataclass
+class ZeroShotConfig:
+    """Zero-shot CIR with pseudo words (facts EXTENSIONS §B, §C.3-§C.4; `cirtutor zeroshot`). The
+    baseline is Pic2Word's recipe on a frozen BLIP; everything marked [?] is unknown for "From
+    Mapping to Composing" (facts §B.3): a field with a documented default, not a source fact."""
+    # Stage I, mapping: images only
+    mapper: str = "mlp"             # "mlp": phi on the ITC image embedding (Pic2Word) | "tokens": a token learner [?]
+    k: int = 1                      # pseudo words per image (mlp: 1) [?]
+    hidden: int | None = None       # phi's hidden width; None = 2 x text width (facts §C.3)
+    dropout: float = 0.1            # phi's dropout (Pic2Word)
+    heads: int = 1                  # heads of the token learner and the injections [?]
+    inject_layers: int = 0          # visual injection into the top n text layers (0: none, the baseline) [?]
+    soft_weight: float = 0.0        # weight of the soft text alignment KL (0: none, the baseline) [?]
+    soft_temp: float = 0.05         # temperature of its caption-caption soft targets [?]
+    temp: float | None = None       # the contrastive temperature; None = the backbone's frozen ITC one (Pic2Word)
+    image_template: str = "a photo of $"                 # Stage I prompt (Pic2Word)
+    query_template: str = "a photo of $ that {text}"     # zero-shot query (SEARLE's form)
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3                # Pic2Word: 1e-4 at batch 128 for 30 epochs on CC3M; tiny mode trains far fewer steps
+    weight_decay: float = 0.1       # Pic2Word
+    # Stage II, composing: a small budget of triplets, Stage I frozen
+    budget: float = 0.0             # share of the training triplets used (0: no Stage II) [?]
+    adapter_reduction: int = 8      # adapters d -> d / r -> d (facts §C.4) [?]
+    hard_negatives: int = 5         # per query: the top-h train gallery images of the Stage I model, target excluded [?]
+    stage2_epochs: int = 10
+    stage2_batch_size: int = 32
+    stage2_lr: float = 1e-3
+
+
+@dataclass
 class DataConfig:
     dataset: str = "cirr"           # on-disk format and loader: "cirr" or "fashioniq"
     root: str | None = None         # dataset folder (cirr_dataset/ or fashionIQ_dataset/); None = synthetic, built in the cache
@@ -187,6 +217,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     out_dir: str = "runs"           # where runs write checkpoints, top-K files and reports
     weights: str | None = None      # initial weights: BLIP model_base.pth / a transformers BLIP folder (paper mode);
                                     # None = tiny mode's pretrained mini-BLIP (shipped, or built into the cache)

@@ -42,6 +42,19 @@ def train_stage1(cfg: Config, args) -> int:
     return 0
 
 
+def zeroshot(cfg: Config, args) -> int:
+    """Zero-shot CIR (`cirtutor.engine.zeroshot`): Stage I on the training images, Stage II when
+    zeroshot.budget > 0, evaluated on the validation split."""
+    from cirtutor.engine.zeroshot import describe, run_zeroshot, zeroshot_dir
+
+    ctx = context(cfg, args)
+    P.say(f"zero-shot (seed {args.seed}): {describe(cfg.zeroshot)}")
+    _, metrics = run_zeroshot(cfg, ctx["run"], args.seed, train=ctx["train"], val=ctx["val"], stores=ctx["stores"],
+                              weights=ctx["weights"], device=ctx["device"], log=P.say)
+    P.say(f"zero-shot: {P.short(metrics)}  ({zeroshot_dir(ctx['run'], args.seed)})")
+    return 0
+
+
 def extract_topk(cfg: Config, args) -> int:
     ctx = context(cfg, args)
     filt = trained_filter(cfg, ctx, args.seed)

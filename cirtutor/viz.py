@@ -481,3 +481,26 @@ def plot_study(study: dict, keys: Sequence[str] = ("R@1", "R@5", "R@10", "Rs@1")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     return fig
+
+
+def plot_hinge(tokens: Sequence[str], hop1, target_image, attention, title: str = ""):
+    """TBIA's hinge on one triplet (notebook 08): left, hop 1, the composed query's token 0
+    against each caption token (A1[0, k], a logit); right, the attention over the target's
+    patches that o is read with (softmax of row 0 of A1 A2, (g, g)), drawn on the target."""
+    img = _image_array(target_image)
+    h, w = img.shape[:2]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), width_ratios=(1.6, 1), layout="constrained")
+    hop1 = np.asarray(hop1, dtype=float)
+    left.bar(range(len(tokens)), hop1, color=["C3" if v < 0 else "C0" for v in hop1])
+    left.set_xticks(range(len(tokens)), tokens, rotation=60, fontsize=8)
+    left.axhline(0, color="gray", lw=0.8)
+    left.set(ylabel="A1[0, k]", title="hop 1: composed query token 0 → caption token k")
+    weights = np.asarray(attention, dtype=float)
+    right.imshow(img * 0.6, extent=(0, w, h, 0))
+    overlay = plt.get_cmap("inferno")(weights / max(weights.max(), 1e-12))
+    overlay[..., 3] = 0.15 + 0.75 * weights / max(weights.max(), 1e-12)
+    right.imshow(overlay, extent=(0, w, h, 0), interpolation="nearest")
+    right.set(title=f"softmax(A1 A2)[0] over the target's patches\nlargest weight {weights.max():.2f}")
+    right.set_xticks([]), right.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    return fig

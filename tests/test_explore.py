@@ -110,5 +110,7 @@ def test_logit_breakdown_scores_each_cala_logit_on_training_batches(world):
     for name, m in S.items():
         assert out[name]["top-1"] == pytest.approx((m.argmax(1) == torch.arange(8)).float().mean().item() * 100)
         assert out[name]["mean |S|"] == pytest.approx(m.abs().mean().item(), rel=1e-5)
+    from cirtutor.engine.stage1 import FilterObjective
+    assert logit_breakdown(FilterObjective(filt), train, store, n_batches=1, batch_size=8) == {"S_f": out["S_f"]}
     with pytest.raises(CirtutorError, match="asked for 1000"):
         logit_breakdown(objective, train, store, n_batches=1000, batch_size=8)

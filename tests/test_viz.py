@@ -41,3 +41,12 @@ def test_logit_matrices_and_study_figures():
     fig = plot_study(study, keys=("R@1", "R@5"), labels={"a": "plain"})
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["plain", "b"]
     assert len(fig.axes[1].patches) == 4                  # 2 metrics x 2 variants
+
+
+def test_hinge_figure():
+    import numpy as np
+
+    from cirtutor.viz import plot_hinge
+
+    fig = plot_hinge(["make", "it", "red"], [0.5, -1.0, 2.0], np.zeros((16, 16, 3)), np.full((4, 4), 1 / 16))
+    assert len(fig.axes[0].patches) == 3 and "0.06" in fig.axes[1].get_title()

@@ -56,6 +56,11 @@ class FilterObjective(torch.nn.Module):
         target_emb = self.model.gallery_embed(target_feats)               # (B, e), frozen vision_proj
         return self.model.loss(query_emb.float(), target_emb.float())
 
+    def logits(self, ids, mask, ref_feats, target_feats) -> dict[str, torch.Tensor]:
+        """One batch's logits {"S_f": (B, B)}, as `CalaObjective.logits` names them."""
+        query_emb, _ = self.model(ids, mask, ref_feats)
+        return {"S_f": self.model.logits(query_emb.float(), self.model.gallery_embed(target_feats).float())}
+
 
 class CalaObjective(torch.nn.Module):
     """Eq. 1 plus CaLa's training-only associations (facts EXTENSIONS §A.6, §A.12): the filter's
@@ -181,12 +186,16 @@ def rank_with_filter(model: CandidateFilter, dataset, store: FeatureStore, galle
     return rank_gallery(query_emb, gallery_emb, gallery, refs, remove_reference=remove_reference, top_k=top_k)
 
 
-def evaluate_filter(model: CandidateFilter, dataset, store: FeatureStore, device="cpu") -> dict:
+def evaluate_filter(model: CandidateFilter, dataset, store: FeatureStore, device="cpu", embed=None) -> dict:
     """The paper's stage-1 numbers for a validation split: CIRR R@1/5/10/50 + Rs@1/2/3 over
     the split's gallery minus the reference, or Fashion-IQ R@10/R@50 per category, each
-    category ranking its own gallery with the reference kept (facts §1.8, §9.2)."""
+    category ranking its own gallery with the reference kept (facts §1.8, §9.2).
+    `embed(indices)` -> (N, e) replaces the filter's query embeddings (the zero-shot models);
+    `model.gallery_embed` embeds the gallery either way."""
+    embed = embed or (lambda indices: None)
     if dataset.dataset_name == "CIRR":
-        ranked = rank_with_filter(model, dataset, store, dataset.gallery, remove_reference=True, device=device)
+        ranked = rank_with_filter(model, dataset, store, dataset.gallery, remove_reference=True, device=device,
+                                  query_emb=embed(range(len(dataset.queries))))
         targets = [q["target"] for q in dataset.queries]
         subset = subset_ranking(ranked, [q["subset"] for q in dataset.queries])
         return cirr_summary(labels_from_ranking(ranked, targets), labels_from_ranking(subset, targets))
@@ -194,6 +203,6 @@ def evaluate_filter(model: CandidateFilter, dataset, store: FeatureStore, device
     for cat, gallery in dataset.galleries.items():
         idx = [i for i, q in enumerate(dataset.queries) if q["category"] == cat]
         ranked = rank_with_filter(model, dataset, store, gallery, indices=idx, remove_reference=False, top_k=min(50, len(gallery)),
-                                  device=device)
+                                  device=device, query_emb=embed(idx))
         per_category[cat] = labels_from_ranking(ranked, [dataset.queries[i]["target"] for i in idx])
     return fashioniq_summary(per_category)

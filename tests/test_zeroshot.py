@@ -1,0 +1,158 @@
+"""Zero-shot CIR with pseudo words (facts EXTENSIONS §C.3-§C.5): the placeholder substitution,
+zero-initialised injections and adapters, seeded Stage I/II training on a small world, the
+hard-negative mining and the saved trainable parts."""
+import pytest
+import torch
+
+from cirtutor.config import ZeroShotConfig, get_model_config
+from cirtutor.errors import CirtutorError
+from cirtutor.models import CandidateFilter
+from cirtutor.models.tokenizer import tokenize_text_only
+from cirtutor.models.zeroshot import ZeroShotEncoder, insert_pseudo_words, placeholder_id, prompts
+
+TINY = get_model_config("tiny")
+
+
+def encoder(cfg: ZeroShotConfig | None = None, seed: int = 0) -> ZeroShotEncoder:
+    torch.manual_seed(seed)
+    filt = CandidateFilter(TINY)
+    return ZeroShotEncoder(filt.text_encoder, filt.text_proj, filt.vision_proj, 0.07, cfg or ZeroShotConfig()).eval()
+
+
+def test_prompts_and_the_placeholder_token():
+    assert prompts(["make it red"], "a photo of $ that {text}") == ["a photo of $ that make it red"]
+    assert prompts(["x"], "a photo of $ that {text}", k=3) == ["a photo of $ $ $ that x"]
+    ids, _ = tokenize_text_only(prompts(["make it red"], "a photo of $ that {text}"))
+    assert (ids == placeholder_id()).sum() == 1 and ids[0, 4] == placeholder_id()   # [CLS] a photo of $
+    with pytest.raises(ValueError, match="exactly one"):
+        prompts(["x"], "a photo of {text}")
+
+
+def test_the_pseudo_word_replaces_the_placeholder_before_position_embeddings():
+    model = encoder()
+    ids, mask = tokenize_text_only(["a photo of $ that make it red", "$ is blue"])
+    words = torch.randn(2, 1, 96)
+    embeds = insert_pseudo_words(model.text_encoder.embeddings.word_embeddings, ids, words)   # (B, L, d)
+    plain = model.text_encoder.embeddings.word_embeddings(ids)
+    slot = ids == placeholder_id()
+    assert torch.equal(embeds[slot], words[:, 0]) and torch.equal(embeds[~slot], plain[~slot])
+    emb = model.text_encoder.embeddings
+    out = emb(inputs_embeds=embeds.clone())                      # + position embeddings, LayerNorm
+    pos = slot.nonzero()                                         # (row, position) of each "$"
+    for (b, p), w in zip(pos.tolist(), words[:, 0]):
+        expected = emb.LayerNorm(w + emb.position_embeddings.weight[p])
+        assert torch.allclose(out[b, p], expected, atol=1e-5)   # the word got the position of "$" (4, then 1)
+    assert pos[:, 1].tolist() == [4, 1]
+    with pytest.raises(ValueError, match="2 '\\$' tokens"):
+        insert_pseudo_words(emb.word_embeddings, ids, torch.randn(2, 2, 96))
+
+
+def test_zero_initialised_injection_and_adapters_leave_the_baseline_unchanged():
+    V = torch.randn(3, 65, 96)
+    texts = ["add a red circle", "make it blue", "remove the star"]
+    with torch.no_grad():
+        base = encoder(ZeroShotConfig()).query_embed(texts, V)
+        model = encoder(ZeroShotConfig(inject_layers=2))              # the same seed: the same phi
+        injected = model.query_embed(texts, V)
+        model.add_adapters()
+        adapted = model.query_embed(texts, V)
+    assert torch.equal(base, injected) and torch.equal(base, adapted)
+    assert len(model.injections) == 2 and sorted(model.injections) == ["2", "3"]     # the top two of 4 layers
+    assert len(model.adapters) == 4 and not any(p.requires_grad for n, p in model.named_parameters()
+                                                if not n.startswith("adapters."))
+    ids, mask = tokenize_text_only(prompts(texts, "a photo of $ that {text}"))
+    slot = ids == placeholder_id()
+    outputs = []
+    model.text_encoder.encoder.layer[3].register_forward_hook(lambda m, i, o: outputs.append(o))  # after the injection
+    with torch.no_grad():
+        words = model.pseudo_words(V)
+        before = model.text_embed(ids, mask, words, V)
+        model.injections["3"].gate.fill_(1.0)                     # opened in the last layer: only "$" changes
+        after = model.text_embed(ids, mask, words, V)
+        model.injections["2"].gate.fill_(1.0)                     # one layer lower: [CLS] reads it by self-attention
+        lower = model.text_embed(ids, mask, words, V)
+    assert torch.equal(outputs[0][~slot], outputs[1][~slot]) and not torch.equal(outputs[0][slot], outputs[1][slot])
+    assert torch.equal(before, after) and not torch.allclose(before, lower)
+
+
+def test_only_the_new_parts_train_and_the_backbone_is_frozen():
+    model = encoder(ZeroShotConfig(mapper="tokens", k=2, inject_layers=1))
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"mapper", "injections"}
+    assert model.pseudo_words(torch.randn(2, 65, 96)).shape == (2, 2, 96)
+    with pytest.raises(ValueError, match="mapper='tokens'"):
+        encoder(ZeroShotConfig(k=2))
+    with pytest.raises(ValueError, match="inject_layers=9"):
+        encoder(ZeroShotConfig(inject_layers=9))
+
+
+SMALL = ["data.synthetic_size=20"]
+
+
+@pytest.fixture(scope="module")
+def world(small_world):
+    return small_world(SMALL)
+
+
+def stage1(world, cfg, seed):
+    from cirtutor.engine.zeroshot import train_mapping
+
+    _, filt, train, _, store, _ = world
+    torch.manual_seed(123)                                        # the caller's state must not matter
+    model = ZeroShotEncoder(filt.text_encoder, filt.text_proj, filt.vision_proj, 0.07, cfg)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = ZeroShotEncoder(filt.text_encoder, filt.text_proj, filt.vision_proj, 0.07, cfg)
+    captions = {n: f"scene {i % 7}" for i, n in enumerate(train.gallery)}
+    history = train_mapping(model, store, list(train.gallery), cfg, captions=captions, seed=seed, log=lambda _: None,
+                            progress=False)
+    return model, history
+
+
+def test_seeded_stage_one_is_deterministic_and_learns(world):
+    from cirtutor.engine.zeroshot import trainable_state
+
+    cfg = ZeroShotConfig(epochs=2, batch_size=16, soft_weight=0.5, inject_layers=1)
+    a, history = stage1(world, cfg, seed=0)
+    b, _ = stage1(world, cfg, seed=0)
+    sa, sb = trainable_state(a), trainable_state(b)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(k.startswith("injections.") for k in sa) and len(history.train) > 2
+    c, _ = stage1(world, cfg, seed=1)
+    assert not torch.equal(trainable_state(c)["mapper.net.0.weight"], sa["mapper.net.0.weight"])
+
+
+def test_stage_two_uses_its_budget_and_mined_negatives_and_saves_what_it_trained(world, tmp_path):
+    from cirtutor.engine.zeroshot import (budget_queries, load_zeroshot, mine_hard_negatives, save_zeroshot,
+                                          train_composing)
+
+    _, filt, train, _, store, _ = world
+    assert budget_queries(200, 0.05, seed=3) == budget_queries(200, 0.05, seed=3) and len(budget_queries(200, 0.05, 3)) == 10
+    with pytest.raises(CirtutorError, match="budget"):
+        budget_queries(200, 0.0, 0)
+    cfg = ZeroShotConfig(epochs=1, batch_size=16, budget=0.5, hard_negatives=3, stage2_epochs=2, stage2_batch_size=8)
+    model, _ = stage1(world, cfg, seed=0)
+    negatives = mine_hard_negatives(model, train, store, [0, 1, 2], h=3)
+    assert all(len(n) == 3 and train.queries[i]["target"] not in n for i, n in zip([0, 1, 2], negatives))
+    history, used = train_composing(model, train, store, cfg, seed=0, log=lambda _: None, progress=False)
+    assert len(used) == round(0.5 * len(train.queries)) and len(history.train) >= 2
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if n.startswith("adapters.") and "up" in n)
+    save_zeroshot(model, tmp_path / "z.safetensors")
+    again = ZeroShotEncoder(filt.text_encoder, filt.text_proj, filt.vision_proj, 0.07, cfg)
+    load_zeroshot(again, tmp_path / "z.safetensors")
+    V = store[[train.queries[0]["reference"]]]
+    with torch.no_grad():
+        assert torch.allclose(again.eval().query_embed(["make it red"], V), model.eval().query_embed(["make it red"], V))
+    with pytest.raises(CirtutorError, match="does not fit"):
+        load_zeroshot(encoder(ZeroShotConfig(mapper="tokens", k=2)), tmp_path / "z.safetensors")
+
+
+def test_zero_shot_evaluation_is_the_filters_with_other_queries(world):
+    from cirtutor.engine.stage1 import evaluate_filter
+    from cirtutor.engine.zeroshot import evaluate_zeroshot, query_embeddings
+
+    _, filt, _, val, _, store = world
+    model = encoder()
+    m = evaluate_zeroshot(model, val, store)
+    again = evaluate_filter(model, val, store, embed=lambda idx: query_embeddings(model, val, store, list(idx)))
+    assert m == again and {"R@1", "R@5", "R@10", "R@50", "Rs@1"} <= set(m)
