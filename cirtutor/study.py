@@ -33,6 +33,9 @@ STUDIES = {
         "cala_normalized": ("stage1.aux=cala", "stage1.cala.normalize_aux=true"),
     },
 }
+# What a study's variants run: "reproduce" (the main job: stages "filter" and "rerank") or
+# "zeroshot" (`engine.zeroshot.run_zeroshot`: stage "zeroshot").
+RUNNERS = {"cala": "reproduce"}
 SHIPPED = Path(__file__).resolve().parent / "assets" / "studies"
 
 
@@ -57,27 +60,65 @@ def collect(results: dict) -> list[dict]:
     return [{"seed": 0, "filter": results["filter"], "rerank": results["rerank"][f"K={results['k']}"]}]
 
 
+def stats(runs: list[dict]) -> dict:
+    """{stage: {metric: {"mean", "std"}}} over the runs (sample std, as the report's seed table)."""
+    import numpy as np
+
+    from cirtutor.report import SEED_DDOF
+
+    out = {}
+    for stage in (k for k in runs[0] if k != "seed"):
+        keys = [k for k, v in runs[0][stage].items() if isinstance(v, (int, float))]
+        out[stage] = {k: {"mean": float(np.mean([r[stage][k] for r in runs])),
+                          "std": float(np.std([r[stage][k] for r in runs], ddof=SEED_DDOF)) if len(runs) > 1 else 0.0}
+                      for k in keys}
+    return out
+
+
+def run_variant(runner: str, cfg, seeds: int, out: Path) -> tuple[list[dict], int | None]:
+    """Run (or reload) one variant for seeds 0..seeds-1 into `out`: ([{"seed", stage: metrics}], K)."""
+    if runner == "reproduce":
+        from cirtutor.pipeline import reproduce
+
+        reproduce(cfg, seeds=seeds, out=str(out))
+        results = json.loads((out / "results.json").read_text())
+        return collect(results), results["k"]
+    from cirtutor.engine.zeroshot import run_zeroshot
+    from cirtutor.pipeline import datasets, feature_stores, init_weights, resolve_device
+
+    device = resolve_device(cfg)
+    train, val = datasets(cfg)
+    weights = init_weights(cfg)
+    stores = feature_stores(cfg, train, val, weights, device)
+    runs = [{"seed": seed, "zeroshot": run_zeroshot(cfg, out, seed, train=train, val=val, stores=stores,
+                                                    weights=weights, device=device)[1]} for seed in range(seeds)]
+    return runs, None
+
+
 def run_study(name: str, preset: str = "tiny", seeds: int = 3, root: str | Path | None = None,
               variants: list[str] | None = None) -> dict:
     """Run (or reload) every variant of study `name` for seeds 0..seeds-1 into root/<variant>/ and
     write root/study.json: {"study", "preset", "seeds", "k", "date", "machine", "command",
-    "variants": {variant: {"overrides", "runs": [{"seed", "filter", "rerank"}], "stats"}}}."""
-    from cirtutor.pipeline import reproduce
-    from cirtutor.report import seed_stats
-
+    "variants": {variant: {"overrides", "runs": [{"seed", stage: metrics}], "stats"}}}. With `variants`,
+    only those run, and an existing root/study.json of the same study, preset and seeds keeps the others."""
     root = Path(root or f"runs/study-{name}-{preset}")
     chosen = variants or list(variant_overrides(name))
     study = {"study": name, "preset": preset, "seeds": seeds, "date": time.strftime("%Y-%m-%d"),
              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
              "command": f"cirtutor study {name} --preset {preset} --seeds {seeds}", "variants": {}}
     for variant in chosen:
-        cfg = variant_config(name, variant, preset)
-        reproduce(cfg, seeds=seeds, out=str(root / variant))
-        results = json.loads((root / variant / "results.json").read_text())
-        runs = collect(results)
-        study["k"] = results["k"]
+        runs, k = run_variant(RUNNERS[name], variant_config(name, variant, preset), seeds, root / variant)
+        if k is not None:
+            study["k"] = k
         study["variants"][variant] = {"overrides": list(variant_overrides(name)[variant]), "runs": runs,
-                                      "stats": seed_stats({**results, "seed_runs": runs})}
+                                      "stats": stats(runs)}
+    previous = root / "study.json"
+    if variants and previous.is_file():                    # a subset run adds to (or redoes part of) the same study
+        old = json.loads(previous.read_text())
+        if (old["study"], old["preset"], old["seeds"]) == (name, preset, seeds):
+            study["variants"] = {v: study["variants"].get(v) or old["variants"][v]
+                                 for v in variant_overrides(name) if v in study["variants"] or v in old["variants"]}
+            study["k"] = study.get("k", old.get("k"))
     atomic_write_json(root / "study.json", study, indent=2)
     return study
 
@@ -113,7 +154,7 @@ def check_seed0(study: dict, variant: str, stage: str, measured: dict, keys=("R@
 
 
 def table(study: dict, stage: str, keys=("R@1", "R@5", "R@10", "R@50", "Rs@1"), labels: dict | None = None) -> str:
-    """A markdown table of mean ± std over seeds of `stage` ("filter" | "rerank") per variant."""
+    """A markdown table of mean ± std over seeds of `stage` ("filter" | "rerank" | "zeroshot") per variant."""
     head = "| " + " | ".join(["variant", *keys]) + " |\n|" + "---|" * (len(keys) + 1) + "\n"
     rows = []
     for variant, entry in study["variants"].items():

@@ -7,7 +7,6 @@ import pytest
 
 from cirtutor import study as st
 from cirtutor.errors import CirtutorError
-from cirtutor.report import seed_stats
 
 KEYS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3")
 
@@ -40,8 +39,13 @@ def test_run_study_runs_each_variant_and_gathers_its_seeds(tmp_path, monkeypatch
     stats = out["variants"]["cala_normalized"]["stats"]
     assert stats["filter"]["R@1"] == pytest.approx({"mean": 16.0, "std": 1.0})      # 15, 16, 17
     assert stats["rerank"]["R@1"] == pytest.approx({"mean": 18.0, "std": 2.0})      # 16, 18, 20
+    assert stats["rerank"]["avg"] == pytest.approx({"mean": 18.0, "std": 2.0}) and set(stats) == {"filter", "rerank"}
     text = st.table(out, "filter")
     assert text.splitlines()[2].startswith("| plain | 1.0 ± 1.0 |") and len(text.splitlines()) == 5
+    fake_reproduce.calls = []
+    again = st.run_study("cala", seeds=3, root=tmp_path, variants=["cala"])    # a subset keeps the others
+    assert fake_reproduce.calls == [("cala", False, (), 3)] and again["variants"] == out["variants"]
+    assert list(again["variants"]) == ["plain", "cala", "cala_normalized"]
     st.check_seed0(out, "cala", "filter", metrics(10.0))
     with pytest.raises(CirtutorError, match="differs"):
         st.check_seed0(out, "cala", "filter", metrics(10.5))
@@ -65,4 +69,4 @@ def test_the_shipped_study_matches_its_definition_and_its_own_runs():
     assert {v: tuple(e["overrides"]) for v, e in shipped["variants"].items()} == st.STUDIES["cala"]
     for entry in shipped["variants"].values():
         assert sorted(r["seed"] for r in entry["runs"]) == list(range(shipped["seeds"]))
-        assert entry["stats"] == seed_stats({"filter": entry["runs"][0]["filter"], "seed_runs": entry["runs"]})
+        assert entry["stats"] == st.stats(entry["runs"])

@@ -223,6 +223,21 @@ def evaluate_zeroshot(model: ZeroShotEncoder, dataset, store: FeatureStore, devi
                            embed=lambda idx: query_embeddings(model, dataset, store, list(idx), device=device))
 
 
+@torch.no_grad()
+def training_free_baselines(model: ZeroShotEncoder, dataset, store: FeatureStore, device="cpu") -> dict[str, dict]:
+    """The usual reference rows of zero-shot CIR (as in Pic2Word's tables), with the frozen
+    backbone alone: "image only" (the reference's ITC embedding as the query), "text only" (the
+    modification text's) and "image + text" (their normalised sum)."""
+    model.eval()
+    indices = list(range(len(dataset.queries)))
+    image = model.gallery_embed(store[[q["reference"] for q in dataset.queries]].to(device)).cpu()
+    text = torch.cat([model.text_embed(*tokenize_text_only([dataset.query_text(i) for i in indices[s:s + 256]],
+                                                           device)).cpu() for s in range(0, len(indices), 256)])
+    queries = {"image only": image, "text only": text, "image + text": F.normalize(image + text, dim=-1)}
+    return {name: evaluate_filter(model, dataset, store, device=device, embed=lambda idx, q=q: q[list(idx)])
+            for name, q in queries.items()}
+
+
 def zeroshot_dir(run: Path, seed: int) -> Path:
     return Path(run) / f"seed{seed}" / "zeroshot"
 
