@@ -101,3 +101,21 @@ def test_cli_pretrain_tiny_is_wired(capsys):
     with pytest.raises(SystemExit) as e:
         main(["pretrain-tiny", "--help"])
     assert e.value.code == 0 and "--steps" in capsys.readouterr().out
+
+
+def test_every_notebook_teaches_in_the_house_shape_and_is_listed_in_the_readme():
+    """Opens with what you will learn, ends with a recap and exercises, is committed executed
+    without errors, and appears in the README's table of notebooks."""
+    readme = (ROOT / "README.md").read_text()
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) >= 9
+    for path in notebooks:
+        cells = json.loads(path.read_text())["cells"]
+        text = lambda c: "".join(c["source"])  # noqa: E731
+        assert "What you will learn" in text(cells[0]), path.name
+        tail = "\n".join(text(c) for c in cells[-3:] if c["cell_type"] == "markdown")
+        assert "Recap" in tail and "Exercises" in tail, path.name
+        code = [c for c in cells if c["cell_type"] == "code"]
+        assert all(c.get("execution_count") for c in code if text(c).strip()), f"{path.name} is not executed"
+        assert not any(o.get("output_type") == "error" for c in code for o in c.get("outputs", [])), path.name
+        assert f"`{path.name}`" in readme, f"{path.name} is missing from the README's notebook table"
