@@ -75,3 +75,12 @@ def small_world(tmp_path_factory):
 
     yield build
     mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures drawn by a test are closed after it (pyplot keeps every figure open otherwise)."""
+    yield
+    import sys
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
