@@ -134,22 +134,16 @@ def logit_breakdown(objective, dataset, store, n_batches: int = 8, batch_size: i
     "top-1" of S_f is what evaluation uses; of S_mix, what the authors' loss trains."""
     import torch
 
-    from cirtutor.engine.stage1 import batch_order, stage1_inputs
+    from cirtutor.engine.stage1 import first_batches
 
     objective.eval()
-    inputs = stage1_inputs(dataset, store, device)
-    order = batch_order(dataset.queries, batch_size, composition, torch.Generator().manual_seed(seed))
     sums: dict[str, np.ndarray] = {}
-    n = 0
     with torch.no_grad():
-        for batch, _ in zip(order, range(n_batches)):
-            for name, S in objective.logits(*inputs(batch, 0)).items():              # (B, B) each
+        for _, inputs in first_batches(dataset, store, batch_size, composition, n_batches, seed, device):
+            for name, S in objective.logits(*inputs).items():                          # (B, B) each
                 S = S.float().cpu()
                 own = torch.eye(len(S), dtype=torch.bool)
                 row = [(S.argmax(1) == torch.arange(len(S))).float().mean().item() * 100, S.abs().mean().item(),
                        (S[own].mean() - S[~own].mean()).item()]
                 sums[name] = sums.get(name, 0) + np.array(row)
-            n += 1
-    if n < n_batches:
-        raise CirtutorError(f"only {n} batches of {batch_size} in {len(dataset.queries)} queries; asked for {n_batches}")
-    return {name: dict(zip(("top-1", "mean |S|", "margin"), (v / n).tolist())) for name, v in sums.items()}
+    return {name: dict(zip(("top-1", "mean |S|", "margin"), (v / n_batches).tolist())) for name, v in sums.items()}

@@ -69,6 +69,11 @@ def k_items(rerank: dict) -> list[tuple[int, dict]]:
     return sorted((viz._k_of(key), m) for key, m in rerank.items())
 
 
+def mean_std(values) -> dict:
+    """{"mean", "std"} of per-seed values, the std a sample one (ddof=SEED_DDOF)."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=SEED_DDOF))}
+
+
 def seed_stats(results: dict) -> dict | None:
     """Mean and sample std (ddof=SEED_DDOF) over results["seed_runs"] of F, R_K (every flat metric)
     and of R − F (the seed-table keys); None when fewer than two seeds ran (no std to take)."""
@@ -78,7 +83,7 @@ def seed_stats(results: dict) -> dict | None:
     fiq = is_fashioniq(results)
     f = [flat_metrics(run["filter"], fiq) for run in runs]
     r = [flat_metrics(run["rerank"], fiq) for run in runs]
-    stat = lambda xs: {"mean": float(np.mean(xs)), "std": float(np.std(xs, ddof=SEED_DDOF))}  # noqa: E731
+    stat = mean_std
     return {"seeds": [run["seed"] for run in runs], "ddof": SEED_DDOF,
             "filter": {key: stat([m[key] for m in f]) for key in f[0]},
             "rerank": {key: stat([m[key] for m in r]) for key in r[0]},

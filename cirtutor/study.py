@@ -33,9 +33,6 @@ STUDIES = {
         "cala_normalized": ("stage1.aux=cala", "stage1.cala.normalize_aux=true"),
     },
 }
-# What a study's variants run: "reproduce" (the main job: stages "filter" and "rerank") or
-# "zeroshot" (`engine.zeroshot.run_zeroshot`: stage "zeroshot").
-RUNNERS = {"cala": "reproduce"}
 SHIPPED = Path(__file__).resolve().parent / "assets" / "studies"
 
 
@@ -61,38 +58,16 @@ def collect(results: dict) -> list[dict]:
 
 
 def stats(runs: list[dict]) -> dict:
-    """{stage: {metric: {"mean", "std"}}} over the runs (sample std, as the report's seed table)."""
-    import numpy as np
-
-    from cirtutor.report import SEED_DDOF
+    """{stage: {metric: {"mean", "std"}}} over the runs (sample std, as the report's seed table;
+    0 for a single run)."""
+    from cirtutor.report import mean_std
 
     out = {}
     for stage in (k for k in runs[0] if k != "seed"):
         keys = [k for k, v in runs[0][stage].items() if isinstance(v, (int, float))]
-        out[stage] = {k: {"mean": float(np.mean([r[stage][k] for r in runs])),
-                          "std": float(np.std([r[stage][k] for r in runs], ddof=SEED_DDOF)) if len(runs) > 1 else 0.0}
-                      for k in keys}
+        out[stage] = {k: mean_std([r[stage][k] for r in runs]) if len(runs) > 1
+                      else {"mean": float(runs[0][stage][k]), "std": 0.0} for k in keys}
     return out
-
-
-def run_variant(runner: str, cfg, seeds: int, out: Path) -> tuple[list[dict], int | None]:
-    """Run (or reload) one variant for seeds 0..seeds-1 into `out`: ([{"seed", stage: metrics}], K)."""
-    if runner == "reproduce":
-        from cirtutor.pipeline import reproduce
-
-        reproduce(cfg, seeds=seeds, out=str(out))
-        results = json.loads((out / "results.json").read_text())
-        return collect(results), results["k"]
-    from cirtutor.engine.zeroshot import run_zeroshot
-    from cirtutor.pipeline import datasets, feature_stores, init_weights, resolve_device
-
-    device = resolve_device(cfg)
-    train, val = datasets(cfg)
-    weights = init_weights(cfg)
-    stores = feature_stores(cfg, train, val, weights, device)
-    runs = [{"seed": seed, "zeroshot": run_zeroshot(cfg, out, seed, train=train, val=val, stores=stores,
-                                                    weights=weights, device=device)[1]} for seed in range(seeds)]
-    return runs, None
 
 
 def run_study(name: str, preset: str = "tiny", seeds: int = 3, root: str | Path | None = None,
@@ -101,15 +76,18 @@ def run_study(name: str, preset: str = "tiny", seeds: int = 3, root: str | Path 
     write root/study.json: {"study", "preset", "seeds", "k", "date", "machine", "command",
     "variants": {variant: {"overrides", "runs": [{"seed", stage: metrics}], "stats"}}}. With `variants`,
     only those run, and an existing root/study.json of the same study, preset and seeds keeps the others."""
+    from cirtutor.pipeline import reproduce
+
     root = Path(root or f"runs/study-{name}-{preset}")
     chosen = variants or list(variant_overrides(name))
     study = {"study": name, "preset": preset, "seeds": seeds, "date": time.strftime("%Y-%m-%d"),
              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
              "command": f"cirtutor study {name} --preset {preset} --seeds {seeds}", "variants": {}}
     for variant in chosen:
-        runs, k = run_variant(RUNNERS[name], variant_config(name, variant, preset), seeds, root / variant)
-        if k is not None:
-            study["k"] = k
+        reproduce(variant_config(name, variant, preset), seeds=seeds, out=str(root / variant))
+        results = json.loads((root / variant / "results.json").read_text())
+        runs = collect(results)
+        study["k"] = results["k"]
         study["variants"][variant] = {"overrides": list(variant_overrides(name)[variant]), "runs": runs,
                                       "stats": stats(runs)}
     previous = root / "study.json"

@@ -38,7 +38,7 @@ from cirtutor.compact import pack, unpack
 from cirtutor.config import Config, result_fields
 from cirtutor.data.registry import dataset_root
 from cirtutor.engine.features import FeatureStore
-from cirtutor.engine.stage1 import batch_order, stage1_inputs
+from cirtutor.engine.stage1 import first_batches
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_bytes, atomic_write_json
 from cirtutor.models import CandidateFilter, DualEncoderReranker
@@ -224,11 +224,17 @@ def ship(cfg: Config, seed: int = 0, ablation: str | None = None, kind: str = "r
     target = Path(to or SHIPPED) / folder.name
     out = _run_dir(target, seed, ablation, kind)
     atomic_write_bytes(out / COMPACT, save({k: v.contiguous() for k, v in packed.items()}))
-    for name in ("metrics.json", "metrics.csv", AUX_MODULES):
-        if name != AUX_MODULES or (source / name).is_file():   # CaLa's training-only modules, when there are any
-            atomic_write_bytes(out / name, (source / name).read_bytes())
+    _copy_records(source, out)
     atomic_write_bytes(target / "config.json", (folder / "config.json").read_bytes())
     return target
+
+
+def _copy_records(source: Path, out: Path) -> None:
+    """What travels with a model besides its weights: its metrics, its loss log and, for a CaLa
+    filter, its training-only modules."""
+    for name in ("metrics.json", "metrics.csv", AUX_MODULES):
+        if name != AUX_MODULES or (source / name).is_file():
+            atomic_write_bytes(out / name, (source / name).read_bytes())
 
 
 def _unship(cfg: Config, seed: int, ablation: str | None, kind: str, name: str, run: Path) -> None:
@@ -237,9 +243,7 @@ def _unship(cfg: Config, seed: int, ablation: str | None, kind: str, name: str, 
     model = _start(cfg, seed, ablation, kind)
     model.load_state_dict(unpack(load_file(source / COMPACT), model.state_dict()))
     atomic_write_bytes(out / f"{kind}.pt", state_bytes(model))
-    for file in ("metrics.json", "metrics.csv", AUX_MODULES):
-        if file != AUX_MODULES or (source / file).is_file():
-            atomic_write_bytes(out / file, (source / file).read_bytes())
+    _copy_records(source, out)
     atomic_write_bytes(run / "config.json", (SHIPPED / name / "config.json").read_bytes())
 
 
@@ -267,11 +271,9 @@ def batch_breakdown(model: CandidateFilter, dataset, store: FeatureStore, compos
     * "p other references": the probability it gives all remaining targets, summed, mean;
     * "siblings": how many same-reference queries each query has in the batch, mean."""
     model.eval()
-    inputs = stage1_inputs(dataset, store, device)
-    order = batch_order(dataset.queries, batch_size, composition, torch.Generator().manual_seed(seed))
     rows = []
-    for batch, _ in zip(order, range(n_batches)):
-        ids, text_mask, ref_feats, target_feats = inputs(batch, 0)
+    for batch, (ids, text_mask, ref_feats, target_feats) in first_batches(dataset, store, batch_size, composition,
+                                                                         n_batches, seed, device):
         query_emb, _ = model(ids, text_mask, ref_feats)                       # (B, e)
         target_emb = model.gallery_embed(target_feats)                        # (B, e)
         p = model.logits(query_emb, target_emb).float().softmax(dim=1).cpu()  # (B, B): row = query
@@ -281,8 +283,5 @@ def batch_breakdown(model: CandidateFilter, dataset, store: FeatureStore, compos
         rows.append([model.loss(query_emb.float(), target_emb.float()).item(), p[own].mean().item(),
                      (p * sibling).sum(1).mean().item(), (p * ~(sibling | own)).sum(1).mean().item(),
                      sibling.sum(1).float().mean().item()])
-    if len(rows) < n_batches:
-        raise CirtutorError(f"only {len(rows)} batches of {batch_size} in {len(dataset.queries)} queries; "
-                            f"asked for {n_batches}")
     keys = ("loss", "p target", "p same reference", "p other references", "siblings")
     return dict(zip(keys, torch.tensor(rows).T))

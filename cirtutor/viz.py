@@ -262,12 +262,21 @@ def show_patch_grid(image, patch_size: int, numbers: bool = True):
     return fig
 
 
+def _draw_attention(ax, img: np.ndarray, weights: np.ndarray) -> None:
+    """Attention over a (g, g) patch grid, scaled to [0, 1], drawn over the dimmed image: low
+    weights let the image show through."""
+    h, w = img.shape[:2]
+    overlay = plt.get_cmap("inferno")(weights)                           # (g, g, 4) RGBA
+    overlay[..., 3] = 0.15 + 0.75 * weights
+    ax.imshow(img * 0.6, extent=(0, w, h, 0))
+    ax.imshow(overlay, extent=(0, w, h, 0), interpolation="nearest")
+
+
 def plot_token_attention(image, tokens: Sequence[str], maps: dict, title: str = "", vmax: float | None = None):
     """Attention of text tokens over an image's patches, drawn on the image: one row per
     entry of `maps` (name -> (n_tokens, g, g) attention over the g x g patch grid, e.g. one
     per stream), one column per token, the plain image first. Shared colour scale."""
     img = _image_array(image)
-    h, w = img.shape[:2]
     rows = list(maps.items())
     vmax = vmax or max(float(m.max()) for _, m in rows)
     fig, axes = plt.subplots(len(rows), len(tokens) + 1, figsize=(1.45 * (len(tokens) + 1) + 1, 1.5 * len(rows) + 0.6),
@@ -278,11 +287,7 @@ def plot_token_attention(image, tokens: Sequence[str], maps: dict, title: str = 
         axes[r, 0].set_ylabel(name, fontsize=9)
         for c, tok in enumerate(tokens, start=1):
             ax = axes[r, c]
-            weights = np.asarray(m[c - 1], dtype=float) / vmax           # (g, g) in [0, 1]
-            overlay = plt.get_cmap("inferno")(weights)                   # (g, g, 4) RGBA
-            overlay[..., 3] = 0.15 + 0.75 * weights                      # low weight: the image shows through
-            ax.imshow(img * 0.6, extent=(0, w, h, 0))
-            ax.imshow(overlay, extent=(0, w, h, 0), interpolation="nearest")
+            _draw_attention(ax, img, np.asarray(m[c - 1], dtype=float) / vmax)
             ax.set_title(tok, fontsize=9)
         for ax in axes[r]:
             ax.set_xticks([]), ax.set_yticks([])
@@ -488,7 +493,6 @@ def plot_hinge(tokens: Sequence[str], hop1, target_image, attention, title: str 
     against each caption token (A1[0, k], a logit); right, the attention over the target's
     patches that o is read with (softmax of row 0 of A1 A2, (g, g)), drawn on the target."""
     img = _image_array(target_image)
-    h, w = img.shape[:2]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4), width_ratios=(1.6, 1), layout="constrained")
     hop1 = np.asarray(hop1, dtype=float)
     left.bar(range(len(tokens)), hop1, color=["C3" if v < 0 else "C0" for v in hop1])
@@ -496,10 +500,7 @@ def plot_hinge(tokens: Sequence[str], hop1, target_image, attention, title: str 
     left.axhline(0, color="gray", lw=0.8)
     left.set(ylabel="A1[0, k]", title="hop 1: composed query token 0 → caption token k")
     weights = np.asarray(attention, dtype=float)
-    right.imshow(img * 0.6, extent=(0, w, h, 0))
-    overlay = plt.get_cmap("inferno")(weights / max(weights.max(), 1e-12))
-    overlay[..., 3] = 0.15 + 0.75 * weights / max(weights.max(), 1e-12)
-    right.imshow(overlay, extent=(0, w, h, 0), interpolation="nearest")
+    _draw_attention(right, img, weights / max(weights.max(), 1e-12))
     right.set(title=f"softmax(A1 A2)[0] over the target's patches\nlargest weight {weights.max():.2f}")
     right.set_xticks([]), right.set_yticks([])
     fig.suptitle(title, fontsize=10)

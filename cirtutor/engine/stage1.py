@@ -7,6 +7,7 @@ learning rate is set once per epoch as the authors do (or per step, a tiny-mode 
 """
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Iterator
 
 import numpy as np
@@ -16,6 +17,7 @@ from cirtutor.config import Stage1Config
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.loop import History, Schedule, distribute, fit
 from cirtutor.engine.optim import make_optimizer
+from cirtutor.errors import CirtutorError
 from cirtutor.evaluation import cirr_summary, fashioniq_summary, labels_from_ranking, rank_gallery, subset_ranking
 from cirtutor.models import CandidateFilter, tokenize
 from cirtutor.models.backbones import text_states
@@ -122,6 +124,20 @@ def stage1_inputs(train_set, store: FeatureStore, device):
         target_feats = store[[q["target"] for q in queries]].to(device)    # (B, L_v, d_v)
         return ids, mask, ref_feats, target_feats
     return inputs
+
+
+def first_batches(dataset, store: FeatureStore, batch_size: int, composition: str, n_batches: int, seed: int = 0,
+                  device="cpu") -> Iterator[tuple[list[int], tuple]]:
+    """The first `n_batches` training batches `batch_order` makes with `composition` (generator
+    seeded by `seed`), each as (query indices, the loop's input tensors); an error up front when
+    the split has fewer. For looking at batches as training sees them (notebooks 02 and 08)."""
+    order = list(itertools.islice(batch_order(dataset.queries, batch_size, composition,
+                                              torch.Generator().manual_seed(seed)), n_batches))
+    if len(order) < n_batches:
+        raise CirtutorError(f"only {len(order)} batches of {batch_size} in {len(dataset.queries)} queries; "
+                            f"asked for {n_batches}")
+    inputs = stage1_inputs(dataset, store, device)
+    return ((batch, inputs(batch, 0)) for batch in order)
 
 
 def train_stage1(model: CandidateFilter, train_set, store: FeatureStore, cfg: Stage1Config, *, seed: int = 0,

@@ -30,9 +30,8 @@ from cirtutor.data.base import read_json
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.loop import Schedule, fit
 from cirtutor.engine.optim import make_optimizer
-from cirtutor.engine.stage1 import evaluate_filter
+from cirtutor.engine.stage1 import evaluate_filter, rank_with_filter
 from cirtutor.errors import CirtutorError
-from cirtutor.evaluation.metrics import rank_gallery
 from cirtutor.io import atomic_write_bytes, atomic_write_json
 from cirtutor.models.loading import load_filter
 from cirtutor.models.tokenizer import tokenize_text_only
@@ -164,11 +163,9 @@ def mine_hard_negatives(model: ZeroShotEncoder, dataset, store: FeatureStore, in
     """For each query of `indices`: the `h` gallery images the model ranks highest, target excluded."""
     if h == 0:
         return [[] for _ in indices]
-    gallery = dataset.gallery
-    gallery_emb = torch.cat([model.gallery_embed(store[gallery[i:i + 512]].to(device)).cpu()
-                             for i in range(0, len(gallery), 512)])
-    ranked = rank_gallery(query_embeddings(model, dataset, store, indices, device=device), gallery_emb, gallery,
-                          [dataset.queries[i]["reference"] for i in indices], remove_reference=False, top_k=h + 1)
+    ranked = rank_with_filter(model, dataset, store, dataset.gallery, indices=indices, remove_reference=False,
+                              top_k=h + 1, device=device,
+                              query_emb=query_embeddings(model, dataset, store, indices, device=device))
     return [[n for n in row if n != dataset.queries[i]["target"]][:h] for row, i in zip(ranked, indices)]
 
 
@@ -180,8 +177,7 @@ class ComposingObjective(nn.Module):
         self.model = model
 
     def forward(self, ids, mask, ref_feats, cand_feats, labels) -> torch.Tensor:
-        q = self.model.text_embed(ids, mask, self.model.pseudo_words(ref_feats),
-                                  ref_feats if len(self.model.injections) else None)   # (B, e)
+        q = self.model.prompt_embed(ids, mask, ref_feats)                                # (B, e)
         c = self.model.gallery_embed(cand_feats)                                        # (C, e), frozen
         return F.cross_entropy(self.model.logits(q, c), labels)
 

@@ -148,13 +148,17 @@ class CaLa(nn.Module):
         g = self.tac(V_ref, V_tgt)                                           # (B, d)
         return self.weights.scale * self.aux(H_txt[:, 0]) @ self.aux(g).t()
 
+    def mix(self, S_ctr: torch.Tensor, S_f: torch.Tensor) -> torch.Tensor:
+        """The authors' logit-level fusion: w_c S_ctr + (1 - w_c) S_f."""
+        return self.weights.w_c * S_ctr + (1 - self.weights.w_c) * S_f
+
     def logits(self, S_f, H_mm, H_txt, V_ref, V_tgt, caption_mask=None) -> dict[str, torch.Tensor]:
         """Every (B, B) logit matrix of the loss: "S_f" (the filter's), "S_ctr", "S_tbia" and, in the
         code form, "S_mix" = w_c S_ctr + (1 - w_c) S_f (the logit-level fusion the authors train)."""
         S = {"S_f": S_f, "S_ctr": self.ctr_logits(H_txt, V_ref, V_tgt),
              "S_tbia": self.tbia_logits(H_mm, H_txt, V_tgt, caption_mask)}
         if self.weights.form == "code":
-            S["S_mix"] = self.weights.w_c * S["S_ctr"] + (1 - self.weights.w_c) * S_f
+            S["S_mix"] = self.mix(S["S_ctr"], S_f)
         return S
 
     def loss(self, S_f, H_mm, H_txt, V_ref, V_tgt, caption_mask=None) -> torch.Tensor:
@@ -164,7 +168,7 @@ class CaLa(nn.Module):
         if w.form == "paper":
             return (ce(S_f, sym) + w.alpha * ce(self.tbia_logits(H_mm, H_txt, V_tgt, caption_mask), sym)
                     + w.beta * ce(self.ctr_logits(H_txt, V_ref, V_tgt), sym))
-        mixed = w.w_c * self.ctr_logits(H_txt, V_ref, V_tgt) + (1 - w.w_c) * S_f if w.w_c else S_f
+        mixed = self.mix(self.ctr_logits(H_txt, V_ref, V_tgt), S_f) if w.w_c else S_f
         main = ce(mixed, sym)
         if not w.w_t:
             return main

@@ -206,20 +206,21 @@ class ZeroShotEncoder(nn.Module):
         visual injections (at those positions)."""
         embeds = self.text_encoder.embeddings.word_embeddings
         inputs = embeds(input_ids) if words is None else insert_pseudo_words(embeds, input_ids, words)
-        slots = input_ids == placeholder_id()
-        context = self._layers_see(image_tokens, slots) if image_tokens is not None or len(self.adapters) \
-            else contextlib.nullcontext()
-        with context:
+        with self._layers_see(image_tokens, input_ids == placeholder_id()):
             h = self.text_encoder(inputs_embeds=inputs, attention_mask=text_mask, is_decoder=False).last_hidden_state
         return F.normalize(self.text_proj(h[:, 0]), dim=-1)
+
+    def prompt_embed(self, input_ids, text_mask, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Tokenised prompts (B, L) whose "$" stand for the images `image_tokens` (B, L_v, d_v):
+        their pseudo words go in, and the injections (if any) see the same images. (B, e)"""
+        return self.text_embed(input_ids, text_mask, self.pseudo_words(image_tokens), image_tokens)
 
     def query_embed(self, texts, image_tokens: torch.Tensor, template: str | None = None) -> torch.Tensor:
         """Composed queries: each text in the prompt template with the reference's pseudo words
         (B, e). Default template: `cfg.query_template` ("a photo of $ that {text}")."""
         ids, mask = tokenize_text_only(prompts(texts, template or self.cfg.query_template, self.cfg.k),
                                        image_tokens.device)
-        inject = image_tokens if len(self.injections) else None
-        return self.text_embed(ids, mask, self.pseudo_words(image_tokens), inject)
+        return self.prompt_embed(ids, mask, image_tokens)
 
     def image_prompt_embed(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Stage I's prompt, "a photo of $" for each image: (B, e)."""
