@@ -1,7 +1,7 @@
 """The one command line: `cirtutor <command> ...`.
 
     cirtutor reproduce --preset tiny [--seeds 3]  the main job (tiny mode: synthetic data, CPU), report.md
-    cirtutor study cala --preset tiny [--seeds 3]  the main job for each variant of a study, study.json
+    cirtutor study cala --preset tiny [--seeds 3]  each variant of a named study over seeds, study.json
     cirtutor train-stage1 --preset P --run-dir DIR [--seed S] [--resume]     the candidate filter
     cirtutor extract-topk --preset P --run-dir DIR [--k 200]                 its top-K lists of the val split
     cirtutor train-stage2 --preset P --run-dir DIR [--ablation A] [--resume] the re-ranker
@@ -77,7 +77,7 @@ def cmd_study(args) -> int:
     from cirtutor.study import run_study, table
 
     study = run_study(args.name, args.preset, args.seeds, args.run, args.variants.split(",") if args.variants else None)
-    for stage in ("filter", "rerank"):
+    for stage in next(iter(study["variants"].values()))["stats"]:          # filter, rerank | zeroshot
         print(f"\n{stage} (mean ± std over {args.seeds} seeds)\n" + table(study, stage))
     return 0
 
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("study", help="run the main job for every variant of a named study (e.g. cala) over seeds")
-    s.add_argument("name", help="the study: cala")
+    s.add_argument("name", help="the study: cala (notebook 08) or zeroshot (notebook 09)")
     s.add_argument("--preset", default="tiny")
     s.add_argument("--seeds", type=int, default=3)
     s.add_argument("--run-dir", dest="run", metavar="DIR", help="the study folder (default: runs/study-<name>-<preset>)")

@@ -1,17 +1,25 @@
 """Seeded comparisons of a preset's variants: the multi-seed tables of the extension notebooks.
 
-A study is a named set of variants, each a list of `--set` overrides on one preset (`STUDIES`).
-`run_study` runs the main job (`pipeline.reproduce`, without the ablations) once per variant
-into root/<variant>/ for seeds 0..n-1, then gathers every seed's filter and re-ranker metrics
-and their mean ± std (`report.seed_stats`) into root/study.json:
+A study is a named set of variants, each a list of `--set` overrides on one preset (`STUDIES`),
+and a runner (`RUNNERS`) that trains and evaluates one variant for one seed:
+
+* "reproduce" (the CaLa study): the main job (`pipeline.reproduce`, without the ablations) into
+  root/<variant>/; each seed's "filter" and "rerank" metrics;
+* "zeroshot" (the zero-shot study): `trained.trained_zeroshot`, into the cache; each seed's
+  "zeroshot" metrics. The study also records the training-free reference rows
+  (`engine.zeroshot.training_free_baselines`) under "references".
+
+`run_study` runs every variant for seeds 0..n-1 and gathers the metrics and their mean ± std
+(`report.mean_std`) into root/study.json:
 
     cirtutor study cala --preset tiny --seeds 3 --run-dir runs/study-cala     (tiny: ~20 min per variant and seed)
+    cirtutor study zeroshot --preset tiny --seeds 3                          (tiny: ~1-2 min per variant and seed)
 
-A variant whose run folder already holds finished models reloads them (reproduce's "found
-trained …, loading…"), so a study can be resumed or extended. Training a study is far beyond a
-notebook's time budget, so the package ships the tiny preset's results
-(assets/studies/<study>-<preset>.json, `ship_study`); a notebook loads them with `shipped_study`
-and re-evaluates the seed-0 models it has itself, to check the file against them (`check_seed0`).
+A variant whose models are already trained reloads them ("found trained …, loading…"), so a
+study can be resumed or extended. Training a study is beyond a notebook's time budget, so the
+package ships the tiny preset's results (assets/studies/<study>-<preset>.json, `ship_study`); a
+notebook loads them with `shipped_study` and re-evaluates the seed-0 models it has itself, to
+check the file against them (`check_seed0`).
 """
 from __future__ import annotations
 
@@ -32,7 +40,19 @@ STUDIES = {
         "cala": ("stage1.aux=cala",),                      # the authors' loss: raw x10 dot products
         "cala_normalized": ("stage1.aux=cala", "stage1.cala.normalize_aux=true"),
     },
+    "zeroshot": {                                          # notebook 09: Pic2Word's phi and the two-stage framework
+        "baseline": (),                                    # phi, "a photo of $ that {text}", images only
+        "token_learner": ("zeroshot.mapper=tokens", "zeroshot.k=4"),
+        "injection": ("zeroshot.inject_layers=2",),
+        "soft": ("zeroshot.soft_weight=1",),
+        "stage2_1": ("zeroshot.budget=0.01",),             # + Stage II on 1 % of the training triplets
+        "stage2_5": ("zeroshot.budget=0.05",),
+        "stage2_10": ("zeroshot.budget=0.1",),
+        "full": ("zeroshot.mapper=tokens", "zeroshot.k=4", "zeroshot.inject_layers=2", "zeroshot.soft_weight=1",
+                 "zeroshot.budget=0.1"),
+    },
 }
+RUNNERS = {"cala": "reproduce", "zeroshot": "zeroshot"}
 SHIPPED = Path(__file__).resolve().parent / "assets" / "studies"
 
 
@@ -76,18 +96,17 @@ def run_study(name: str, preset: str = "tiny", seeds: int = 3, root: str | Path 
     write root/study.json: {"study", "preset", "seeds", "k", "date", "machine", "command",
     "variants": {variant: {"overrides", "runs": [{"seed", stage: metrics}], "stats"}}}. With `variants`,
     only those run, and an existing root/study.json of the same study, preset and seeds keeps the others."""
-    from cirtutor.pipeline import reproduce
-
     root = Path(root or f"runs/study-{name}-{preset}")
     chosen = variants or list(variant_overrides(name))
+    unknown = [v for v in chosen if v not in variant_overrides(name)]
+    if unknown:
+        raise CirtutorError(f"study {name!r} has no variant {unknown[0]!r}; expected one of {', '.join(STUDIES[name])}")
     study = {"study": name, "preset": preset, "seeds": seeds, "date": time.strftime("%Y-%m-%d"),
              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
              "command": f"cirtutor study {name} --preset {preset} --seeds {seeds}", "variants": {}}
+    run_variant = _run_reproduce if RUNNERS[name] == "reproduce" else _zeroshot_runner(study, preset)
     for variant in chosen:
-        reproduce(variant_config(name, variant, preset), seeds=seeds, out=str(root / variant))
-        results = json.loads((root / variant / "results.json").read_text())
-        runs = collect(results)
-        study["k"] = results["k"]
+        runs = run_variant(variant_config(name, variant, preset), seeds, root / variant, study)
         study["variants"][variant] = {"overrides": list(variant_overrides(name)[variant]), "runs": runs,
                                       "stats": stats(runs)}
     previous = root / "study.json"
@@ -96,9 +115,37 @@ def run_study(name: str, preset: str = "tiny", seeds: int = 3, root: str | Path 
         if (old["study"], old["preset"], old["seeds"]) == (name, preset, seeds):
             study["variants"] = {v: study["variants"].get(v) or old["variants"][v]
                                  for v in variant_overrides(name) if v in study["variants"] or v in old["variants"]}
-            study["k"] = study.get("k", old.get("k"))
+            for key in ("k", "references"):                # the "reproduce" runner's K; the zeroshot references
+                if key in old:
+                    study.setdefault(key, old[key])
     atomic_write_json(root / "study.json", study, indent=2)
     return study
+
+
+def _run_reproduce(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
+    """The "reproduce" runner: the main job for `seeds` seeds into `out`."""
+    from cirtutor.pipeline import reproduce
+
+    reproduce(cfg, seeds=seeds, out=str(out))
+    results = json.loads((out / "results.json").read_text())
+    study["k"] = results["k"]
+    return collect(results)
+
+
+def _zeroshot_runner(study: dict, preset: str):
+    """The "zeroshot" runner (the models go to the cache, `trained_zeroshot`); it first records the
+    training-free reference rows of the preset's frozen backbone in study["references"]."""
+    from cirtutor.engine.zeroshot import build_zeroshot, training_free_baselines
+    from cirtutor.trained import filter_data, trained_zeroshot
+
+    cfg = get_preset(preset)
+    data = filter_data(cfg)
+    study["references"] = training_free_baselines(build_zeroshot(data.weights, cfg).to(data.device), data.val,
+                                                  data.stores["val"], device=data.device)
+
+    def run(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
+        return [{"seed": s, "zeroshot": trained_zeroshot(cfg, s, data=data)[1]} for s in range(seeds)]
+    return run
 
 
 def shipped_study(name: str, preset: str = "tiny") -> dict:

@@ -15,7 +15,9 @@ the config, the initial weights' contents (`weights_key`), the subsample and the
 training has finished (`cirtutor.cache.cached` builds it under a temporary name).
 
 `trained_reranker(cfg, seed, ablation)` does the same for stage 2 (`run_stage2` on the cached
-filter), for the main re-ranker and each ablation, under cache_dir()/trained/{preset}-reranker-{digest}/.
+filter), for the main re-ranker and each ablation, under cache_dir()/trained/{preset}-reranker-{digest}/,
+and `trained_zeroshot(cfg, seed)` for the zero-shot models (`engine.zeroshot.run_zeroshot`: the
+data, model and zeroshot sections) under cache_dir()/trained/{preset}-zeroshot-{digest}/.
 
 Also here: `filter_data` (what stage 1 trains and evaluates on, in one object) and
 `batch_breakdown` (Eq. 1 on batches of one composition, and where each query's softmax goes:
@@ -39,10 +41,12 @@ from cirtutor.config import Config, result_fields
 from cirtutor.data.registry import dataset_root
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.stage1 import first_batches
+from cirtutor.engine.zeroshot import ZEROSHOT_FILE, build_zeroshot, describe, load_zeroshot, run_zeroshot, zeroshot_dir
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_bytes, atomic_write_json
 from cirtutor.models import CandidateFilter, DualEncoderReranker
 from cirtutor.models.cala import CaLa
+from cirtutor.models.zeroshot import ZeroShotEncoder
 from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
 from cirtutor.pipeline import (ABLATIONS, AUX_MODULES, config_dict, config_digest, datasets, feature_stores, init_weights, is_tiny,
                                load_weights, resolve_device, run_stage1, run_stage2, stage1_dir, state_bytes,
@@ -139,6 +143,8 @@ def _train(cfg: Config, seed: int, ablation: str | None, kind: str, run: Path, d
         inputs = dict(train=data.train, val=data.val, stores=data.stores, weights=data.weights, device=data.device)
         if kind == "filter":
             run_stage1(cfg, run, seed, **inputs)
+        elif kind == "zeroshot":
+            run_zeroshot(cfg, run, seed, log=print, **inputs)
         else:
             run_stage2(cfg, run, seed, trained_filter(cfg, seed, verbose, data)[0], ablation=ablation, **inputs)
     for spare in ("last.pt", "best.pt"):     # the resumable checkpoint and the best-so-far copy: <kind>.pt has the result
@@ -190,6 +196,30 @@ def trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None, ve
                  ablation)
 
 
+def trained_zeroshot_dir(cfg: Config, seed: int = 0) -> Path:
+    """The cache folder of the zero-shot model `trained_zeroshot(cfg, seed)` returns (it may not exist yet)."""
+    digest = config_digest(*map(result_fields, (cfg.data, cfg.model, cfg.zeroshot)),
+                           weights_key(init_weights(cfg, verbose=False)), cfg.subsample, seed)
+    return cache_dir() / "trained" / f"{cfg.name}-zeroshot-{digest}"
+
+
+def trained_zeroshot(cfg: Config, seed: int = 0, verbose: bool = True,
+                     data: FilterData | None = None) -> tuple[ZeroShotEncoder, dict]:
+    """(the zero-shot model of `cfg.zeroshot` in eval mode on the preset's device, its zero-shot
+    validation metrics): loaded from the cache, or trained there first with `run_zeroshot`
+    (tiny mode, 2 CPU cores: about 1 minute for Stage I, 1 more for Stage II at a 10 % budget)."""
+    folder = trained_zeroshot_dir(cfg, seed)
+    cost = "about 1 to 2 minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
+    _ensure(cfg, folder, "zero-shot model", f"{describe(cfg.zeroshot)}, {cost}", verbose, kind="zeroshot",
+            seed=seed, ablation=None, data=data)
+    out = zeroshot_dir(folder, seed)
+    if not (out / ZEROSHOT_FILE).is_file() or not (out / "metrics.json").is_file():
+        raise CirtutorError(f"{folder} holds no finished zero-shot model: delete the folder and it is trained again")
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = load_zeroshot(build_zeroshot(init_weights(cfg, verbose=False), cfg, seed), out / ZEROSHOT_FILE)
+    return model.to(resolve_device(cfg)).eval(), json.loads((out / "metrics.json").read_text())
+
+
 # ----------------------------------------------------------------------------- shipped copies
 
 def _start(cfg: Config, seed: int, ablation: str | None, kind: str) -> torch.nn.Module:
@@ -205,45 +235,62 @@ def _start(cfg: Config, seed: int, ablation: str | None, kind: str) -> torch.nn.
 
 
 def _run_dir(run: Path, seed: int, ablation: str | None, kind: str) -> Path:
+    if kind == "zeroshot":
+        return zeroshot_dir(run, seed)
     return stage1_dir(run, seed) if kind == "filter" else reranker_out(run, seed, ablation)
 
 
+def _model_dir(cfg: Config, seed: int, ablation: str | None, kind: str) -> Path:
+    if kind == "zeroshot":
+        return trained_zeroshot_dir(cfg, seed)
+    return trained_filter_dir(cfg, seed) if kind == "filter" else trained_reranker_dir(cfg, seed, ablation)
+
+
 def ship(cfg: Config, seed: int = 0, ablation: str | None = None, kind: str = "reranker", to: Path | None = None) -> Path:
-    """Copy the cached trained model of `kind` ("filter" | "reranker", with `ablation`) into the
-    package's shipped folder (`to`, default SHIPPED) in compact form (`cirtutor.compact`), with
-    its metrics and loss log, so that a fresh clone loads it instead of training it. Returns the folder."""
-    folder = trained_filter_dir(cfg, seed) if kind == "filter" else trained_reranker_dir(cfg, seed, ablation)
+    """Copy the cached trained model of `kind` ("filter" | "reranker", with `ablation` | "zeroshot")
+    into the package's shipped folder (`to`, default SHIPPED), with its metrics and loss logs, so
+    that a fresh clone loads it instead of training it: a filter or re-ranker in compact form
+    (`cirtutor.compact`), a zero-shot model's trained parts as they are (under 1 MB). Returns the folder."""
+    folder = _model_dir(cfg, seed, ablation, kind)
     source = _run_dir(folder, seed, ablation, kind)
-    if not (source / f"{kind}.pt").is_file():
+    weights = ZEROSHOT_FILE if kind == "zeroshot" else f"{kind}.pt"
+    if not (source / weights).is_file():
         raise CirtutorError(f"no trained {kind} in the cache at {source}: build it first (trained_{kind}(cfg, seed))")
-    model = _start(cfg, seed, ablation, kind)
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    load_weights(model, source / f"{kind}.pt")
-    packed = pack(model.state_dict(), start, trainable)
     target = Path(to or SHIPPED) / folder.name
     out = _run_dir(target, seed, ablation, kind)
-    atomic_write_bytes(out / COMPACT, save({k: v.contiguous() for k, v in packed.items()}))
-    _copy_records(source, out)
+    if kind != "zeroshot":
+        model = _start(cfg, seed, ablation, kind)
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        load_weights(model, source / f"{kind}.pt")
+        packed = pack(model.state_dict(), start, trainable)
+        atomic_write_bytes(out / COMPACT, save({k: v.contiguous() for k, v in packed.items()}))
+    _copy_records(source, out, kind)
     atomic_write_bytes(target / "config.json", (folder / "config.json").read_bytes())
     return target
 
 
-def _copy_records(source: Path, out: Path) -> None:
-    """What travels with a model besides its weights: its metrics, its loss log and, for a CaLa
-    filter, its training-only modules."""
-    for name in ("metrics.json", "metrics.csv", AUX_MODULES):
-        if name != AUX_MODULES or (source / name).is_file():
-            atomic_write_bytes(out / name, (source / name).read_bytes())
+RECORDS = {"filter": (("metrics.json", "metrics.csv"), (AUX_MODULES,)),      # (always, when present)
+           "reranker": (("metrics.json", "metrics.csv"), ()),
+           "zeroshot": ((ZEROSHOT_FILE, "metrics.json", "stage1.csv"), ("stage2.csv", "stage2_queries.json"))}
+
+
+def _copy_records(source: Path, out: Path, kind: str) -> None:
+    """What travels with a model besides its compact weights: its metrics, its loss logs and, for
+    a CaLa filter, its training-only modules (a zero-shot model: all of it, weights included)."""
+    always, optional = RECORDS[kind]
+    for name in always + tuple(n for n in optional if (source / n).is_file()):
+        atomic_write_bytes(out / name, (source / name).read_bytes())
 
 
 def _unship(cfg: Config, seed: int, ablation: str | None, kind: str, name: str, run: Path) -> None:
     """Rebuild a shipped compact model into the run folder `run` (renamed into the cache by `cached`)."""
     source, out = _run_dir(SHIPPED / name, seed, ablation, kind), _run_dir(run, seed, ablation, kind)
-    model = _start(cfg, seed, ablation, kind)
-    model.load_state_dict(unpack(load_file(source / COMPACT), model.state_dict()))
-    atomic_write_bytes(out / f"{kind}.pt", state_bytes(model))
-    _copy_records(source, out)
+    if kind != "zeroshot":
+        model = _start(cfg, seed, ablation, kind)
+        model.load_state_dict(unpack(load_file(source / COMPACT), model.state_dict()))
+        atomic_write_bytes(out / f"{kind}.pt", state_bytes(model))
+    _copy_records(source, out, kind)
     atomic_write_bytes(run / "config.json", (SHIPPED / name / "config.json").read_bytes())
 
 

@@ -1,9 +1,12 @@
-"""cirtutor.study: variants as overrides, gathering seeds from reproduce's results.json, the
-mean ± std table, the seed-0 check, and the shipped results' consistency with STUDIES."""
+"""cirtutor.study: variants as overrides, gathering seeds from reproduce's results.json (or the
+zero-shot runner), the mean ± std table, the seed-0 check, and the shipped results' consistency
+with STUDIES."""
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from cirtutor import study as st
 from cirtutor.errors import CirtutorError
@@ -63,10 +66,38 @@ def test_unknown_studies_and_variants_say_what_exists():
         st.variant_config("cala", "normalized")
 
 
-def test_the_shipped_study_matches_its_definition_and_its_own_runs():
+def test_the_zeroshot_runner_trains_each_variant_per_seed_and_records_the_references(tmp_path, monkeypatch):
+    import cirtutor.engine.zeroshot as ez
+    import cirtutor.trained as tr
+
+    calls = []
+
+    def fake_trained_zeroshot(cfg, seed, data=None):
+        calls.append((cfg.zeroshot.budget, cfg.zeroshot.mapper, seed))
+        return None, metrics(100 * cfg.zeroshot.budget + seed)
+
+    monkeypatch.setattr(tr, "filter_data", lambda cfg: SimpleNamespace(weights=None, device="cpu", val=None,
+                                                                       stores={"val": None}))
+    monkeypatch.setattr(ez, "build_zeroshot", lambda weights, cfg: torch.nn.Identity())
+    monkeypatch.setattr(ez, "training_free_baselines", lambda *a, **k: {"image only": metrics(50)})
+    monkeypatch.setattr(tr, "trained_zeroshot", fake_trained_zeroshot)
+    out = st.run_study("zeroshot", seeds=2, root=tmp_path, variants=["baseline", "stage2_5"])
+    assert calls == [(0.0, "mlp", 0), (0.0, "mlp", 1), (0.05, "mlp", 0), (0.05, "mlp", 1)]
+    assert out["references"] == {"image only": metrics(50)} and "k" not in out
+    assert out["variants"]["stage2_5"]["stats"]["zeroshot"]["R@1"] == pytest.approx({"mean": 5.5, "std": 0.5 ** 0.5})
+    assert st.table(out, "zeroshot").splitlines()[3].startswith("| stage2_5 | 5.5 ± 0.7 |")
+    calls.clear()
+    again = st.run_study("zeroshot", seeds=2, root=tmp_path, variants=["injection"])   # merged, references kept
+    assert list(again["variants"]) == ["baseline", "injection", "stage2_5"] and again["references"] == out["references"]
+    with pytest.raises(CirtutorError, match="no variant 'phi'"):
+        st.run_study("zeroshot", seeds=1, root=tmp_path, variants=["phi"])
+
+
+@pytest.mark.parametrize("name", ["cala", "zeroshot"])
+def test_the_shipped_study_matches_its_definition_and_its_own_runs(name):
     """The shipped file must come from the variants STUDIES defines, and its mean ± std from its runs."""
-    shipped = st.shipped_study("cala")
-    assert {v: tuple(e["overrides"]) for v, e in shipped["variants"].items()} == st.STUDIES["cala"]
+    shipped = st.shipped_study(name)
+    assert {v: tuple(e["overrides"]) for v, e in shipped["variants"].items()} == st.STUDIES[name]
     for entry in shipped["variants"].values():
         assert sorted(r["seed"] for r in entry["runs"]) == list(range(shipped["seeds"]))
         assert entry["stats"] == st.stats(entry["runs"])

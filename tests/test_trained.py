@@ -208,12 +208,13 @@ def test_the_shipped_trained_models_are_the_tiny_presets_own():
     mini-BLIP) changes, the compact copies must be shipped again (`trained.ship`)."""
     from cirtutor import trained as tr
 
-    from cirtutor.study import variant_config
+    from cirtutor.study import STUDIES, variant_config
 
     tiny = get_preset("tiny")
     expected = [tr.trained_filter_dir(tiny)] + [tr.trained_reranker_dir(tiny, ablation=a)
                                                  for a in (None, "no_text", "no_zt", "ref_cls", "ref_cls_spatial")]
     expected += [tr.trained_filter_dir(variant_config("cala", v)) for v in ("cala", "cala_normalized")]  # notebook 08
+    expected += [tr.trained_zeroshot_dir(variant_config("zeroshot", v)) for v in STUDIES["zeroshot"]]  # notebook 09
     missing = [d.name for d in expected if not (tr.SHIPPED / d.name).is_dir()]
     assert not missing, f"ship these again with cirtutor.trained.ship: {missing}"
     stale = {p.name for p in tr.SHIPPED.iterdir()} - {d.name for d in expected}
@@ -242,3 +243,38 @@ def test_a_cala_filter_keeps_its_training_only_modules_and_ships_them(cache, dat
     assert all(torch.equal(a, b) for a, b in zip(cala.state_dict().values(), cala2.state_dict().values()))
     with pytest.raises(CirtutorError, match="stage1.aux='cala'"):
         tr.trained_cala(apply_overrides(get_preset("tiny"), SMALL))
+
+
+def test_a_zero_shot_model_is_trained_once_then_loaded_and_ships(cfg, data, tmp_path, monkeypatch, capsys):
+    """trained_zeroshot: trained into the cache (Stage I, then Stage II with a budget), loaded on
+    the next call, keyed by the zeroshot section (not stage 1's); ship/unship copy it exactly."""
+    import shutil
+
+    from cirtutor import trained as tr
+    from cirtutor.engine.zeroshot import trainable_state, zeroshot_dir
+
+    zcfg = apply_overrides(cfg, ["zeroshot.epochs=1", "zeroshot.batch_size=16", "zeroshot.budget=0.2",
+                                 "zeroshot.stage2_epochs=1", "zeroshot.stage2_batch_size=8"])
+    capsys.readouterr()
+    model, metrics = tr.trained_zeroshot(zcfg, data=data)
+    assert "no trained zero-shot model in the cache: training one (phi (Pic2Word) + Stage II (20% of triplets)" \
+        in capsys.readouterr().out
+    folder = tr.trained_zeroshot_dir(zcfg)
+    assert {"zeroshot.safetensors", "metrics.json", "stage1.csv", "stage2.csv", "stage2_queries.json"} <= \
+        {p.name for p in zeroshot_dir(folder, 0).iterdir()}
+    assert not model.training and len(model.adapters) == 4 and {"R@1", "Rs@1"} <= set(metrics)
+    again, metrics_again = tr.trained_zeroshot(zcfg)
+    assert capsys.readouterr().out == "found trained tiny zero-shot model (tiny), loading…\n" and metrics_again == metrics
+    state = trainable_state(model)
+    assert all(torch.equal(state[k], v) for k, v in trainable_state(again).items())
+    assert tr.trained_zeroshot_dir(apply_overrides(zcfg, ["stage1.epochs=9"])) == folder     # stage 1 plays no part
+    assert tr.trained_zeroshot_dir(apply_overrides(zcfg, ["zeroshot.inject_layers=1"])) != folder
+    assert tr.trained_zeroshot_dir(zcfg, seed=1) != folder
+    monkeypatch.setattr(tr, "SHIPPED", tmp_path / "shipped")
+    tr.ship(zcfg, kind="zeroshot")
+    shutil.rmtree(folder)
+    shipped, metrics_shipped = tr.trained_zeroshot(zcfg)
+    out = capsys.readouterr().out
+    assert "found shipped trained tiny zero-shot model (tiny)" in out and "training" not in out
+    assert metrics_shipped == metrics
+    assert all(torch.equal(state[k], v) for k, v in trainable_state(shipped).items())

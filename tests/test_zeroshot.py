@@ -156,3 +156,40 @@ def test_zero_shot_evaluation_is_the_filters_with_other_queries(world):
     m = evaluate_zeroshot(model, val, store)
     again = evaluate_filter(model, val, store, embed=lambda idx: query_embeddings(model, val, store, list(idx)))
     assert m == again and {"R@1", "R@5", "R@10", "R@50", "Rs@1"} <= set(m)
+
+
+def test_without_image_words_the_placeholder_carries_no_image():
+    model = encoder()
+    texts = ["add a red circle", "make it blue"]
+    V, W = torch.randn(2, 65, 96), torch.randn(2, 65, 96)
+    with torch.no_grad():
+        with model.without_image_words():
+            blank, blank_other = model.query_embed(texts, V), model.query_embed(texts, W)
+        ids, mask = tokenize_text_only(prompts(texts, model.cfg.query_template))
+        zeros = model.text_embed(ids, mask, torch.zeros(2, 1, 96))
+        normal = model.query_embed(texts, V)
+    assert torch.equal(blank, blank_other) and torch.equal(blank, zeros)      # the image no longer matters
+    assert not torch.allclose(normal, blank) and not model._blank             # and the switch is off again
+
+
+def test_removing_phi_lowers_zero_shot_recall_at_1(tmp_path, monkeypatch):
+    """The shipped seed-0 Pic2Word baseline of the tiny preset (notebook 09's), on the tiny
+    validation split built here (~20 s): it scores what it recorded, and with its pseudo word
+    replaced by the zero vector ("a photo of <nothing> that {text}") R@1 falls."""
+    from cirtutor.config import get_preset
+    from cirtutor.data.registry import open_dataset
+    from cirtutor.engine.zeroshot import evaluate_zeroshot
+    from cirtutor.pipeline import feature_store, init_weights
+    from cirtutor.trained import trained_zeroshot
+
+    monkeypatch.setenv("CIRTUTOR_CACHE", str(tmp_path))
+    cfg = get_preset("tiny")
+    model, recorded = trained_zeroshot(cfg, verbose=False)                    # the shipped copy: no training
+    val = open_dataset(cfg.data, "val")
+    store = feature_store(cfg, "val", init_weights(cfg, verbose=False), "cpu")
+    with torch.no_grad():
+        measured = evaluate_zeroshot(model, val, store)
+        with model.without_image_words():
+            blank = evaluate_zeroshot(model, val, store)
+    assert measured["R@1"] == pytest.approx(recorded["R@1"], abs=0.21)          # one query of 500 either way
+    assert blank["R@1"] < measured["R@1"] and blank["R@10"] < measured["R@10"]

@@ -38,6 +38,7 @@ from cirtutor.models.tokenizer import tokenize_text_only
 from cirtutor.models.zeroshot import ZeroShotEncoder, prompts
 
 TRAINABLE = ("mapper.", "injections.", "adapters.")
+ZEROSHOT_FILE = "zeroshot.safetensors"             # the trained parts (`trainable_state`), in zeroshot_dir(run, seed)
 
 
 def build_zeroshot(weights: Path, cfg: Config, seed: int = 0) -> ZeroShotEncoder:
@@ -248,7 +249,7 @@ def run_zeroshot(cfg: Config, run: Path, seed: int, *, train, val, stores, weigh
 
     z, out = cfg.zeroshot, zeroshot_dir(run, seed)
     model = build_zeroshot(weights, cfg, seed)
-    final = out / "zeroshot.safetensors"
+    final = out / ZEROSHOT_FILE
     if final.is_file():
         log(f"zero-shot (seed {seed}): found trained model {final}, loading…")
         load_zeroshot(model, final).to(device)

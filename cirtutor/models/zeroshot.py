@@ -157,6 +157,7 @@ class ZeroShotEncoder(nn.Module):
                                          for i in range(len(layers) - cfg.inject_layers, len(layers))})
         self.adapters = nn.ModuleDict()
         self._context: dict | None = None
+        self._blank = False                                                # `without_image_words`
         for i, layer in enumerate(layers):
             layer.register_forward_hook(self._after_layer(str(i)))
 
@@ -189,12 +190,24 @@ class ZeroShotEncoder(nn.Module):
         finally:
             self._context = None
 
+    @contextlib.contextmanager
+    def without_image_words(self):
+        """Inside: every pseudo word is the zero vector, so "$" carries no image (its position
+        embedding still goes in). The injections, if any, still see the image tokens."""
+        self._blank = True
+        try:
+            yield self
+        finally:
+            self._blank = False
+
     def gallery_embed(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Image tokens (N, L_v, d_v) -> normalised ITC image embeddings (N, e)."""
         return F.normalize(self.vision_proj(image_tokens[:, 0]), dim=-1)
 
     def pseudo_words(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """Image tokens (B, L_v, d_v) -> pseudo words (B, k, d)."""
+        if self._blank:
+            return image_tokens.new_zeros(len(image_tokens), self.cfg.k, self.text_proj.in_features)
         if isinstance(self.mapper, PseudoWordMapper):
             return self.mapper(self.vision_proj(image_tokens[:, 0]))      # phi reads the unnormalised embedding
         return self.mapper(image_tokens)
