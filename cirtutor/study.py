@@ -178,12 +178,28 @@ def check_seed0(study: dict, variant: str, stage: str, measured: dict, keys=("R@
                             f"here (study, measured): {off}; re-run the study or re-ship the models")
 
 
+def markdown(rows: dict[str, dict], keys=("R@1", "R@5", "R@10", "R@50", "Rs@1")) -> str:
+    """A markdown table of {label: {metric: {"mean", "std"}}}."""
+    head = "| " + " | ".join(["variant", *keys]) + " |\n|" + "---|" * (len(keys) + 1) + "\n"
+    return head + "\n".join("| " + " | ".join([label, *(f"{stats[k]['mean']:.1f} ± {stats[k]['std']:.1f}" for k in keys)])
+                             + " |" for label, stats in rows.items())
+
+
 def table(study: dict, stage: str, keys=("R@1", "R@5", "R@10", "R@50", "Rs@1"), labels: dict | None = None) -> str:
     """A markdown table of mean ± std over seeds of `stage` ("filter" | "rerank" | "zeroshot") per variant."""
-    head = "| " + " | ".join(["variant", *keys]) + " |\n|" + "---|" * (len(keys) + 1) + "\n"
-    rows = []
-    for variant, entry in study["variants"].items():
-        stats = entry["stats"][stage]
-        cells = [f"{stats[k]['mean']:.1f} ± {stats[k]['std']:.1f}" for k in keys]
-        rows.append("| " + " | ".join([(labels or {}).get(variant, variant), *cells]) + " |")
-    return head + "\n".join(rows)
+    return markdown({(labels or {}).get(v, v): e["stats"][stage] for v, e in study["variants"].items()}, keys)
+
+
+def zeroshot_rows(study: dict, supervised: dict | None = None, labels: dict | None = None) -> dict[str, dict]:
+    """The rows of the zero-shot comparison, {label: {metric: {"mean", "std"}}}: the training-free
+    references of the frozen backbone (deterministic: std 0), every variant of the zero-shot
+    study (mean ± std over its seeds) and, given a study with a "plain" variant (the shipped CaLa
+    study: the same preset and seeds), the supervised filter F and re-ranker R_K trained on all
+    the triplets."""
+    fixed = lambda m: {k: {"mean": float(v), "std": 0.0} for k, v in m.items() if isinstance(v, (int, float))}
+    rows = {f"{name} (no training)": fixed(m) for name, m in study.get("references", {}).items()}
+    rows |= {(labels or {}).get(v, v): e["stats"]["zeroshot"] for v, e in study["variants"].items()}
+    if supervised:
+        plain = supervised["variants"]["plain"]["stats"]
+        rows |= {"supervised filter F": plain["filter"], f"supervised re-ranker R_{supervised['k']}": plain["rerank"]}
+    return rows

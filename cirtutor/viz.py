@@ -469,22 +469,39 @@ def plot_logit_matrices(S: dict, title: str = ""):
     return fig
 
 
+def plot_bars(ax, rows: dict[str, dict], keys: Sequence[str], title: str = "", colors: dict | None = None):
+    """Grouped bars on `ax`: one group per metric, one bar per row of {label: {metric: {"mean",
+    "std"}}}, error bars = the std (0: no bar)."""
+    width = 0.8 / len(rows)
+    for i, (label, stats) in enumerate(rows.items()):
+        x = np.arange(len(keys)) + (i - (len(rows) - 1) / 2) * width
+        std = [stats[k]["std"] for k in keys]
+        ax.bar(x, [stats[k]["mean"] for k in keys], width, yerr=std if any(std) else None, capsize=2,
+               label=label, color=(colors or {}).get(label, f"C{i % 10}"))
+    ax.set_xticks(range(len(keys)), keys)
+    ax.set(title=title, ylabel="recall (%)")
+    ax.grid(axis="y", alpha=0.3)
+
+
 def plot_study(study: dict, keys: Sequence[str] = ("R@1", "R@5", "R@10", "Rs@1"), labels: dict | None = None):
-    """A study's mean ± std over seeds (`cirtutor.study`): one panel per stage (the filter, the
-    re-ranker), one group of bars per metric, one bar per variant, error bars = sample std."""
-    variants = list(study["variants"])
+    """A study's mean ± std over seeds (`cirtutor.study`) with a filter and a re-ranker stage: one
+    panel per stage, one group of bars per metric, one bar per variant, error bars = sample std."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True, layout="constrained")
-    width = 0.8 / len(variants)
     for ax, (stage, name) in zip(axes, (("filter", "filter F"), ("rerank", f"re-ranker R_{study.get('k', 'K')}"))):
-        for i, variant in enumerate(variants):
-            stats = study["variants"][variant]["stats"][stage]
-            x = np.arange(len(keys)) + (i - (len(variants) - 1) / 2) * width
-            ax.bar(x, [stats[k]["mean"] for k in keys], width, yerr=[stats[k]["std"] for k in keys], capsize=3,
-                   label=(labels or {}).get(variant, variant), color=f"C{i}")
-        ax.set_xticks(range(len(keys)), keys)
-        ax.set(title=f"{name}, mean ± std over {study['seeds']} seeds", ylabel="recall (%)")
-        ax.grid(axis="y", alpha=0.3)
+        rows = {(labels or {}).get(v, v): e["stats"][stage] for v, e in study["variants"].items()}
+        plot_bars(ax, rows, keys, f"{name}, mean ± std over {study['seeds']} seeds")
     axes[0].legend(fontsize=8)
+    return fig
+
+
+def plot_zeroshot_study(rows: dict[str, dict], keys: Sequence[str] = ("R@1", "R@5", "R@10", "Rs@1"), title: str = ""):
+    """The zero-shot comparison (`study.zeroshot_rows`): references grey, zero-shot variants in
+    colour, the supervised models black and dark grey, one group of bars per metric."""
+    greys = {label: shade for label, shade in zip([r for r in rows if "no training" in r], ("0.55", "0.7", "0.85"))}
+    greys |= {label: shade for label, shade in zip([r for r in rows if r.startswith("supervised")], ("0.1", "0.3"))}
+    fig, ax = plt.subplots(figsize=(12, 3.8), layout="constrained")
+    plot_bars(ax, rows, keys, title, colors=greys)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
     return fig
 
 

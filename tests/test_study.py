@@ -86,6 +86,10 @@ def test_the_zeroshot_runner_trains_each_variant_per_seed_and_records_the_refere
     assert out["references"] == {"image only": metrics(50)} and "k" not in out
     assert out["variants"]["stage2_5"]["stats"]["zeroshot"]["R@1"] == pytest.approx({"mean": 5.5, "std": 0.5 ** 0.5})
     assert st.table(out, "zeroshot").splitlines()[3].startswith("| stage2_5 | 5.5 ± 0.7 |")
+    supervised = {"k": 20, "variants": {"plain": {"stats": {"filter": {"R@1": 1}, "rerank": {"R@1": 2}}}}}
+    rows = st.zeroshot_rows(out, supervised, labels={"baseline": "phi"})
+    assert list(rows) == ["image only (no training)", "phi", "stage2_5", "supervised filter F", "supervised re-ranker R_20"]
+    assert rows["image only (no training)"]["R@1"] == {"mean": 50.0, "std": 0.0} and rows["supervised filter F"] == {"R@1": 1}
     calls.clear()
     again = st.run_study("zeroshot", seeds=2, root=tmp_path, variants=["injection"])   # merged, references kept
     assert list(again["variants"]) == ["baseline", "injection", "stage2_5"] and again["references"] == out["references"]

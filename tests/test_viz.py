@@ -32,7 +32,7 @@ def test_show_preprocessing_panels():
 def test_logit_matrices_and_study_figures():
     import numpy as np
 
-    from cirtutor.viz import plot_logit_matrices, plot_study
+    from cirtutor.viz import plot_logit_matrices, plot_study, plot_zeroshot_study
 
     fig = plot_logit_matrices({"S_f": np.eye(3), "S_ctr": -np.eye(3)})
     assert [t for ax in fig.axes if (t := ax.get_title().split("\n")[0])] == ["S_f", "S_ctr"]
@@ -41,6 +41,10 @@ def test_logit_matrices_and_study_figures():
     fig = plot_study(study, keys=("R@1", "R@5"), labels={"a": "plain"})
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["plain", "b"]
     assert len(fig.axes[1].patches) == 4                  # 2 metrics x 2 variants
+    rows = {"image only (no training)": stat, "baseline": stat, "supervised filter F": stat}
+    fig = plot_zeroshot_study(rows, keys=("R@1", "R@5"))
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == list(rows) and len(fig.axes[0].patches) == 6
+    assert fig.axes[0].patches[0].get_facecolor()[:3] == (0.55, 0.55, 0.55)   # references grey
 
 
 def test_hinge_figure():

@@ -7,7 +7,7 @@ import torch
 from cirtutor.config import ZeroShotConfig, get_model_config
 from cirtutor.errors import CirtutorError
 from cirtutor.models import CandidateFilter
-from cirtutor.models.tokenizer import tokenize_text_only
+from cirtutor.models.tokenizer import blip_tokenizer, tokenize_text_only
 from cirtutor.models.zeroshot import ZeroShotEncoder, insert_pseudo_words, placeholder_id, prompts
 
 TINY = get_model_config("tiny")
@@ -193,3 +193,22 @@ def test_removing_phi_lowers_zero_shot_recall_at_1(tmp_path, monkeypatch):
             blank = evaluate_zeroshot(model, val, store)
     assert measured["R@1"] == pytest.approx(recorded["R@1"], abs=0.21)          # one query of 500 either way
     assert blank["R@1"] < measured["R@1"] and blank["R@10"] < measured["R@10"]
+
+
+def test_the_looking_inside_helpers(world):
+    from cirtutor.engine.zeroshot import image_prompt_recall, nearest_words, query_alignment
+
+    _, filt, _, val, _, store = world
+    model = encoder()
+    emb = model.text_encoder.embeddings.word_embeddings.weight
+    red, circle = blip_tokenizer().convert_tokens_to_ids(["red", "circle"])
+    near = nearest_words(model, torch.stack([emb[red], -emb[circle]])[:, None], ["circle", "red", "blue", "circles!"], k=4)
+    assert near[0][0] == ("red", 1.0) and near[1][-1] == ("circle", -1.0)
+    assert len(near[0]) == 3                                 # "circles!" is not one WordPiece: left out
+    names = list(val.gallery)
+    assert 0 <= image_prompt_recall(model, store, names) <= 100
+    with model.without_image_words():                       # every prompt the same: one image can be first
+        assert image_prompt_recall(model, store, names) == pytest.approx(100 / len(names))
+    align = query_alignment(model, val, store)
+    assert set(align) == {"cos(q, reference)", "cos(q, target)", "closer to target (%)"}
+    assert -1 <= align["cos(q, target)"] <= 1 and 0 <= align["closer to target (%)"] <= 100

@@ -235,6 +235,50 @@ def training_free_baselines(model: ZeroShotEncoder, dataset, store: FeatureStore
             for name, q in queries.items()}
 
 
+# ----------------------------------------------------------------------------- looking inside (notebook 09)
+
+@torch.no_grad()
+def nearest_words(model: ZeroShotEncoder, words: torch.Tensor, vocabulary: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
+    """For each pseudo word (N, d): the k words of `vocabulary` whose (single WordPiece) word
+    embeddings are closest by cosine, as (word, cosine). Where in the word space phi's output lands."""
+    from cirtutor.models.tokenizer import blip_tokenizer
+
+    tok = blip_tokenizer()
+    pieces = {w: tok.convert_tokens_to_ids(w) for w in dict.fromkeys(vocabulary) if tok.tokenize(w) == [w]}
+    table = model.text_encoder.embeddings.word_embeddings.weight[list(pieces.values())]     # (V, d)
+    cos = F.normalize(words.reshape(-1, words.shape[-1]).to(table), dim=-1) @ F.normalize(table, dim=-1).t()
+    best = cos.topk(min(k, len(pieces)), dim=1)
+    names = list(pieces)
+    return [[(names[j], round(v, 3)) for v, j in zip(vals.tolist(), idx.tolist())] for vals, idx in zip(*best)]
+
+
+@torch.no_grad()
+def image_prompt_recall(model: ZeroShotEncoder, store: FeatureStore, names: list[str], batch_size: int = 256,
+                        device="cpu") -> float:
+    """Stage I's own task on unseen images: the share (%) of `names` whose prompt "a photo of $"
+    ranks its own image first among all of `names`."""
+    model.eval()
+    feats = [store[names[i:i + batch_size]].to(device) for i in range(0, len(names), batch_size)]
+    q = torch.cat([model.image_prompt_embed(f) for f in feats])                               # (N, e)
+    v = torch.cat([model.gallery_embed(f) for f in feats])                                    # (N, e)
+    hits = (q @ v.t()).argmax(dim=1).cpu() == torch.arange(len(names))
+    return 100.0 * hits.float().mean().item()
+
+
+@torch.no_grad()
+def query_alignment(model: ZeroShotEncoder, dataset, store: FeatureStore, device="cpu") -> dict[str, float]:
+    """Where the composed queries point (all of `dataset`'s queries): the mean cosine of each
+    query to its reference image and to its target, and the share (%) of queries closer to the
+    target than to the reference. Composing means moving from the first to the second."""
+    indices = list(range(len(dataset.queries)))
+    q = query_embeddings(model, dataset, store, indices, device=device)                       # (N, e)
+    ref = model.gallery_embed(store[[x["reference"] for x in dataset.queries]].to(device)).cpu()
+    tgt = model.gallery_embed(store[[x["target"] for x in dataset.queries]].to(device)).cpu()
+    to_ref, to_tgt = (q * ref).sum(1), (q * tgt).sum(1)
+    return {"cos(q, reference)": to_ref.mean().item(), "cos(q, target)": to_tgt.mean().item(),
+            "closer to target (%)": 100.0 * (to_tgt > to_ref).float().mean().item()}
+
+
 def zeroshot_dir(run: Path, seed: int) -> Path:
     return Path(run) / f"seed{seed}" / "zeroshot"
 
