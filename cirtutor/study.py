@@ -43,6 +43,7 @@ STUDIES = {
     "zeroshot": {                                          # notebook 09: Pic2Word's phi and the two-stage framework
         "baseline": (),                                    # phi, "a photo of $ that {text}", images only
         "token_learner": ("zeroshot.mapper=tokens", "zeroshot.k=4"),
+        "injection_1": ("zeroshot.inject_layers=1",),      # into the last text layer's input
         "injection": ("zeroshot.inject_layers=2",),
         "soft": ("zeroshot.soft_weight=1",),
         "stage2_1": ("zeroshot.budget=0.01",),             # + Stage II on 1 % of the training triplets

@@ -210,7 +210,7 @@ def trained_zeroshot(cfg: Config, seed: int = 0, verbose: bool = True,
     (tiny mode, 2 CPU cores: about 1 minute for Stage I, 1 more for Stage II at a 10 % budget)."""
     folder = trained_zeroshot_dir(cfg, seed)
     cost = "about 1 to 2 minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
-    _ensure(cfg, folder, "zero-shot model", f"{describe(cfg.zeroshot)}, {cost}", verbose, kind="zeroshot",
+    _ensure(cfg, folder, f"zero-shot model [{describe(cfg.zeroshot)}]", cost, verbose, kind="zeroshot",
             seed=seed, ablation=None, data=data)
     out = zeroshot_dir(folder, seed)
     if not (out / ZEROSHOT_FILE).is_file() or not (out / "metrics.json").is_file():
@@ -297,9 +297,20 @@ def _unship(cfg: Config, seed: int, ablation: str | None, kind: str, name: str, 
 def trained_filter_history(cfg: Config, seed: int = 0) -> list[dict]:
     """The training loss of the cached filter, one row per step: {"step", "epoch", "loss", "lr"}."""
     path = stage1_dir(trained_filter_dir(cfg, seed), seed) / "metrics.csv"
+    return _history(path, f"no trained filter for preset {cfg.name!r}, seed {seed} in the cache: "
+                          "call trained_filter(cfg, seed) first")
+
+
+def trained_zeroshot_history(cfg: Config, seed: int = 0, stage: int = 1) -> list[dict]:
+    """The training loss of the cached zero-shot model's Stage I (stage=1) or II, one row per step."""
+    path = zeroshot_dir(trained_zeroshot_dir(cfg, seed), seed) / f"stage{stage}.csv"
+    return _history(path, f"no Stage {'I' * stage} log for this zero-shot config, seed {seed}, in the cache: call "
+                          f"trained_zeroshot(cfg, seed) first{' (Stage II needs zeroshot.budget > 0)' if stage == 2 else ''}")
+
+
+def _history(path: Path, missing: str) -> list[dict]:
     if not path.is_file():
-        raise CirtutorError(f"no trained filter for preset {cfg.name!r}, seed {seed} in the cache: "
-                            "call trained_filter(cfg, seed) first")
+        raise CirtutorError(missing)
     with path.open(newline="") as f:
         return [{k: int(v) if k in ("step", "epoch") else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 

@@ -257,16 +257,20 @@ def test_a_zero_shot_model_is_trained_once_then_loaded_and_ships(cfg, data, tmp_
                                  "zeroshot.stage2_epochs=1", "zeroshot.stage2_batch_size=8"])
     capsys.readouterr()
     model, metrics = tr.trained_zeroshot(zcfg, data=data)
-    assert "no trained zero-shot model in the cache: training one (phi (Pic2Word) + Stage II (20% of triplets)" \
+    assert "no trained zero-shot model [phi (Pic2Word) + Stage II (20% of triplets)] in the cache: training one" \
         in capsys.readouterr().out
     folder = tr.trained_zeroshot_dir(zcfg)
     assert {"zeroshot.safetensors", "metrics.json", "stage1.csv", "stage2.csv", "stage2_queries.json"} <= \
         {p.name for p in zeroshot_dir(folder, 0).iterdir()}
     assert not model.training and len(model.adapters) == 4 and {"R@1", "Rs@1"} <= set(metrics)
     again, metrics_again = tr.trained_zeroshot(zcfg)
-    assert capsys.readouterr().out == "found trained tiny zero-shot model (tiny), loading…\n" and metrics_again == metrics
+    assert capsys.readouterr().out == ("found trained tiny zero-shot model [phi (Pic2Word) + Stage II (20% of triplets)] "
+                                       "(tiny), loading…\n") and metrics_again == metrics
     state = trainable_state(model)
     assert all(torch.equal(state[k], v) for k, v in trainable_state(again).items())
+    assert tr.trained_zeroshot_history(zcfg, stage=2)[-1]["step"] == len(tr.trained_zeroshot_history(zcfg, stage=2))
+    with pytest.raises(CirtutorError, match="needs zeroshot.budget"):
+        tr.trained_zeroshot_history(apply_overrides(zcfg, ["zeroshot.budget=0"]), stage=2)
     assert tr.trained_zeroshot_dir(apply_overrides(zcfg, ["stage1.epochs=9"])) == folder     # stage 1 plays no part
     assert tr.trained_zeroshot_dir(apply_overrides(zcfg, ["zeroshot.inject_layers=1"])) != folder
     assert tr.trained_zeroshot_dir(zcfg, seed=1) != folder
@@ -275,6 +279,6 @@ def test_a_zero_shot_model_is_trained_once_then_loaded_and_ships(cfg, data, tmp_
     shutil.rmtree(folder)
     shipped, metrics_shipped = tr.trained_zeroshot(zcfg)
     out = capsys.readouterr().out
-    assert "found shipped trained tiny zero-shot model (tiny)" in out and "training" not in out
+    assert "found shipped trained tiny zero-shot model [phi (Pic2Word)" in out and "training" not in out
     assert metrics_shipped == metrics
     assert all(torch.equal(state[k], v) for k, v in trainable_state(shipped).items())

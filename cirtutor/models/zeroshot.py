@@ -12,7 +12,7 @@ cross-attention), its [CLS] through `text_proj` is the query, and the gallery is
 * "From Mapping to Composing" (Wang et al., 2025), as a teaching version **inspired by** the
   paper, whose code and details are not public (every unknown is a `ZeroShotConfig` field):
   Stage I, mapping: `TokenLearner` (k learnable queries over the image tokens give k pseudo
-  words), `VisualInjection` (a zero-initialised, gated cross-attention in the top text layers
+  words), `VisualInjection` (a zero-initialised, gated cross-attention into the top text layers
   that only the pseudo-word positions use) and a soft text alignment loss (engine);
   Stage II, composing: `ComposingAdapter`s after every text layer (bottleneck, zero-initialised
   up-projection, residual), trained on a small budget of triplets, Stage I frozen.
@@ -92,8 +92,9 @@ class TokenLearner(nn.Module):
 
 
 class VisualInjection(nn.Module):
-    """Stage I's visual semantic injection [I]: after a text layer, h += tanh(gate) * CA(LN(h), V)
-    at the pseudo-word positions only (elsewhere h is untouched). A **new** cross-attention, not
+    """Stage I's visual semantic injection [I]: into a text layer's input, h += tanh(gate) * CA(LN(h), V)
+    at the pseudo-word positions only (elsewhere h is untouched); the layer's self-attention then
+    carries it to [CLS]. (Added *after* the last layer it could not reach [CLS] any more.) A **new** cross-attention, not
     BLIP's grounded one (facts §C.4: reusing it turns the model into the supervised filter).
     gate starts at 0, so at step 0 the layer's output is exactly the frozen model's."""
 
@@ -126,7 +127,8 @@ class ComposingAdapter(nn.Module):
 class ZeroShotEncoder(nn.Module):
     """A frozen BLIP (text encoder in unimodal mode, `text_proj`, `vision_proj`, temperature)
     plus the trainable parts of the zero-shot variants: the mapper (phi or a token learner),
-    optional visual injections (top `inject_layers` layers) and composing adapters (every layer).
+    optional visual injections (into the inputs of the top `inject_layers` layers) and composing
+    adapters (after every layer).
 
     The extra modules act through forward hooks on the text layers, so the BLIP weights and
     their names stay as transformers builds them."""
@@ -159,6 +161,7 @@ class ZeroShotEncoder(nn.Module):
         self._context: dict | None = None
         self._blank = False                                                # `without_image_words`
         for i, layer in enumerate(layers):
+            layer.register_forward_pre_hook(self._before_layer(str(i)))
             layer.register_forward_hook(self._after_layer(str(i)))
 
     def add_adapters(self) -> None:
@@ -170,16 +173,19 @@ class ZeroShotEncoder(nn.Module):
                                        for i in range(len(self.text_encoder.encoder.layer))})
         self.adapters.to(self.temp.device)
 
+    def _before_layer(self, name: str):
+        def hook(module, args):                                        # args[0]: the layer's input h (B, L, d)
+            ctx = self._context
+            if ctx is None or name not in self.injections or ctx["image_tokens"] is None:
+                return None
+            return (self.injections[name](args[0], ctx["image_tokens"], ctx["slots"]), *args[1:])
+        return hook
+
     def _after_layer(self, name: str):
         def hook(module, inputs, output):
-            ctx = self._context
-            if ctx is None:
+            if self._context is None or name not in self.adapters:
                 return output
-            if name in self.injections and ctx["image_tokens"] is not None:
-                output = self.injections[name](output, ctx["image_tokens"], ctx["slots"])
-            if name in self.adapters:
-                output = self.adapters[name](output)
-            return output
+            return self.adapters[name](output)
         return hook
 
     @contextlib.contextmanager
