@@ -58,6 +58,8 @@ class ZeroShotConfig:
     baseline is Pic2Word's recipe on a frozen BLIP; everything marked [?] is unknown for "From
     Mapping to Composing" (facts §B.3): a field with a documented default, not a source fact."""
     # Stage I, mapping: images only
+    images: str | None = field(default=None, metadata=WHEN_SET)  # Stage I's images: a folder (searched recursively;
+                                    # Pic2Word: CC3M); None = the training split's gallery (tiny mode: the synthetic world's)
     mapper: str = "mlp"             # "mlp": phi on the ITC image embedding (Pic2Word) | "tokens": a token learner [?]
     k: int = 1                      # pseudo words per image (mlp: 1) [?]
     hidden: int | None = None       # phi's hidden width; None = 2 x text width (facts §C.3)

@@ -282,3 +282,32 @@ def test_a_zero_shot_model_is_trained_once_then_loaded_and_ships(cfg, data, tmp_
     assert "found shipped trained tiny zero-shot model [phi (Pic2Word)" in out and "training" not in out
     assert metrics_shipped == metrics
     assert all(torch.equal(state[k], v) for k, v in trainable_state(shipped).items())
+
+
+def test_zero_shot_stage_one_can_train_on_a_plain_image_folder(cfg, data, tmp_path, capsys):
+    """zeroshot.images=DIR: Stage I on every image under DIR (features cached once), no triplets;
+    a missing or empty folder and the soft alignment (no captions) are refused clearly."""
+    from PIL import Image
+
+    from cirtutor import trained as tr
+    from cirtutor.cache import cache_dir
+    from cirtutor.errors import DataError
+
+    folder = tmp_path / "images"
+    for i in range(20):
+        path = folder / ("a" if i % 2 else "b") / f"img{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (48 + i, 40), (12 * i, 90, 200 - 5 * i)).save(path)
+    (folder / "notes.txt").write_text("not an image")
+    zcfg = apply_overrides(cfg, [f"zeroshot.images={folder}", "zeroshot.epochs=1", "zeroshot.batch_size=8"])
+    model, metrics = tr.trained_zeroshot(zcfg, data=data, verbose=False)
+    history = tr.trained_zeroshot_history(zcfg)
+    assert len(history) == 2 and {"R@1", "Rs@1"} <= set(metrics)          # 20 images // 8 = 2 steps
+    assert tr.trained_zeroshot_dir(zcfg) != tr.trained_zeroshot_dir(cfg)
+    assert len(list((cache_dir() / "features").glob("folder-images-*.safetensors"))) == 1
+    (tmp_path / "empty").mkdir()
+    for bad, match in ((tmp_path / "nowhere", "image folder not found"), (tmp_path / "empty", "no images in")):
+        with pytest.raises(DataError, match=match):
+            tr.trained_zeroshot(apply_overrides(zcfg, [f"zeroshot.images={bad}"]), data=data, verbose=False)
+    with pytest.raises(CirtutorError, match="soft_weight=0 for an image folder"):
+        tr.trained_zeroshot(apply_overrides(zcfg, ["zeroshot.soft_weight=1"]), data=data, verbose=False)

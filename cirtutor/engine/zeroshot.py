@@ -279,14 +279,40 @@ def query_alignment(model: ZeroShotEncoder, dataset, store: FeatureStore, device
             "closer to target (%)": 100.0 * (to_tgt > to_ref).float().mean().item()}
 
 
+def folder_store(cfg: Config, weights: Path, device) -> FeatureStore:
+    """Frozen-ViT image tokens of every image under `zeroshot.images`, computed once and cached
+    (keyed by the weights' contents, the folder's file list and sizes, and the resolution)."""
+    import sys
+
+    from cirtutor.cache import cache_dir
+    from cirtutor.data.folder import ImageFolder
+    from cirtutor.data.preprocess import ImageTransform
+    from cirtutor.engine.features import encode_gallery
+    from cirtutor.pipeline import config_digest, is_tiny, weights_key
+
+    folder = ImageFolder(cfg.zeroshot.images, ImageTransform(cfg.data.resolution))
+    sizes = [(n, (folder.root / n).stat().st_size) for n in folder.gallery]
+    key = config_digest(weights_key(weights), str(folder.root.resolve()), sizes, cfg.data.resolution,
+                        cfg.model.image_size, cfg.model.patch_size)
+    path = cache_dir() / "features" / f"folder-{folder.root.name}-{key}.safetensors"
+    if path.is_file():
+        return FeatureStore.load(path, mmap=not is_tiny(cfg))
+    filt, _ = load_filter(weights, cfg.model)
+    store = encode_gallery(filt.to(device).encode_images, folder, batch_size=64 if is_tiny(cfg) else 16, device=device,
+                           dtype=torch.float32 if is_tiny(cfg) else torch.float16, progress=sys.stderr.isatty())
+    store.save(path)
+    return store
+
+
 def zeroshot_dir(run: Path, seed: int) -> Path:
     return Path(run) / f"seed{seed}" / "zeroshot"
 
 
 def run_zeroshot(cfg: Config, run: Path, seed: int, *, train, val, stores, weights: Path, device,
                  log=print) -> tuple[ZeroShotEncoder, dict]:
-    """Stage I on the training split's images (tiny mode: with the synthetic captions), Stage II
-    when `zeroshot.budget` > 0, then zero-shot evaluation on the validation split. Writes
+    """Stage I on the training split's images (tiny mode: with the synthetic captions) or on the
+    folder `zeroshot.images`, Stage II when `zeroshot.budget` > 0, then zero-shot evaluation on
+    the validation split. Writes
     run/seed{s}/zeroshot/{zeroshot.safetensors, metrics.json, stage1.csv[, stage2.csv]}."""
     from cirtutor.data.registry import dataset_root
     from cirtutor.pipeline import is_tiny, write_csv
@@ -298,9 +324,14 @@ def run_zeroshot(cfg: Config, run: Path, seed: int, *, train, val, stores, weigh
         log(f"zero-shot (seed {seed}): found trained model {final}, loading…")
         load_zeroshot(model, final).to(device)
     else:
-        captions = synthetic_captions(dataset_root(cfg.data, verbose=False), "train") if is_tiny(cfg) and z.soft_weight else None
-        names = list(train.gallery)
-        history = train_mapping(model, stores["train"], names, z, captions=captions, seed=seed, device=device, log=log)
+        if z.images:
+            store = folder_store(cfg, weights, device)
+            captions = None                                  # a plain folder has none: soft_weight is refused below
+        else:
+            store = stores["train"]
+            captions = synthetic_captions(dataset_root(cfg.data, verbose=False), "train") if is_tiny(cfg) and z.soft_weight else None
+        names = list(store.names) if z.images else list(train.gallery)
+        history = train_mapping(model, store, names, z, captions=captions, seed=seed, device=device, log=log)
         write_csv(out / "stage1.csv", history.train)
         if z.budget:
             history, used = train_composing(model, train, stores["train"], z, seed=seed, device=device, log=log)
