@@ -324,13 +324,12 @@ def run_zeroshot(cfg: Config, run: Path, seed: int, *, train, val, stores, weigh
         log(f"zero-shot (seed {seed}): found trained model {final}, loading…")
         load_zeroshot(model, final).to(device)
     else:
-        if z.images:
-            store = folder_store(cfg, weights, device)
-            captions = None                                  # a plain folder has none: soft_weight is refused below
+        if z.images:                                         # a plain folder has no captions: soft_weight is refused
+            store, captions = folder_store(cfg, weights, device), None
+            names = list(store.names)
         else:
-            store = stores["train"]
+            store, names = stores["train"], list(train.gallery)
             captions = synthetic_captions(dataset_root(cfg.data, verbose=False), "train") if is_tiny(cfg) and z.soft_weight else None
-        names = list(store.names) if z.images else list(train.gallery)
         history = train_mapping(model, store, names, z, captions=captions, seed=seed, device=device, log=log)
         write_csv(out / "stage1.csv", history.train)
         if z.budget:
