@@ -28,6 +28,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -156,14 +157,24 @@ def feature_store(cfg: Config, split: str, weights: Path, device, names: list[st
     key = config_digest(weights_key(weights), dataclasses.asdict(cfg.data), cfg.model.image_size, cfg.model.patch_size,
                         names)
     path = cache_dir() / "features" / f"{cfg.data.dataset}-{split}-{key}.safetensors"
+
+    def gallery():
+        images = open_dataset(cfg.data, split, "gallery")
+        if names is not None:
+            images.gallery = list(names)
+        return images
+    return cached_features(cfg, path, gallery, weights, device)
+
+
+def cached_features(cfg: Config, path: Path, gallery: Callable[[], object], weights: Path, device) -> FeatureStore:
+    """The feature store at `path`, or the frozen ViT of `weights` run over `gallery()` (a
+    gallery-mode dataset) and saved there first (by rank 0 only under DDP)."""
     if path.is_file():
         return FeatureStore.load(path, mmap=not is_tiny(cfg))               # paper dims: mapped, rows read on demand
     filt, _ = load_filter(weights, cfg.model)
     filt.to(device)
     dtype = torch.float32 if is_tiny(cfg) else torch.float16   # paper dims: 577 x 768 per image, halved on disk
-    gallery = open_dataset(cfg.data, split, "gallery")
-    if names is not None:
-        gallery.gallery = list(names)
+    gallery = gallery()
     store = encode_gallery(filt.encode_images, gallery, batch_size=16 if not is_tiny(cfg) else 64,
                            device=device, dtype=dtype, progress=sys.stderr.isatty())
     if world()[0] == 0:

@@ -83,11 +83,10 @@ def seed_stats(results: dict) -> dict | None:
     fiq = is_fashioniq(results)
     f = [flat_metrics(run["filter"], fiq) for run in runs]
     r = [flat_metrics(run["rerank"], fiq) for run in runs]
-    stat = mean_std
     return {"seeds": [run["seed"] for run in runs], "ddof": SEED_DDOF,
-            "filter": {key: stat([m[key] for m in f]) for key in f[0]},
-            "rerank": {key: stat([m[key] for m in r]) for key in r[0]},
-            "R-F": {key: stat([rm[key] - fm[key] for fm, rm in zip(f, r)])
+            "filter": {key: mean_std([m[key] for m in f]) for key in f[0]},
+            "rerank": {key: mean_std([m[key] for m in r]) for key in r[0]},
+            "R-F": {key: mean_std([rm[key] - fm[key] for fm, rm in zip(f, r)])
                     for key in (FIQ_SEED_KEYS if fiq else CIRR_SEED_KEYS)}}
 
 

@@ -226,10 +226,8 @@ def training_free_baselines(model: ZeroShotEncoder, dataset, store: FeatureStore
     backbone alone: "image only" (the reference's ITC embedding as the query), "text only" (the
     modification text's) and "image + text" (their normalised sum)."""
     model.eval()
-    indices = list(range(len(dataset.queries)))
-    image = model.gallery_embed(store[[q["reference"] for q in dataset.queries]].to(device)).cpu()
-    text = torch.cat([model.text_embed(*tokenize_text_only([dataset.query_text(i) for i in indices[s:s + 256]],
-                                                           device)).cpu() for s in range(0, len(indices), 256)])
+    image = model.gallery_embed(store[[q["reference"] for q in dataset.queries]].to(device)).cpu()   # (N, e)
+    text = caption_embeddings(model, [dataset.query_text(i) for i in range(len(dataset.queries))])   # (N, e)
     queries = {"image only": image, "text only": text, "image + text": F.normalize(image + text, dim=-1)}
     return {name: evaluate_filter(model, dataset, store, device=device, embed=lambda idx, q=q: q[list(idx)])
             for name, q in queries.items()}
@@ -282,26 +280,17 @@ def query_alignment(model: ZeroShotEncoder, dataset, store: FeatureStore, device
 def folder_store(cfg: Config, weights: Path, device) -> FeatureStore:
     """Frozen-ViT image tokens of every image under `zeroshot.images`, computed once and cached
     (keyed by the weights' contents, the folder's file list and sizes, and the resolution)."""
-    import sys
-
     from cirtutor.cache import cache_dir
     from cirtutor.data.folder import ImageFolder
     from cirtutor.data.preprocess import ImageTransform
-    from cirtutor.engine.features import encode_gallery
-    from cirtutor.pipeline import config_digest, is_tiny, weights_key
+    from cirtutor.pipeline import cached_features, config_digest, weights_key
 
     folder = ImageFolder(cfg.zeroshot.images, ImageTransform(cfg.data.resolution))
     sizes = [(n, (folder.root / n).stat().st_size) for n in folder.gallery]
     key = config_digest(weights_key(weights), str(folder.root.resolve()), sizes, cfg.data.resolution,
                         cfg.model.image_size, cfg.model.patch_size)
     path = cache_dir() / "features" / f"folder-{folder.root.name}-{key}.safetensors"
-    if path.is_file():
-        return FeatureStore.load(path, mmap=not is_tiny(cfg))
-    filt, _ = load_filter(weights, cfg.model)
-    store = encode_gallery(filt.to(device).encode_images, folder, batch_size=64 if is_tiny(cfg) else 16, device=device,
-                           dtype=torch.float32 if is_tiny(cfg) else torch.float16, progress=sys.stderr.isatty())
-    store.save(path)
-    return store
+    return cached_features(cfg, path, lambda: folder, weights, device)
 
 
 def zeroshot_dir(run: Path, seed: int) -> Path:

@@ -94,9 +94,9 @@ class TokenLearner(nn.Module):
 class VisualInjection(nn.Module):
     """Stage I's visual semantic injection [I]: into a text layer's input, h += tanh(gate) * CA(LN(h), V)
     at the pseudo-word positions only (elsewhere h is untouched); the layer's self-attention then
-    carries it to [CLS]. (Added *after* the last layer it could not reach [CLS] any more.) A **new** cross-attention, not
-    BLIP's grounded one (facts §C.4: reusing it turns the model into the supervised filter).
-    gate starts at 0, so at step 0 the layer's output is exactly the frozen model's."""
+    carries it to [CLS] (added *after* the last layer, it could not reach [CLS] any more). A
+    **new** cross-attention, not BLIP's grounded one (facts §C.4: reusing it turns the model into
+    the supervised filter). gate starts at 0, so at step 0 the layer's input is exactly the frozen model's."""
 
     def __init__(self, text_width: int, vision_width: int, heads: int = 1):
         super().__init__()
