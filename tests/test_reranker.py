@@ -91,6 +91,34 @@ def test_bxb_logits_rows_are_queries_columns_are_targets():
     assert torch.allclose(model.loss(logits), F.cross_entropy(logits, torch.arange(3)))
 
 
+@pytest.mark.parametrize("kw", [{}, {"streams": "z_t"}, {"streams": "text"}, {"zt_input": "ref_cls_spatial"}])
+def test_bxb_runs_the_query_part_once_per_query_when_no_dropout_is_sampled(kw):
+    """Without dropout, embeddings and layer 1's self-attention run on B rows, not B x B: the
+    same loss and gradients as one row per pair. With dropout on, each pair gets its own sample."""
+    model = variant(dropout=0.0, **kw).train()
+    ids, mask, z_t, targets, ref = inputs()
+    rep = lambda x: x.repeat_interleave(3, dim=0)
+
+    def grads(shared):
+        model.zero_grad()
+        logits = (model.bxb_logits(ids, mask, z_t, targets, ref) if shared else
+                  model(rep(ids), rep(mask), rep(z_t), targets, rep(ref), grid=(3, 3)).view(3, 3))
+        model.loss(logits).backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    rows = []
+    hook = lambda m, i, o: rows.append(len(next(h for h in o if h is not None)))
+    model.text_encoder.encoder.layer[0].attention.register_forward_hook(hook)
+    (l0, g0), (l1, g1) = grads(True), grads(False)
+    assert rows == [3, 9]                                       # layer 1's self-attention: B rows, then B x B
+    assert torch.allclose(l0, l1, atol=1e-5) and g0.keys() == g1.keys() and len(g0) > 20
+    assert all(torch.allclose(g0[n], g1[n], atol=1e-5) for n in g0)
+    noisy = variant(**kw).train()                               # BLIP's dropout 0.1: a sample per pair
+    noisy.text_encoder.encoder.layer[0].attention.register_forward_hook(hook)
+    noisy.bxb_logits(ids, mask, z_t, targets, ref)
+    assert rows[-1] == 9
+
+
 def test_merge_rule_per_layer():
     layers = variant().text_encoder.encoder.layer
     assert [hasattr(l.crossattention.output, "merge_layer") for l in layers] == [False, False, True, True]

@@ -216,6 +216,10 @@ class DualEncoderLayer(nn.Module):
         With `index` (P,), V is this layer's `crossattention.keys_values` of n_c candidates.
         Masks (P, 1, 1, L) bool, True = a real token."""
         A, B = self.attention(A, B, A, B, mask_A, mask_B, merge=False)
+        return self.attend_candidate(A, B, V, mask_A, mask_B, grid, index)
+
+    def attend_candidate(self, A, B, V, mask_A, mask_B, grid=None, index=None):
+        """The rest of the layer after self-attention: cross-attention to V, merge, feed-forward."""
         ctx_A, ctx_B = V if index is not None else (V, V)
         A, B = self.crossattention(A, B, ctx_A, ctx_B, None, None, merge=True, grid=grid, index=index)
         A = self.feed_forward(A, "A", mask_A[:, 0, 0]) if A is not None else None
@@ -237,12 +241,22 @@ class DualEncoder(nn.Module):
 
     def forward(self, A, input_ids, mask_A, text_mask, V, grid=None, index=None):
         """-> final (A, B) hidden sequences (either None when its stream is ablated).
-        With `index`, V is `candidate_kv`'s list: one layer's keys and values per layer."""
+        With `index`, V is `candidate_kv`'s list: one layer's keys and values per layer.
+        With `grid=(n_q, n_c)` and one row per query (n_q rows, not n_q * n_c), what comes before
+        the first cross-attention (embeddings, layer 1's self-attention) runs once per query, and
+        its output is repeated for the query's n_c pairs: it never sees the candidate."""
         B = self.embeddings(input_ids=input_ids) if hasattr(self, "embeddings") else None
         mask_A = mask_A[:, None, None, :].bool() if A is not None else None  # (P, 1, 1, L_A)
         mask_B = text_mask[:, None, None, :].bool()
-        contexts = V if index is not None else [V] * len(self.encoder.layer)
-        for layer, context in zip(self.encoder.layer, contexts):
+        layers = list(self.encoder.layer)
+        contexts = V if index is not None else [V] * len(layers)
+        if grid is not None and len(input_ids) == grid[0] != grid[0] * grid[1]:   # one row per query
+            A, B = layers[0].attention(A, B, A, B, mask_A, mask_B, merge=False)   # (n_q, L, d) each
+            per_pair = lambda x: None if x is None else x.repeat_interleave(grid[1], dim=0)  # (n_q * n_c, ...)
+            A, B, mask_A, mask_B = map(per_pair, (A, B, mask_A, mask_B))
+            A, B = layers[0].attend_candidate(A, B, contexts[0], mask_A, mask_B, grid, index)
+            layers, contexts = layers[1:], contexts[1:]
+        for layer, context in zip(layers, contexts):
             if self.checkpointing and self.training and torch.is_grad_enabled():
                 A, B = checkpoint(layer, A, B, context, mask_A, mask_B, grid, index, use_reentrant=False)
             else:
@@ -357,6 +371,8 @@ class DualEncoderReranker(nn.Module):
             cand = target_feats[None].expand(Bq, *target_feats.shape)  # (B, B, L_v, d_v): row i holds all targets
             return self.score_candidates(input_ids, text_mask, z_t, cand, ref_feats)
         rep = lambda x: None if x is None else x.repeat_interleave(Bt, dim=0)  # query i -> rows i*B .. i*B+B-1
+        if not (self.training and self.cfg.dropout > 0):
+            rep = lambda x: x              # no dropout to sample per pair: the query part runs once per query
         scores = self(rep(input_ids), rep(text_mask), rep(z_t), target_feats, rep(ref_feats), grid=(Bq, Bt))
         return scores.view(Bq, Bt)
 
