@@ -173,7 +173,7 @@ def ablation_note(results: dict) -> list[str]:
     if (budgets := unequal_budgets(results)) is None:
         return []
     full, short = budgets
-    return ["", f"**The variants were trained for {short} stage-2 epochs, the full model for {full}** "
+    return ["", f"**The variants were trained for {short} stage-2 epoch{'s' * (short != 1)}, the full model for {full}** "
                 "(`ablation_epochs`, to keep the run short): the rows compare budgets as well as architectures. "
                 "Notebook 07 trains every variant as long as the full model."]
 
