@@ -12,7 +12,7 @@ and a runner (`RUNNERS`) that trains and evaluates one variant for one seed:
 `run_study` runs every variant for seeds 0..n-1 and gathers the metrics and their mean ± std
 (`report.mean_std`) into root/study.json:
 
-    cirtutor study cala --preset tiny --seeds 3 --run-dir runs/study-cala     (tiny: ~20 min per variant and seed)
+    cirtutor study cala --preset tiny --seeds 3 --run-dir runs/study-cala     (tiny, as shipped: ~20 min per variant and seed)
     cirtutor study zeroshot --preset tiny --seeds 3                          (tiny: ~1-2 min per variant and seed)
 
 A variant whose models are already trained reloads them ("found trained …, loading…"), so a
