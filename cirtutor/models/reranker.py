@@ -365,14 +365,16 @@ class DualEncoderReranker(nn.Module):
         """Training logits (B, B): row i = query i against every target j of the batch, one forward.
 
         `share_kv` (default) computes each target's cross-attention keys/values once for all B
-        queries (exact; B x fewer K/V projections); False expands the targets to B x B pairs."""
+        queries (exact; B x fewer K/V projections), and, when no dropout is sampled, the query's
+        embeddings and layer 1's self-attention once per query; False expands the targets to B x B pairs."""
         Bq, Bt = len(input_ids), len(target_feats)
         if not share_kv:
             cand = target_feats[None].expand(Bq, *target_feats.shape)  # (B, B, L_v, d_v): row i holds all targets
             return self.score_candidates(input_ids, text_mask, z_t, cand, ref_feats)
-        rep = lambda x: None if x is None else x.repeat_interleave(Bt, dim=0)  # query i -> rows i*B .. i*B+B-1
-        if not (self.training and self.cfg.dropout > 0):
-            rep = lambda x: x              # no dropout to sample per pair: the query part runs once per query
+        if self.training and self.cfg.dropout > 0:      # a dropout sample per pair: one row per pair from the start
+            rep = lambda x: None if x is None else x.repeat_interleave(Bt, dim=0)  # query i -> rows i*B .. i*B+B-1
+        else:                                           # nothing random before the first cross-attention:
+            rep = lambda x: x                           # the encoder runs that part once per query (`DualEncoder`)
         scores = self(rep(input_ids), rep(text_mask), rep(z_t), target_feats, rep(ref_feats), grid=(Bq, Bt))
         return scores.view(Bq, Bt)
 
