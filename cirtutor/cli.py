@@ -9,6 +9,7 @@
     cirtutor submit       --preset P --run-dir DIR                           CIRR test1 server files + validation
     cirtutor zeroshot     --preset P --run-dir DIR [--set zeroshot.budget=0.05] zero-shot CIR (pseudo words)
     cirtutor analyze      --stage1 A --stage2 B [--out DIR]              Table 7 / Fig. 8 from label arrays
+    cirtutor findings --run-dir DIR | --study FILE   which of the paper's 8 findings a run reproduces
     cirtutor make-data --format cirr --out DIR  draw a synthetic CIR dataset in a real format
     cirtutor data-stats --dataset cirr --annotations DIR [--images DIR] [--json]
     cirtutor model-info --preset paper [--json]     parameter counts of both stages
@@ -79,6 +80,32 @@ def cmd_study(args) -> int:
     study = run_study(args.name, args.preset, args.seeds, args.run, args.variants.split(",") if args.variants else None)
     for stage in next(iter(study["variants"].values()))["stats"]:          # filter, rerank | zeroshot
         print(f"\n{stage} (mean ± std over {args.seeds} seeds)\n" + table(study, stage))
+    if "findings" in study:
+        from cirtutor.findings import markdown
+        print("\nWhich of the paper's findings this study reproduces\n" + markdown(study["findings"]))
+    return 0
+
+
+def cmd_findings(args) -> int:
+    from cirtutor import findings
+
+    if bool(args.run) == bool(args.study):
+        raise CirtutorError("pass exactly one of --run-dir DIR (a run folder) and --study FILE (a study.json)")
+    if args.study:
+        try:
+            study = json.loads(open(args.study, encoding="utf-8").read())
+        except (OSError, ValueError) as e:
+            raise CirtutorError(f"cannot read the study {args.study}: {e}; expected a study.json written by "
+                                "`cirtutor study findings`") from None
+        records, dataset = findings.study_records(study, args.variant)
+    else:
+        records, dataset = findings.seed_records(args.run)
+    card = findings.judge(records, dataset)
+    if args.figure:
+        from cirtutor.report import save_figure
+        from cirtutor.viz import plot_findings
+        print(f"figure: {save_figure(plot_findings(card), args.figure)}")
+    print(json.dumps(card, indent=2) if args.json else findings.markdown(card))
     return 0
 
 
@@ -138,12 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("study", help="run the main job for every variant of a named study (e.g. cala) over seeds")
-    s.add_argument("name", help="the study: cala (notebook 08) or zeroshot (notebook 09)")
+    s.add_argument("name", help="the study: findings (notebook 07), cala (notebook 08) or zeroshot (notebook 09)")
     s.add_argument("--preset", default="tiny")
     s.add_argument("--seeds", type=int, default=3)
     s.add_argument("--run-dir", dest="run", metavar="DIR", help="the study folder (default: runs/study-<name>-<preset>)")
     s.add_argument("--variants", help="comma-separated subset of the study's variants (default: all)")
     s.set_defaults(func=cmd_study)
+
+    s = sub.add_parser("findings", help="which of the paper's findings a run or a study reproduces (the scorecard)")
+    s.add_argument("--run-dir", dest="run", metavar="DIR", help="a run folder (reproduce, or the per-stage commands)")
+    s.add_argument("--study", metavar="FILE", help="a study.json of `cirtutor study findings` (e.g. the shipped "
+                                                   "cirtutor/assets/studies/findings-tiny.json)")
+    s.add_argument("--variant", help="the study's variant (default: its first)")
+    s.add_argument("--figure", metavar="PNG", help="also draw the scorecard's figure to this file")
+    s.add_argument("--json", action="store_true", help="print the scorecard as JSON")
+    s.set_defaults(func=cmd_findings)
 
     for name, text in (("train-stage1", "train the candidate filter (stage 1)"),
                        ("extract-topk", "write stage 1's top-K lists of the validation split"),

@@ -16,6 +16,7 @@ only the preset differs (data root, weights, dims, schedule).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -23,6 +24,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import platform
 import sys
 import time
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
+from cirtutor import findings
 from cirtutor.cache import cache_dir
 from cirtutor.config import Config, result_fields
 from cirtutor.data.registry import dataset_root, open_dataset
@@ -412,6 +415,40 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
     return model, metrics
 
 
+SHIPPED_SOURCE = "shipped seed-0 model, trained as long as R on the shipped seed-0 filter and evaluated with it"
+
+
+def run_ablation(cfg: Config, run: Path, seed: int, filt: CandidateFilter, ablation: str, **inputs) -> tuple[dict, str]:
+    """(the metrics of re-ranker variant `ablation` for `seed`, where they come from). Trained in the run
+    (`run_stage2`), or with ablation_models="shipped", for seed 0, `trained.trained_reranker`'s model (the
+    package's shipped one in tiny mode, else trained once into the cache) with the metrics it was evaluated
+    with on its own filter; those are copied into the run's seed0/stage2-<ablation>/metrics.json."""
+    if cfg.ablation_models not in ("train", "shipped"):
+        raise CirtutorError(f"ablation_models={cfg.ablation_models!r}; expected 'train' or 'shipped'")
+    if cfg.ablation_models == "train" or seed != 0:
+        return run_stage2(cfg, run, seed, filt, ablation=ablation, **inputs)[1], "trained"
+    from cirtutor.trained import trained_reranker        # trained.py builds on this module
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, metrics = trained_reranker(cfg, 0, ablation, verbose=False)
+        _, full = trained_reranker(cfg, 0, None, verbose=False)   # its full model, on the same filter
+    out = Path(run) / f"seed{seed}" / f"stage2-{ablation}"
+    k = f"K={cfg.stage2.k}"
+    metrics = {**metrics, "source": SHIPPED_SOURCE, "full_model": {k: full[k]}}
+    if world()[0] == 0:
+        atomic_write_json(out / "metrics.json", metrics, indent=2)
+    return metrics, SHIPPED_SOURCE
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages when the run ended (None where the OS has none):
+    timings from a busy machine are not comparable."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 # ----------------------------------------------------------------------------- analysis
 
 def inference_times(cfg: Config, filt, model, val, stores, device, ks, n: int = 64) -> dict:
@@ -529,31 +566,38 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
                                         device=device, resume=resume, details=details, shared=shared)
         main = metrics[f"K={cfg.stage2.k}"]
         say(f"R_{cfg.stage2.k} (seed {seed}): {short(main)}")
-        results["seed_runs"].append({"seed": seed, "filter": metrics["filter"], "rerank": main})
-        if seed > 0:
-            continue
-        results["filter"] = metrics["filter"]
-        results["rerank"] = {k: v for k, v in metrics.items() if k.startswith("K=")}
-        with timed(times, "analysis"):
-            results["rank_analysis"] = rank_analysis(details)
-            s1 = details["stage1"] if "stage1" in details else np.concatenate([d["stage1"] for d in details.values()])
-            results["coverage"] = coverage_curve(s1)
-            ks = usable_ks(cfg, val)
-            results["timing"] = inference_times(cfg, filt, model, val, stores, device, ks)
-            results["timing"]["fixed_s"] = {k: round(times[k], 2) for k in ("data", "image features") if k in times}
-            qualitative = qualitative_items(val, details)
+        if seed == 0:
+            results["filter"] = metrics["filter"]
+            results["rerank"] = {k: v for k, v in metrics.items() if k.startswith("K=")}
+            with timed(times, "analysis"):
+                results["rank_analysis"] = rank_analysis(details)
+                s1 = details["stage1"] if "stage1" in details else np.concatenate([d["stage1"] for d in details.values()])
+                results["coverage"] = coverage_curve(s1)
+                ks = usable_ks(cfg, val)
+                results["timing"] = inference_times(cfg, filt, model, val, stores, device, ks)
+                results["timing"]["fixed_s"] = {k: round(times[k], 2) for k in ("data", "image features") if k in times}
+                qualitative = qualitative_items(val, details)
         acfg = ablation_budget(cfg)
         results["epochs"] = {"stage2": cfg.stage2.epochs, "ablations": acfg.stage2.epochs}
-        for ablation in cfg.ablations:
+        for ablation in cfg.ablations:                       # every seed: the scorecard's F4-F6 are paired per seed
             with timed(times, f"ablation {ablation}"):
-                _, a_metrics = run_stage2(acfg, run, seed, filt, train=train, val=val, stores=stores, weights=weights,
-                                          device=device, ablation=ablation, resume=resume, shared=shared)
-            results["ablations"][ABLATIONS[ablation][0]] = a_metrics[f"K={cfg.stage2.k}"]
-            say(f"{ABLATIONS[ablation][0]} (seed {seed}): {short(a_metrics[f'K={cfg.stage2.k}'])}")
+                a_metrics, source = run_ablation(acfg, run, seed, filt, ablation, train=train, val=val, stores=stores,
+                                                 weights=weights, device=device, resume=resume, shared=shared)
+            if seed == 0:
+                results["ablations"][ABLATIONS[ablation][0]] = a_metrics[f"K={cfg.stage2.k}"]
+                results.setdefault("ablation_sources", {})[ABLATIONS[ablation][0]] = source
+                if "full_model" in a_metrics:
+                    results["ablation_reference"] = a_metrics["full_model"][f"K={cfg.stage2.k}"]
+            say(f"{ABLATIONS[ablation][0]} (seed {seed}{', ' + source if source != 'trained' else ''}): "
+                f"{short(a_metrics[f'K={cfg.stage2.k}'])}")
+        results["seed_runs"].append(findings.seed_record(run / f"seed{seed}", cfg.stage2.k, max(usable_ks(cfg, val)),
+                                                         cfg.data.dataset == "fashioniq"))
+    results["findings"] = findings.judge(results["seed_runs"], cfg.data.dataset)
     if seeds == 1:
         results.pop("seed_runs")
     results["stage_times_s"] = {k: round(v, 1) for k, v in times.items()}
     results["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    results["load_average"] = load_average()
     if world()[0] == 0:
         from cirtutor.report import write_report
         path = write_report(results, run, qualitative)

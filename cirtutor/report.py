@@ -5,6 +5,7 @@ paper's layouts so a reader can hold them side by side with the paper:
 
     main table       F and R_K for each K      Table 6 (CIRR val) / Table 5 (Fashion-IQ val)
     ablations        variants at the main K    Table 4 (CIRR) / Table 3 (Fashion-IQ)
+    findings         the paper's 8 findings    which ones this run reproduces (`cirtutor.findings`)
     seeds            mean ± std over seeds     (not in the paper: how much a number moves by chance)
     GT coverage      stage-1 top-K coverage    facts §9.4 (the ceiling on R@K′ ≥ K)
     rank analysis    mean rank of the target   Table 7, Fig. 8
@@ -37,6 +38,7 @@ CIRR_SEED_KEYS = ("R@1", "R@5", "R@10", "Rs@1")                           # the 
 FIQ_SEED_KEYS = ("R@10", "R@50", "avg")
 CIRR_CURVE_KEYS = ("R@1", "R@5", "R@10", "R@50", "Rs@1")                  # lines of the recall-vs-K figure
 FIQ_CURVE_KEYS = ("R@10", "R@50", "avg")
+SHIPPED_STUDIES = Path(__file__).resolve().parent / "assets" / "studies"   # the package's multi-seed results
 SEED_DDOF = 1  # the seed table shows the sample standard deviation (numpy ddof=1)
 SUBSAMPLE_WARNING = "**These numbers come from a subsample"  # the bold warning starts with this
 
@@ -101,6 +103,8 @@ def metrics_json(results: dict) -> dict:
            "wall_time_s": results["wall_time_s"]}
     if results.get("fusion"):
         out["fusion"] = flat(results["fusion"])
+    if results.get("findings"):
+        out["findings"] = results["findings"]
     if (seeds := seed_stats(results)) is not None:
         out["seeds"] = seeds
     return out
@@ -151,8 +155,11 @@ def ablation_table(results: dict) -> str | None:
     fiq, k = is_fashioniq(results), results["k"]
     keys = FIQ_ABLATION_KEYS if fiq else CIRR_ABLATION_KEYS
     full, short = unequal_budgets(results) or (None, None)
+    shipped = {name for name, src in (results.get("ablation_sources") or {}).items() if src != "trained"}
     rows = [(f"full model (R_{k})", results["rerank"].get(f"K={k}"), full)]
-    rows += [(name, m, short) for name, m in ablations.items()]
+    if results.get("ablation_reference"):
+        rows.append((f"full model (R_{k}), shipped †", results["ablation_reference"], full))
+    rows += [(name + (" †" if name in shipped else ""), m, short) for name, m in ablations.items()]
     rows.append(("F (stage 1 only, for reference)", results["filter"], None))
     header = ["variant", *(f"avg {key}" if fiq and key != "avg" else key for key in keys)]
     epochs_column = full is not None                 # only when the variants had a shorter stage 2 than R
@@ -215,8 +222,38 @@ def timing_tables(timing: dict) -> str:
 
 def stage_table(results: dict) -> str:
     wall = results["wall_time_s"]
-    return _table(["stage", "seconds", "% of wall time"],
-                  [[name, f"{s:.1f}", _f1(100 * s / wall)] for name, s in results["stage_times_s"].items()])
+    table = _table(["stage", "seconds", "% of wall time"],
+                   [[name, f"{s:.1f}", _f1(100 * s / wall)] for name, s in results["stage_times_s"].items()])
+    if results.get("load_average"):
+        one, five, fifteen = results["load_average"]
+        table += (f"\n\nLoad average when the run ended: {one} / {five} / {fifteen} (1 / 5 / 15 min) on "
+                  f"{os.cpu_count()} cores; a load above the cores in use means something else was running.")
+    return table
+
+
+def findings_section(results: dict) -> list[str]:
+    """"Which of the paper's findings this run reproduces": the scorecard (`cirtutor.findings`) beside
+    the paper's numbers, where its ablation rows come from, and where the multi-seed one lives."""
+    from cirtutor import findings
+
+    card = results["findings"]
+    out = ["## Which of the paper's findings this run reproduces", "",
+           f"Each finding is one quantity per seed, measured at K = {card['k']} (F8 also at K = {card['k_max']}), "
+           "against the paper's value from the table named; the test is fixed in advance "
+           "(`cirtutor/findings.py`, `docs/findings.md`). SE = standard error over seeds.", "",
+           findings.markdown(card)]
+    if results.get("ablation_sources") and any(v != "trained" for v in results["ablation_sources"].values()):
+        out += ["", "The ablation rows (and F4-F6) come from the package's shipped seed-0 models, each trained as "
+                    "long as the full model on the shipped seed-0 filter and evaluated with it; F4-F6 pair them with "
+                    "the full model trained beside them on that filter."]
+    if len(card["seeds"]) == 1:
+        shipped = SHIPPED_STUDIES / f"findings-{results.get('preset')}.json"
+        where = (f"`cirtutor findings --study {shipped.relative_to(shipped.parents[3])}` holds the shipped one for "
+                 f"this preset (notebook 07); " if shipped.is_file() else "")
+        out += ["", "One seed cannot pass a test of 2 standard errors, so F1-F6 show their sign only. For the "
+                    f"scorecard over seeds 0-2, {where}`cirtutor study findings --preset {results.get('preset')} "
+                    "--seeds 3` trains it."]
+    return out
 
 
 def summary_line(results: dict) -> str:
@@ -266,6 +303,13 @@ def report_markdown(results: dict, figures: dict[str, str]) -> str:
     parts += fig("recall_vs_k")
     if (table := ablation_table(results)) is not None:
         parts += ["", f"## Ablations at K = {k} (paper Table {3 if fiq else 4} layout)", "", table, *ablation_note(results)]
+        if results.get("ablation_reference"):
+            parts += ["", "† The package's shipped seed-0 models: every variant trained as long as the full model, on "
+                          "the shipped seed-0 filter and evaluated with it, beside the full model trained the same way. "
+                          "Compare the † rows with each other; this run's own full model and F are above and below."]
+    if results.get("findings"):
+        parts += ["", *findings_section(results)]
+        parts += fig("findings")
     if (stats := seed_stats(results)) is not None:
         parts += ["", f"## Variation over seeds ({len(stats['seeds'])} runs)", "",
                   f"Mean ± sample standard deviation (numpy `std(ddof={SEED_DDOF})`) over seeds "
@@ -316,6 +360,8 @@ def make_figures(results: dict, qualitative: list[dict] | None = None) -> dict[s
         out["time_vs_k"] = (viz.plot_time_vs_k(timing), "time per query vs K")
     if (ra := results.get("rank_analysis")) and ra.get("shift"):
         out["rank_shift"] = (viz.plot_rank_shift(ra["shift"]), "mean shift of the target by initial rank")
+    if results.get("findings"):
+        out["findings"] = (viz.plot_findings(results["findings"]), "the paper's findings: this run vs the paper")
     if qualitative:
         out["qualitative"] = (viz.plot_qualitative(qualitative), "filtered vs re-ranked examples")
     return out

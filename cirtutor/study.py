@@ -5,6 +5,8 @@ and a runner (`RUNNERS`) that trains and evaluates one variant for one seed:
 
 * "reproduce" (the CaLa study): the main job (`pipeline.reproduce`, without the ablations) into
   root/<variant>/; each seed's "filter" and "rerank" metrics;
+* "findings" (the findings study): the main job with the variants F4-F6 need trained as long as R
+  for every seed; each seed's findings record (`findings.seed_records`) and the scorecard;
 * "zeroshot" (the zero-shot study): `trained.trained_zeroshot`, into the cache; each seed's
   "zeroshot" metrics. The study also records the training-free reference rows
   (`engine.zeroshot.training_free_baselines`) under "references".
@@ -14,6 +16,7 @@ and a runner (`RUNNERS`) that trains and evaluates one variant for one seed:
 
     cirtutor study cala --preset tiny --seeds 3 --run-dir runs/study-cala     (tiny, as shipped: ~20 min per variant and seed)
     cirtutor study zeroshot --preset tiny --seeds 3                          (tiny: ~1-2 min per variant and seed)
+    cirtutor study findings --preset tiny --seeds 3                          (every variant as long as R, every seed)
 
 A variant whose models are already trained reloads them ("found trained …, loading…"), so a
 study can be resumed or extended. Training a study is beyond a notebook's time budget, so the
@@ -56,7 +59,11 @@ STUDIES = {
                  "zeroshot.budget=0.1"),
     },
 }
-RUNNERS = {"cala": "reproduce", "zeroshot": "zeroshot"}
+STUDIES["findings"] = {                                    # notebook 07: the paper's findings over seeds
+    "tiny": ("ablations=no_text,no_zt,ref_cls_spatial", "ablation_models=train", "ablation_epochs=None"),
+}
+RUNNERS = {"cala": "reproduce", "zeroshot": "zeroshot", "findings": "findings"}
+KEEPS_ABLATIONS = {"findings"}                               # the other studies switch the re-ranker variants off
 SHIPPED = Path(__file__).resolve().parent / "assets" / "studies"
 
 
@@ -71,7 +78,8 @@ def variant_config(name: str, variant: str, preset: str = "tiny"):
     overrides = variant_overrides(name)
     if variant not in overrides:
         raise CirtutorError(f"study {name!r} has no variant {variant!r}; expected one of {', '.join(overrides)}")
-    return apply_overrides(get_preset(preset), list(overrides[variant]) + ["ablations=()"])
+    return apply_overrides(get_preset(preset), (["ablations=()"] if name not in KEEPS_ABLATIONS else [])
+                           + list(overrides[variant]))
 
 
 def collect(results: dict) -> list[dict]:
@@ -87,8 +95,10 @@ def stats(runs: list[dict]) -> dict:
     from cirtutor.report import mean_std
 
     out = {}
-    for stage in (k for k in runs[0] if k != "seed"):
+    for stage in (k for k, v in runs[0].items() if k != "seed" and isinstance(v, dict)):
         keys = [k for k, v in runs[0][stage].items() if isinstance(v, (int, float))]
+        if not keys:
+            continue
         out[stage] = {k: mean_std([r[stage][k] for r in runs]) if len(runs) > 1
                       else {"mean": float(runs[0][stage][k]), "std": 0.0} for k in keys}
     return out
@@ -108,7 +118,8 @@ def run_study(name: str, preset: str = "tiny", seeds: int = 3, root: str | Path 
     study = {"study": name, "preset": preset, "seeds": seeds, "date": time.strftime("%Y-%m-%d"),
              "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
              "command": f"cirtutor study {name} --preset {preset} --seeds {seeds}", "variants": {}}
-    run_variant = _run_reproduce if RUNNERS[name] == "reproduce" else _zeroshot_runner(study, preset)
+    run_variant = {"reproduce": _run_reproduce, "findings": _run_findings}.get(RUNNERS[name]) \
+        or _zeroshot_runner(study, preset)
     for variant in chosen:
         runs = run_variant(variant_config(name, variant, preset), seeds, root / variant, study)
         study["variants"][variant] = {"overrides": list(variant_overrides(name)[variant]), "runs": runs,
@@ -119,7 +130,7 @@ def run_study(name: str, preset: str = "tiny", seeds: int = 3, root: str | Path 
         if (old["study"], old["preset"], old["seeds"]) == (name, preset, seeds):
             study["variants"] = {v: study["variants"].get(v) or old["variants"][v]
                                  for v in variant_overrides(name) if v in study["variants"] or v in old["variants"]}
-            for key in ("k", "references"):                # the "reproduce" runner's K; the zeroshot references
+            for key in ("k", "references", "dataset", "findings"):   # K, the zeroshot references, the scorecard
                 if key in old:
                     study.setdefault(key, old[key])
     atomic_write_json(root / "study.json", study, indent=2)
@@ -134,6 +145,18 @@ def _run_reproduce(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
     results = json.loads((out / "results.json").read_text())
     study["k"] = results["k"]
     return collect(results)
+
+
+def _run_findings(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
+    """The "findings" runner: the main job with every variant trained as long as R for every seed,
+    then each seed's findings record (`findings.seed_records`) and the scorecard in study["findings"]."""
+    from cirtutor import findings
+    from cirtutor.pipeline import reproduce
+
+    reproduce(cfg, seeds=seeds, out=str(out))
+    records, dataset = findings.seed_records(out)
+    study |= {"k": cfg.stage2.k, "dataset": dataset, "findings": findings.judge(records, dataset)}
+    return records
 
 
 def _zeroshot_runner(study: dict, preset: str):

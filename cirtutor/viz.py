@@ -522,3 +522,43 @@ def plot_hinge(tokens: Sequence[str], hop1, target_image, attention, title: str 
     right.set_xticks([]), right.set_yticks([])
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def plot_findings(card: dict):
+    """The findings scorecard as a figure (notebook 07, report.md): per finding, each seed's value
+    (dots), the mean ± 2 standard errors (bar: the test of F1-F6), the paper's value (red diamond)
+    and the verdict in the label (✓ reproduced, ✗ not, · not judged). F7 is a % decrease (dashed: its 15 %
+    threshold), the others differences in recall points (grey band: F8's ±1 point)."""
+    import pandas as pd
+    import seaborn as sns
+
+    rows = card["findings"]
+    labels = [f"{r['id']} {'✓' if r['reproduced'] else ('✗' if r['reproduced'] is False else '·')}  "
+              f"{textwrap.shorten(r['statement'], 52, placeholder='…')}" for r in rows]
+    points = pd.DataFrame([{"finding": label, "value": v, "seed": f"seed {s}"}
+                           for label, r in zip(labels, rows) for s, v in zip(r["seeds"], r["values"]) if v is not None])
+    fig, ax = plt.subplots(figsize=(9.5, 0.55 * len(rows) + 1.4))
+    ax.axvline(0, color="0.6", lw=0.8)
+    if len(points):
+        sns.stripplot(data=points, x="value", y="finding", hue="seed", order=labels, ax=ax, size=6, jitter=0.12,
+                      palette="crest", alpha=0.85)
+    for y, r in enumerate(rows):
+        if r["mean"] is not None:
+            err = 2 * r["se"] if r["se"] is not None else 0
+            ax.errorbar(r["mean"], y, xerr=err, fmt="o", color="black", ms=4, capsize=4, lw=1.4, zorder=5,
+                        label="mean ± 2 SE" if y == 0 else None)
+        ax.plot(r["paper"], y, marker="D", color="crimson", ms=7, ls="none", zorder=6,
+                label="the paper" if y == 0 else None)
+        if r["test"] == "decrease":                        # F7's and F8's fixed thresholds, drawn on their rows
+            ax.plot([15, 15], [y - 0.3, y + 0.3], color="0.35", ls="--", lw=1)
+        elif r["test"] == "flat":
+            ax.fill_betweenx([y - 0.3, y + 0.3], -1, 1, color="0.85", zorder=0)
+    n = len(card["seeds"])
+    ax.set_xlabel("recall points (F1-F6: model a − model b; F8: R_Kmax − R_K) · F7: % decrease of the mean rank")
+    ax.set_ylabel("")
+    ax.set_title(f"Which of the paper's findings this run reproduces: {card['reproduced']} of {card['total']} "
+                 f"({n} seed{'s' * (n != 1)}, K = {card.get('k')})")
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles, names, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig

@@ -49,16 +49,46 @@ def test_stage_commands_chain_through_one_run_folder(cache, capsys):
 
 def test_reproduce_writes_the_report_and_metrics(cache):
     run = cache / "run"
-    assert main(["reproduce", "--run-dir", str(run), *SETS]) == 0
+    assert main(["reproduce", "--run-dir", str(run), *SETS, "--set", "ablation_models=train"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"filter", "rerank", "ablations", "wall_time_s"}
+    assert set(metrics) == {"filter", "rerank", "ablations", "wall_time_s", "findings"}
     assert set(metrics["filter"]) == RECALLS and set(metrics["rerank"]) == {"K=5", "K=10"}
-    assert set(metrics["ablations"]) == {"w/o Encoder-t", "w/o Encoder-z_t"}
+    assert set(metrics["ablations"]) == {"w/o Encoder-t", "w/o Encoder-z_t", "w. Ref_CLS + Spatial-6x6"}
     report = (run / "report.md").read_text()
     stage2 = json.loads((run / "seed0" / "stage2" / "metrics.json").read_text())
     assert f"{stage2['K=10']['R@10']:.1f}" in report and "Ablations" in report
-    assert {p.name for p in (run / "figures").iterdir()} >= {"coverage_vs_k.png", "recall_vs_k.png", "rank_shift.png"}
+    assert {p.name for p in (run / "figures").iterdir()} >= {"coverage_vs_k.png", "recall_vs_k.png", "rank_shift.png",
+                                                              "findings.png"}
     assert metrics["rerank"]["K=10"]["R@1"] == stage2["K=10"]["R@1"]               # one source for both files
+    card = metrics["findings"]                                                      # the scorecard, from the run folder
+    f1 = next(r for r in card["findings"] if r["id"] == "F1")
+    assert f1["values"] == [pytest.approx(stage2["K=10"]["R@1"] - stage2["filter"]["R@1"])]
+    assert "## Which of the paper's findings this run reproduces" in report and "of 8 reproduced" in report
+    assert "Load average when the run ended" in report
+
+
+def test_reproduce_can_take_the_variants_from_the_shipped_models(cache, monkeypatch):
+    """ablation_models="shipped": seed 0's variants are `trained_reranker`'s models with the metrics they
+    were evaluated with, paired in the scorecard with the full model trained beside them; labelled."""
+    from cirtutor import trained
+
+    calls = []
+
+    def fake(cfg, seed, ablation, verbose=True, data=None):
+        calls.append((seed, ablation))
+        r1 = {None: 30.0, "no_text": 21.0, "no_zt": 5.0, "ref_cls_spatial": 29.0}[ablation]
+        return None, {"K=10": {"R@1": r1, "R@5": 50.0, "R@10": 60.0, "R@50": 90.0, "Rs@1": 70.0, "Rs@2": 80.0,
+                               "Rs@3": 90.0, "avg": 60.0}}
+    monkeypatch.setattr(trained, "trained_reranker", fake)
+    run = cache / "run"
+    assert main(["reproduce", "--run-dir", str(run), *SETS, "--set", "ablation_models=shipped"]) == 0
+    assert {a for _, a in calls} == {None, "no_text", "no_zt", "ref_cls_spatial"} and {s for s, _ in calls} == {0}
+    saved = json.loads((run / "seed0" / "stage2-no_text" / "metrics.json").read_text())
+    assert saved["source"].startswith("shipped seed-0 model") and saved["full_model"]["K=10"]["R@1"] == 30.0
+    card = json.loads((run / "metrics.json").read_text())["findings"]
+    assert {r["id"]: r["values"] for r in card["findings"]}["F4"] == [9.0]
+    report = (run / "report.md").read_text()
+    assert "w/o Encoder-t †" in report and "full model (R_10), shipped †" in report
 
 
 def test_subsample_keeps_what_the_queries_need(cache):

@@ -24,8 +24,8 @@ from cirtutor.engine.loop import History, distribute, fit, Schedule
 from cirtutor.engine.optim import make_optimizer
 from cirtutor.engine.stage1 import batch_order as stage1_batch_order
 from cirtutor.engine.stage1 import encode_queries, rank_with_filter
-from cirtutor.evaluation import (cirr_summary, fashioniq_summary, labels_from_ranking, rerank_labels_for_ks, subset_ranking,
-                                 subset_ranking_by_scores)
+from cirtutor.evaluation import (cirr_summary, fashioniq_summary, labels_from_ranking, rank_decrease, rerank_labels_for_ks,
+                                 subset_ranking, subset_ranking_by_scores)
 from cirtutor.evaluation.metrics import recall_at_k
 from cirtutor.models import CandidateFilter, DualEncoderReranker, tokenize
 from cirtutor.models.backbones import add_drop_path, stochastic_image_tokens
@@ -313,7 +313,8 @@ def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker,
                       ks, *, batch_size: int = 8, device="cpu", details: dict | None = None,
                       share_kv: bool = True) -> dict:
     """The filter (F) and the re-ranker at each K (R_K) on a validation split, from one scoring
-    pass over max(ks) candidates per query (facts §9.4): {"filter": ..., "K=k": ... + "coverage"}.
+    pass over max(ks) candidates per query (facts §9.4): {"filter": ..., "K=k": ... + "coverage" and
+    "rank_decrease" (Table 7's % decrease of the covered targets' mean rank in the top-k lists)}.
 
     CIRR: the split's gallery minus the reference; the 5 subset members are scored directly.
     Fashion-IQ: each category ranks its own gallery, reference kept (facts §1.8). Pass a dict
@@ -333,7 +334,8 @@ def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker,
         subset_labels = labels_from_ranking(subset_ranking_by_scores(subsets, subset_scores), targets)
         reranked = rerank_labels_for_ks(labels[:, :k_max], scores, ks)
         for k in ks:
-            results[f"K={k}"] = {**cirr_summary(reranked[k], subset_labels), "coverage": recall_at_k(labels, k)}
+            results[f"K={k}"] = {**cirr_summary(reranked[k], subset_labels), "coverage": recall_at_k(labels, k),
+                                 "rank_decrease": rank_decrease(labels[:, :k], reranked[k])}
         if details is not None:
             details.update(stage1=labels[:, :k_max], stage2=reranked[k_max], ranked=ranked[:, :k_max], scores=scores,
                            indices=list(range(len(dataset.queries))))
@@ -354,6 +356,8 @@ def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker,
             details[cat] = dict(stage1=labels[:, :k_max], stage2=per_r[k_max][cat], ranked=ranked[:, :k_max],
                                 scores=scores, indices=idx)
     results = {"filter": fashioniq_summary(per_f)}
-    for k in ks:
-        results[f"K={k}"] = {**fashioniq_summary(per_r[k]), "coverage": float(np.mean(cover[k]))}
+    for k in ks:                                   # Table 7's decrease with the categories' queries pooled
+        pooled = [np.concatenate([per_f[c][:, :k] for c in per_r[k]]), np.concatenate(list(per_r[k].values()))]
+        results[f"K={k}"] = {**fashioniq_summary(per_r[k]), "coverage": float(np.mean(cover[k])),
+                             "rank_decrease": rank_decrease(*pooled)}
     return results

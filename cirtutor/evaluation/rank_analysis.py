@@ -46,6 +46,13 @@ def rank_table(stage1_labels, stage2_labels) -> dict:
             "difference": i - r, "percent_decrease": (ri - rr) / ri * 100}
 
 
+def rank_decrease(stage1_labels, stage2_labels) -> float | None:
+    """Table 7's % decrease of the mean rank for these lists, None when no target is in them
+    (the scorecard's F7, measured at the main K: `cirtutor.findings`)."""
+    initial, _ = paired_positions(stage1_labels, stage2_labels)
+    return rank_table(stage1_labels, stage2_labels)["percent_decrease"] if len(initial) else None
+
+
 def rank_shift_by_initial(stage1_labels, stage2_labels) -> dict:
     """Figure 8's data (facts §9.6), for every initial index i in [0, K): the average shift
     Δ_i = i − mean(re-ranked index of the queries first ranked at i), 0 where none was, and
