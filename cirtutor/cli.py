@@ -43,7 +43,8 @@ def cmd_make_data(args) -> int:
     from cirtutor.data.synthetic import make_synthetic_dataset
 
     summary = make_synthetic_dataset(args.out, format=args.format, size=args.size, resolution=args.resolution,
-                                     seed=args.seed, overwrite=args.overwrite, progress=sys.stderr.isatty())
+                                     seed=args.seed, siblings=args.siblings, overwrite=args.overwrite,
+                                     progress=sys.stderr.isatty())
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -83,6 +84,32 @@ def cmd_study(args) -> int:
     if "findings" in study:
         from cirtutor.findings import markdown
         print("\nWhich of the paper's findings this study reproduces\n" + markdown(study["findings"]))
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from cirtutor.data.registry import dataset_root
+    from cirtutor.data.synthetic import CIRR_FAMILY, descriptions, synthetic_meta
+    from cirtutor.evaluation.probe import bottleneck_probe
+    from cirtutor.models.loading import load_filter
+    from cirtutor.trained import filter_data
+
+    cfg = preset_config(args)
+    root = dataset_root(cfg.data)
+    if synthetic_meta(root) is None:
+        raise CirtutorError(f"{root} is not a synthetic dataset: the probe reads the scenes tiny mode draws")
+    data = filter_data(cfg)
+    filt, _ = load_filter(data.weights, cfg.model)
+    result = bottleneck_probe(filt.eval(), data.stores, root, descriptions(CIRR_FAMILY),
+                              cells=synthetic_meta(root)["config"].get("grid", 3) ** 2)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print("linear read-out of the object in every occupied cell (% right on the validation images)\n"
+          "| representation | dim | object | edited object | shape | colour | size |\n|---|---|---|---|---|---|---|")
+    for name, r in result.items():
+        print(f"| {name} | {r['dim']} | " + " | ".join(f"{r[k]:.1f}" for k in ("objects", "edited", "shape", "colour",
+                                                                               "size")) + " |")
     return 0
 
 
@@ -172,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--variants", help="comma-separated subset of the study's variants (default: all)")
     s.set_defaults(func=cmd_study)
 
+    s = sub.add_parser("probe", help="tiny mode: how much of a scene the filter's one gallery vector keeps, against "
+                                     "the image tokens the re-ranker reads (a linear probe)")
+    preset_args(s, run_required=False)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_probe)
+
     s = sub.add_parser("findings", help="which of the paper's findings a run or a study reproduces (the scorecard)")
     s.add_argument("--run-dir", dest="run", metavar="DIR", help="a run folder (reproduce, or the per-stage commands)")
     s.add_argument("--study", metavar="FILE", help="a study.json of `cirtutor study findings` (e.g. the shipped "
@@ -219,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=1000, help="train reference scenes; val and test get size//2 each")
     s.add_argument("--resolution", type=int, default=64, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--siblings", choices=("any", "same_object"), default="any",
+                   help="a reference's edits change any objects, or all the same one (near-duplicate targets)")
     s.add_argument("--overwrite", action="store_true", help="replace a synthetic dataset already in --out")
     s.set_defaults(func=cmd_make_data)
 

@@ -93,6 +93,8 @@ class DataConfig:
     resolution: int = 384           # square model input in pixels (facts §2: 384 in paper mode)
     synthetic_size: int = 1000      # tiny mode: synthetic train references (x5 edits = train triplets)
     synthetic_resolution: int = 64  # tiny mode: size the synthetic images are drawn at
+    synthetic_siblings: str = field(default="any", metadata=WHEN_SET)  # tiny mode: a reference's 5 edits change "any"
+                                    # objects, or all the "same_object" (near-duplicate targets; data/synthetic.py)
     seed: int = 0                   # seeds the synthetic world and Fashion-IQ caption sampling
 
 

@@ -157,7 +157,7 @@ def feature_store(cfg: Config, split: str, weights: Path, device, names: list[st
     """Frozen-ViT image tokens of every image of `split` (or only `names`, for a subsample),
     computed once and cached on disk (safetensors, keyed by the weights' contents (`weights_key`)
     + data + resolution + names); later runs load them."""
-    key = config_digest(weights_key(weights), dataclasses.asdict(cfg.data), cfg.model.image_size, cfg.model.patch_size,
+    key = config_digest(weights_key(weights), result_fields(cfg.data), cfg.model.image_size, cfg.model.patch_size,
                         names)
     path = cache_dir() / "features" / f"{cfg.data.dataset}-{split}-{key}.safetensors"
 

@@ -242,3 +242,43 @@ def test_shipped_mini_blip_fits_the_tiny_preset():
     model, temp, meta = mb.load_mini_blip(mb.SHIPPED, get_model_config("tiny"))
     assert mb.TEMP_MIN <= temp.item() <= mb.TEMP_MAX
     assert meta["command"].startswith("cirtutor pretrain-tiny") and meta["metrics"]["itm_acc"] > 0.5
+
+
+def test_narrowing_the_projections_keeps_the_embedding_space_it_can(cfg, pairs):
+    """narrow_projections_: the new d -> dim maps are P^T W with P the top singular directions of
+    the sample's embeddings, so with dim at the embeddings' rank every normalised dot product is kept."""
+    model, _ = mb.build_mini_blip(cfg.model)
+    model.eval()
+    images, ids, mask = pairs
+    feats = mb.image_feats_of(model, images[:20])
+    before = torch.cat(mb.itc_embeddings(model, feats, *mb.batch_tokens(ids, mask, torch.arange(20))))  # (40, e)
+    rank = int(torch.linalg.matrix_rank(before))
+    p = mb.narrow_projections_(model, rank, feats, *mb.batch_tokens(ids, mask, torch.arange(20)))
+    after = torch.cat(mb.itc_embeddings(model, feats, *mb.batch_tokens(ids, mask, torch.arange(20))))   # (40, rank)
+    assert after.shape[1] == rank == p.shape[1] and model.config.image_text_hidden_size == rank
+    norms = (before @ p).norm(dim=1, keepdim=True)                      # the kept part of each unit embedding
+    torch.testing.assert_close(after, (before @ p) / norms, atol=1e-4, rtol=1e-4)
+
+
+def test_pretraining_can_narrow_a_wider_mini_blip(cfg, tmp_path):
+    base = mb.pretrain_mini_blip(cfg, **FAST, eval_every=4)
+    mb.save_mini_blip(base["model"], base["temp"], tmp_path / "base", base["meta"])
+    narrow = apply_overrides(cfg, [f"model.embed_dim={cfg.model.embed_dim // 2}"])
+    logs = []
+    more = mb.pretrain_mini_blip(narrow, **{**FAST, "steps": 2, "log": logs.append}, eval_every=2, init=tmp_path / "base")
+    assert more["model"].vision_proj.out_features == cfg.model.embed_dim // 2
+    assert any("narrowed the ITC projections" in line for line in logs)
+    mb.save_mini_blip(more["model"], more["temp"], tmp_path / "narrow", more["meta"])
+    assert mb.load_mini_blip(tmp_path / "narrow", narrow.model)[0].text_proj.out_features == cfg.model.embed_dim // 2
+
+
+def test_an_own_mini_blip_can_be_chosen_by_environment(cfg, tmp_path, monkeypatch, capsys):
+    base = mb.pretrain_mini_blip(cfg, **FAST, eval_every=4)
+    mb.save_mini_blip(base["model"], base["temp"], tmp_path / "own", base["meta"])
+    monkeypatch.setenv("CIRTUTOR_MINI_BLIP", str(tmp_path / "own"))
+    assert mb.mini_blip_folder(cfg) == tmp_path / "own" and "CIRTUTOR_MINI_BLIP" in capsys.readouterr().out
+    with pytest.raises(CirtutorError, match="other model dims"):
+        mb.mini_blip_folder(apply_overrides(cfg, ["model.embed_dim=16"]))
+    monkeypatch.setenv("CIRTUTOR_MINI_BLIP", str(tmp_path / "missing"))
+    with pytest.raises(CirtutorError, match="not a complete mini-BLIP folder"):
+        mb.mini_blip_folder(cfg)

@@ -288,3 +288,33 @@ def test_config_overrides_and_validation():
         SyntheticConfig(eval_queries_per_reference=6)
     with pytest.raises(ValueError, match="format"):
         make_synthetic_dataset("unused", "coco")
+
+
+def test_same_object_siblings_are_near_duplicates_of_each_other():
+    """siblings="same_object": the five edits of a reference all change one object, so any two of
+    the results share every other object; "any" (the default) keeps the old draws byte for byte."""
+    rng = random.Random(3)
+    for _ in range(50):
+        scene = sample_scene(rng)
+        pairs = sample_edits(rng, scene, 5, siblings="same_object")
+        if pairs is None:
+            continue
+        assert len({edit.obj for edit, _ in pairs}) == 1 and all(edit.kind != "add" for edit, _ in pairs)
+        edited = pairs[0][0].obj
+        for _, after in pairs:
+            assert set(scene) - {edited} <= set(after) and len(set(after) - set(scene)) <= 1
+    assert sample_edits(random.Random(1), make_scene([Obj("circle", "red", "large", 4)]), 5) == \
+        sample_edits(random.Random(1), make_scene([Obj("circle", "red", "large", 4)]), 5, siblings="any")
+    with pytest.raises(ValueError, match="siblings"):
+        sample_edits(random.Random(0), scene, 5, siblings="nope")
+    with pytest.raises(ValueError, match="invalid synthetic config"):
+        SyntheticConfig(siblings="nope")
+
+
+def test_a_same_object_world_is_written_in_the_same_format(tmp_path):
+    root = tmp_path / "cirr_dataset"
+    make_synthetic_dataset(root, "cirr", siblings="same_object", **SMALL)
+    for q in load(root / "synthetic" / "queries.val.json"):
+        ref = scene_from_json(q["reference_scene"])
+        assert len(set(ref) - set(scene_from_json(q["target_scene"]))) <= 1
+    assert load(root / "synthetic" / "meta.json")["config"]["siblings"] == "same_object"

@@ -18,8 +18,10 @@ TEST_SPLIT = {"cirr": "test1", "fashioniq": "test"}
 def synthetic_root(data: DataConfig, verbose: bool = True) -> Path:
     """The synthetic dataset for `data` (seeded recipe), generated into the cache once."""
     name = f"synthetic-{data.dataset}-n{data.synthetic_size}-r{data.synthetic_resolution}-s{data.seed}-v{VERSION}"
-    build = lambda tmp: make_synthetic_dataset(tmp, format=data.dataset, size=data.synthetic_size,
-                                               resolution=data.synthetic_resolution, seed=data.seed)
+    name += f"-{data.synthetic_siblings}" if data.synthetic_siblings != "any" else ""
+    build = lambda tmp: make_synthetic_dataset(tmp, format=data.dataset, size=data.synthetic_size,  # noqa: E731
+                                               resolution=data.synthetic_resolution, seed=data.seed,
+                                               siblings=data.synthetic_siblings)
     return cached(f"data/{name}", build, what=f"synthetic {data.dataset} dataset ({name})", verbose=verbose)
 
 

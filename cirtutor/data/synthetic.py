@@ -158,12 +158,30 @@ def possible_edits(scene: Scene, family: Family = CIRR_FAMILY, max_objects: int 
     return edits
 
 
+SIBLINGS = ("any", "same_object")   # how a reference's edits relate: see `sample_edits`
+
+
 def sample_edits(rng: random.Random, scene: Scene, k: int, family: Family = CIRR_FAMILY,
-                 max_objects: int = 4, used: set | frozenset = frozenset()) -> list[tuple[Edit, Scene]] | None:
+                 max_objects: int = 4, used: set | frozenset = frozenset(),
+                 siblings: str = "any") -> list[tuple[Edit, Scene]] | None:
     """`k` edits of `scene` with distinct results that are not in `used`, as (edit, result)
     pairs; None if there are fewer than k. Each draw picks a kind uniformly among the kinds
-    with options left, then one edit of that kind."""
+    with options left, then one edit of that kind.
+
+    `siblings`: "any" draws each edit from all of the scene's edits, so two results differ in two
+    objects; "same_object" first picks one object (among those with k edits) and draws every edit of
+    it (recolour, resize, move, reshape or remove it), so the k results are near-duplicates that
+    differ from each other in that object only: one gallery vector per image must tell them apart."""
     pool = {kind: edits for kind, edits in possible_edits(scene, family, max_objects).items() if edits}
+    if siblings == "same_object":
+        per_object = {o: {kind: [e for e in edits if e.obj == o] for kind, edits in pool.items() if kind != "add"}
+                      for o in scene}
+        choices = [o for o in scene if sum(map(len, per_object[o].values())) >= k]
+        if not choices:
+            return None
+        pool = {kind: edits for kind, edits in per_object[rng.choice(choices)].items() if edits}
+    elif siblings != "any":
+        raise ValueError(f"siblings={siblings!r}; expected one of {', '.join(SIBLINGS)}")
     chosen, results = [], set()
     while len(chosen) < k and pool:
         kind = rng.choice(list(pool))
@@ -283,11 +301,12 @@ class SyntheticConfig:
     supersample: int = 2                 # draw at this multiple of the resolution, then downsample
     scenes_per_folder: int = 100         # CIRR train images go to ./train/<reference number // this>/
     jpeg_quality: int = 95               # Fashion-IQ images are JPEG
+    siblings: str = "any"                # a reference's edits: "any" | "same_object" (all change one object)
 
     def __post_init__(self):
         if not 1 <= self.eval_queries_per_reference <= self.edits_per_reference:
             raise ValueError("need 1 <= eval_queries_per_reference <= edits_per_reference")
-        if not 1 <= self.max_objects <= 9 or self.size < 1 or self.resolution < 8:
+        if not 1 <= self.max_objects <= 9 or self.size < 1 or self.resolution < 8 or self.siblings not in SIBLINGS:
             raise ValueError(f"invalid synthetic config {self}")
 
     def references(self, split: str) -> int:
@@ -317,7 +336,8 @@ def plan_groups(rng: random.Random, n: int, family: Family, cfg: SyntheticConfig
         if len(groups) == n:
             return groups
         ref = sample_scene(rng, family, cfg.max_objects)
-        pairs = None if ref in used else sample_edits(rng, ref, cfg.edits_per_reference, family, cfg.max_objects, used)
+        pairs = None if ref in used else sample_edits(rng, ref, cfg.edits_per_reference, family, cfg.max_objects, used,
+                                                      cfg.siblings)
         if pairs:
             edits, targets = zip(*pairs)
             used.update((ref, *targets))

@@ -56,6 +56,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
 import shlex
 import sys
@@ -131,6 +132,27 @@ def add_sincos_positions_(model: BlipForImageTextRetrieval, scale: float) -> Non
     emb = model.vision_model.embeddings
     side = int((emb.position_embedding.shape[1] - 1) ** 0.5)
     emb.position_embedding[0, 1:] += scale * sincos_2d(side, emb.position_embedding.shape[-1])
+
+
+@torch.no_grad()
+def narrow_projections_(model: BlipForImageTextRetrieval, dim: int, image_feats: torch.Tensor,
+                        input_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """Shrink the ITC projections (vision_proj, text_proj: d -> e) to d -> `dim` < e, keeping as much
+    of the embedding space as one linear map can: both become P^T W, P (e, dim) the top right-singular
+    vectors of the normalised image and text embeddings of a sample (uncentred: the directions that
+    carry the dot products ITC compares). Returns P. Used to give the filter the paper's ratio of
+    embedding to text width (256 / 768) from a wider pretrained mini-BLIP, before training goes on."""
+    image_emb, text_emb = itc_embeddings(model, image_feats, input_ids, text_mask)
+    _, _, vh = torch.linalg.svd(torch.cat([image_emb, text_emb]), full_matrices=False)
+    p = vh[:dim].T                                                            # (e, dim)
+    for name in ("vision_proj", "text_proj"):
+        old = getattr(model, name)
+        new = nn.Linear(old.in_features, dim)
+        new.weight.copy_(p.T @ old.weight)
+        new.bias.copy_(old.bias @ p)
+        setattr(model, name, new)
+    model.config.image_text_hidden_size = dim
+    return p
 
 
 @torch.no_grad()
@@ -373,13 +395,22 @@ def pretrain_mini_blip(cfg: Config, *, steps: int, batch_size: int = 64, lr: flo
     torch.manual_seed(seed)
     model, temp = build_mini_blip(cfg.model)     # built even with `init`: later random draws follow the same stream
     base = None
+    images, captions, _ = image_caption_pairs(data, "train")
+    input_ids, text_mask = tokenize_text_only(captions)
     if init is not None:
-        model, temp, base = load_mini_blip(init, cfg.model)
+        model, temp, base = load_mini_blip(init)
+        wider = base["model_config"]["embed_dim"] > cfg.model.embed_dim      # narrowing to the requested embed_dim
+        check_arch(base, dataclasses.replace(cfg.model, embed_dim=base["model_config"]["embed_dim"]) if wider
+                   else cfg.model, Path(init))
+        if wider:
+            model.eval()
+            sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:2000]
+            narrow_projections_(model, cfg.model.embed_dim, image_feats_of(model, images[sample]),
+                                *batch_tokens(input_ids, text_mask, sample))
+            log(f"narrowed the ITC projections from {base['model_config']['embed_dim']} to {cfg.model.embed_dim} dims")
         model.train()
     if sincos_positions:
         add_sincos_positions_(model, sincos_positions)
-    images, captions, _ = image_caption_pairs(data, "train")
-    input_ids, text_mask = tokenize_text_only(captions)
     if edited_negatives:
         variants = edited_captions(pair_names(data, "train"), captions, edited_negatives, seed)
         edited_ids, edited_mask = tokenize_text_only([c for row in variants for c in row])  # (N * n, L)
@@ -496,16 +527,21 @@ def check_arch(meta: dict, expected: ModelConfig, folder: Path) -> None:
                             + "\n  Use a config with these dims, or pretrain one for yours with `cirtutor pretrain-tiny`.")
 
 
-def load_mini_blip(folder: str | Path, expected: ModelConfig | None = None) -> tuple[BlipForImageTextRetrieval, nn.Parameter, dict]:
-    """(model in float32 and eval mode, temp, meta) from a `save_mini_blip` folder; with
-    `expected`, its architecture must match that ModelConfig."""
-    folder = Path(folder)
+def load_meta(folder: Path) -> dict:
+    """The cirtutor.json of a complete mini-BLIP folder (a clear error for anything else)."""
     missing = [f for f in ("config.json", "model.safetensors", META_FILE) if not (folder / f).is_file()]
     if missing:
         raise CirtutorError(f"{folder} is not a complete mini-BLIP folder (missing {', '.join(missing)}). "
                             "Write one with `cirtutor pretrain-tiny --out DIR`, or delete a broken cached copy "
                             "so that it is rebuilt.")
-    meta = json.loads((folder / META_FILE).read_text())
+    return json.loads((folder / META_FILE).read_text())
+
+
+def load_mini_blip(folder: str | Path, expected: ModelConfig | None = None) -> tuple[BlipForImageTextRetrieval, nn.Parameter, dict]:
+    """(model in float32 and eval mode, temp, meta) from a `save_mini_blip` folder; with
+    `expected`, its architecture must match that ModelConfig."""
+    folder = Path(folder)
+    meta = load_meta(folder)
     if expected is not None:
         check_arch(meta, expected, folder)
     with quiet_progress():
@@ -525,7 +561,15 @@ def cache_name(cfg: Config) -> str:
 def mini_blip_folder(cfg: Config, verbose: bool = True) -> Path:
     """The folder of the pretrained mini-BLIP for `cfg`'s model dims: the shipped copy when its
     architecture matches, else RECIPE trained once into the cache (about an hour on 2 CPU cores).
-    It is a transformers BLIP folder, so `load_filter` / `load_reranker` read it directly."""
+    It is a transformers BLIP folder, so `load_filter` / `load_reranker` read it directly.
+    The environment variable CIRTUTOR_MINI_BLIP=DIR picks a mini-BLIP of your own instead (e.g. one
+    `cirtutor pretrain-tiny --out DIR` wrote); caches are keyed by its contents, so nothing mixes."""
+    if own := os.environ.get("CIRTUTOR_MINI_BLIP"):
+        folder = Path(own)
+        check_arch(load_meta(folder), cfg.model, folder)
+        if verbose:
+            print(f"found pretrained mini-BLIP ({folder}, CIRTUTOR_MINI_BLIP), loading…")
+        return folder
     if (SHIPPED / META_FILE).is_file():
         shipped = json.loads((SHIPPED / META_FILE).read_text())
         if all(shipped.get("model_config", {}).get(k) == getattr(cfg.model, k) for k in ARCH_FIELDS):
