@@ -553,6 +553,7 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
                "seeds": list(range(seeds)), "k": cfg.stage2.k, "ablations": {}, "seed_runs": [],
                "device": f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device),
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "platform": platform.platform()}
+    records = []                                             # each seed's findings record (`findings.seed_record`)
     for seed in range(seeds):
         with timed(times, "stage 1"):
             filt, f_metrics = run_stage1(cfg, run, seed, train=train, val=val, stores=stores, weights=weights,
@@ -566,6 +567,7 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
                                         device=device, resume=resume, details=details, shared=shared)
         main = metrics[f"K={cfg.stage2.k}"]
         say(f"R_{cfg.stage2.k} (seed {seed}): {short(main)}")
+        results["seed_runs"].append({"seed": seed, "filter": metrics["filter"], "rerank": main})
         if seed == 0:
             results["filter"] = metrics["filter"]
             results["rerank"] = {k: v for k, v in metrics.items() if k.startswith("K=")}
@@ -590,9 +592,9 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
                     results["ablation_reference"] = a_metrics["full_model"][f"K={cfg.stage2.k}"]
             say(f"{ABLATIONS[ablation][0]} (seed {seed}{', ' + source if source != 'trained' else ''}): "
                 f"{short(a_metrics[f'K={cfg.stage2.k}'])}")
-        results["seed_runs"].append(findings.seed_record(run / f"seed{seed}", cfg.stage2.k, max(usable_ks(cfg, val)),
-                                                         cfg.data.dataset == "fashioniq"))
-    results["findings"] = findings.judge(results["seed_runs"], cfg.data.dataset)
+        records.append(findings.seed_record(run / f"seed{seed}", cfg.stage2.k, max(usable_ks(cfg, val)),
+                                            cfg.data.dataset == "fashioniq"))
+    results["findings"] = findings.judge(records, cfg.data.dataset)      # the scorecard, from the run folder
     if seeds == 1:
         results.pop("seed_runs")
     results["stage_times_s"] = {k: round(v, 1) for k, v in times.items()}

@@ -105,3 +105,28 @@ def test_the_shipped_study_matches_its_definition_and_its_own_runs(name):
     for entry in shipped["variants"].values():
         assert sorted(r["seed"] for r in entry["runs"]) == list(range(shipped["seeds"]))
         assert entry["stats"] == st.stats(entry["runs"])
+
+
+def test_the_findings_runner_keeps_the_variants_and_judges_every_seed(tmp_path, monkeypatch):
+    """`study findings`: the preset's variants stay on, trained as long as R, for every seed; the
+    study records each seed's findings record and the scorecard."""
+    import sys
+
+    import cirtutor.pipeline
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_findings import write_run
+
+    calls = []
+
+    def fake(cfg, *, seeds, out):
+        calls.append((cfg.ablations, cfg.ablation_models, cfg.ablation_epochs, seeds))
+        write_run(Path(out), seeds=range(seeds), ablations=cfg.ablations)
+    monkeypatch.setattr(cirtutor.pipeline, "reproduce", fake)
+    out = st.run_study("findings", seeds=3, root=tmp_path)
+    assert calls == [(("no_text", "no_zt", "ref_cls_spatial"), "train", None, 3)]
+    runs = out["variants"]["tiny"]["runs"]
+    assert [r["seed"] for r in runs] == [0, 1, 2] and set(runs[0]["ablations"]) == {"no_text", "no_zt", "ref_cls_spatial"}
+    card = out["findings"]
+    assert out["dataset"] == "cirr" and card["seeds"] == [0, 1, 2] and card["total"] == 8
+    assert {r["id"]: r["values"] for r in card["findings"]}["F1"] == [5.0, 5.0, 5.0]
+    assert set(out["variants"]["tiny"]["stats"]) == {"filter", "rerank", "rerank_max"}
