@@ -195,7 +195,7 @@ def judge(records: list[dict], dataset: str) -> dict:
                "values": values}
         if any(v is None for v in values):
             missing = ("a target in the top-K" if f.test == DECREASE else
-                       f"R_{records[0].get('k_max')}" if f.a == "R_K_max" else f.b)
+                       f"an R_K with K above {records[0].get('k')} in stage2.eval_ks" if f.a == "R_K_max" else f.b)
             row |= {"verdict": f"not measured (needs {missing})", "reproduced": None, "mean": None, "se": None}
         else:
             text, ok, mean, se = verdict(f.test, values)
@@ -210,7 +210,7 @@ def judge(records: list[dict], dataset: str) -> dict:
 # ----------------------------------------------------------------------------- reading a run
 
 def _flat(metrics: dict, fiq: bool) -> dict:
-    from cirtutor.report import flat_metrics
+    from cirtutor.report import flat_metrics     # the report module draws figures: imported only when reading a run
     return flat_metrics(metrics, fiq)
 
 

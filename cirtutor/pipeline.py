@@ -420,14 +420,17 @@ SHIPPED_SOURCE = "shipped seed-0 model, trained as long as R on the shipped seed
 
 def run_ablation(cfg: Config, run: Path, seed: int, filt: CandidateFilter, ablation: str, **inputs) -> tuple[dict, str]:
     """(the metrics of re-ranker variant `ablation` for `seed`, where they come from). Trained in the run
-    (`run_stage2`), or with ablation_models="shipped", for seed 0, `trained.trained_reranker`'s model (the
-    package's shipped one in tiny mode, else trained once into the cache) with the metrics it was evaluated
-    with on its own filter; those are copied into the run's seed0/stage2-<ablation>/metrics.json."""
+    (`run_stage2`); or, with ablation_models="shipped", for seed 0, `trained.trained_reranker`'s model when it
+    and its full model are shipped with the package or cached (otherwise it is trained in the run), with the
+    metrics they were evaluated with on their own filter. Those go into the run's
+    seed0/stage2-<ablation>/metrics.json with the full model's ("full_model"): the scorecard pairs them."""
     if cfg.ablation_models not in ("train", "shipped"):
         raise CirtutorError(f"ablation_models={cfg.ablation_models!r}; expected 'train' or 'shipped'")
-    if cfg.ablation_models == "train" or seed != 0:
+    from cirtutor.trained import has_trained_reranker, trained_reranker   # trained.py builds on this module
+
+    if (cfg.ablation_models == "train" or seed != 0
+            or not (has_trained_reranker(cfg, 0, ablation) and has_trained_reranker(cfg, 0, None))):
         return run_stage2(cfg, run, seed, filt, ablation=ablation, **inputs)[1], "trained"
-    from cirtutor.trained import trained_reranker        # trained.py builds on this module
 
     with contextlib.redirect_stdout(io.StringIO()):
         _, metrics = trained_reranker(cfg, 0, ablation, verbose=False)

@@ -174,6 +174,13 @@ def trained_reranker_dir(cfg: Config, seed: int = 0, ablation: str | None = None
     return cache_dir() / "trained" / f"{cfg.name}-reranker-{_digest(cfg, seed, reranker=True, ablation=ablation)}"
 
 
+def has_trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None) -> bool:
+    """Whether `trained_reranker(cfg, seed, ablation)` would load rather than train: its model is in the
+    cache or shipped with the package."""
+    folder = trained_reranker_dir(cfg, seed, ablation)
+    return folder.exists() or (SHIPPED / folder.name).is_dir()
+
+
 def reranker_out(folder: Path, seed: int, ablation: str | None) -> Path:
     return Path(folder) / f"seed{seed}" / ("stage2" + (f"-{ablation}" if ablation else ""))
 

@@ -124,6 +124,16 @@ def write_run(root, seeds=(0, 1), ablations=("no_text",)):
     return root
 
 
+def test_f8_needs_a_larger_k_than_the_main_one(tmp_path):
+    run = write_run(tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(cfg | {"stage2": {"k": 20, "eval_ks": [5, 10, 20]}}))
+    records, _ = fd.seed_records(run)
+    assert records[0]["rerank_max"] is None
+    f8 = fd.judge(records, "cirr")["findings"][-1]
+    assert f8["verdict"] == "not measured (needs an R_K with K above 20 in stage2.eval_ks)"
+
+
 def test_seed_records_read_a_run_folder(tmp_path):
     records, dataset = fd.seed_records(write_run(tmp_path / "run"))
     assert dataset == "cirr" and [r["seed"] for r in records] == [0, 1]

@@ -80,6 +80,7 @@ def test_reproduce_can_take_the_variants_from_the_shipped_models(cache, monkeypa
         return None, {"K=10": {"R@1": r1, "R@5": 50.0, "R@10": 60.0, "R@50": 90.0, "Rs@1": 70.0, "Rs@2": 80.0,
                                "Rs@3": 90.0, "avg": 60.0}}
     monkeypatch.setattr(trained, "trained_reranker", fake)
+    monkeypatch.setattr(trained, "has_trained_reranker", lambda cfg, seed, ablation: True)
     run = cache / "run"
     assert main(["reproduce", "--run-dir", str(run), *SETS, "--set", "ablation_models=shipped"]) == 0
     assert {a for _, a in calls} == {None, "no_text", "no_zt", "ref_cls_spatial"} and {s for s, _ in calls} == {0}
@@ -89,6 +90,11 @@ def test_reproduce_can_take_the_variants_from_the_shipped_models(cache, monkeypa
     assert {r["id"]: r["values"] for r in card["findings"]}["F4"] == [9.0]
     report = (run / "report.md").read_text()
     assert "w/o Encoder-t †" in report and "full model (R_10), shipped †" in report
+    monkeypatch.setattr(trained, "has_trained_reranker", lambda cfg, seed, ablation: ablation != "no_zt")
+    calls.clear()
+    assert main(["reproduce", "--run-dir", str(cache / "run2"), *SETS, "--set", "ablation_models=shipped"]) == 0
+    assert {a for _, a in calls} == {None, "no_text", "ref_cls_spatial"}          # none shipped for no_zt: trained
+    assert "source" not in json.loads((cache / "run2" / "seed0" / "stage2-no_zt" / "metrics.json").read_text())
 
 
 def test_subsample_keeps_what_the_queries_need(cache):
