@@ -179,3 +179,5 @@ def test_rank_decrease_is_table_7s_percentage():
     s2 = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]], bool)      # re-ranked 0 and 1: mean 1.5 -> 0.5
     assert rank_decrease(s1, s2) == pytest.approx((1.5 - 0.5) / 1.5 * 100)
     assert rank_decrease(np.zeros((2, 3), bool), np.zeros((2, 3), bool)) is None
+    first = np.array([[1, 0, 0], [0, 0, 0]], bool)
+    assert rank_decrease(first, first) is None                  # every covered target already first

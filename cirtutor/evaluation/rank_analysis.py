@@ -47,10 +47,12 @@ def rank_table(stage1_labels, stage2_labels) -> dict:
 
 
 def rank_decrease(stage1_labels, stage2_labels) -> float | None:
-    """Table 7's % decrease of the mean rank for these lists, None when no target is in them
-    (the scorecard's F7, measured at the main K: `cirtutor.findings`)."""
+    """Table 7's % decrease of the mean rank for these lists, None when no target is in them or all
+    are already ranked first (nothing to decrease; the scorecard's F7 at the main K: `cirtutor.findings`)."""
     initial, _ = paired_positions(stage1_labels, stage2_labels)
-    return rank_table(stage1_labels, stage2_labels)["percent_decrease"] if len(initial) else None
+    if not len(initial) or round(float(initial.mean()), 2) == 0:     # no target, or every one already first
+        return None
+    return rank_table(stage1_labels, stage2_labels)["percent_decrease"]
 
 
 def rank_shift_by_initial(stage1_labels, stage2_labels) -> dict:
