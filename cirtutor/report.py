@@ -227,7 +227,9 @@ def stage_table(results: dict) -> str:
     if results.get("load_average"):
         one, five, fifteen = results["load_average"]
         table += (f"\n\nLoad average when the run ended: {one} / {five} / {fifteen} (1 / 5 / 15 min) on "
-                  f"{os.cpu_count()} cores; a load above the cores in use means something else was running.")
+                  f"{os.cpu_count()} cores. The run itself keeps about as many busy as it has threads "
+                  f"({results.get('device', 'device unrecorded')}); a clearly higher load means something else was "
+                  "running, and the times above are then not comparable.")
     return table
 
 

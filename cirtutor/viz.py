@@ -556,8 +556,9 @@ def plot_findings(card: dict):
     n = len(card["seeds"])
     ax.set_xlabel("recall points (F1-F6: model a − model b; F8: R_Kmax − R_K) · F7: % decrease of the mean rank")
     ax.set_ylabel("")
+    judged = "" if card["judged"] == card["total"] else f", {card['judged']} judged"
     ax.set_title(f"Which of the paper's findings this run reproduces: {card['reproduced']} of {card['total']} "
-                 f"({n} seed{'s' * (n != 1)}, K = {card.get('k')})")
+                 f"({n} seed{'s' * (n != 1)}{judged}, K = {card.get('k')})")
     handles, names = ax.get_legend_handles_labels()
     ax.legend(handles, names, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
