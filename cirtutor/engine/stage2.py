@@ -313,7 +313,7 @@ def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker,
                       ks, *, batch_size: int = 8, device="cpu", details: dict | None = None,
                       share_kv: bool = True) -> dict:
     """The filter (F) and the re-ranker at each K (R_K) on a validation split, from one scoring
-    pass over max(ks) candidates per query (facts §9.4): {"filter": ..., "K=k": ... + "coverage" and
+    pass over max(ks) candidates per query (paper §4.2, Tables 5-6): {"filter": ..., "K=k": ... + "coverage" and
     "rank_decrease" (Table 7's % decrease of the covered targets' mean rank in the top-k lists)}.
 
     CIRR: the split's gallery minus the reference; the 5 subset members are scored directly.
