@@ -100,8 +100,7 @@ def cmd_probe(args) -> int:
         raise CirtutorError(f"{root} is not a synthetic dataset: the probe reads the scenes tiny mode draws")
     data = filter_data(cfg)
     filt, _ = load_filter(data.weights, cfg.model)
-    result = bottleneck_probe(filt.eval(), data.stores, root, descriptions(CIRR_FAMILY),
-                              cells=synthetic_meta(root)["config"].get("grid", 3) ** 2)
+    result = bottleneck_probe(filt.eval(), data.stores, root, descriptions(CIRR_FAMILY))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

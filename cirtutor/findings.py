@@ -14,8 +14,8 @@ Every quantity is taken at the preset's main K (`stage2.k`); F8 compares it with
 evaluated (`stage2.eval_ks`). Standard error = sample std / sqrt(seeds); with one seed there is
 no standard error, so F1-F6 show their sign only ("1 seed") and are not counted.
 
-    records = seed_records(run_dir)          per seed: F, R_K for every K, each ablation at K
-    card = judge(records, "cirr", k=20, k_max=50)
+    records, dataset = seed_records(run_dir) per seed: F, R_K, R_K_max, each ablation at K, the rank decrease
+    card = judge(records, dataset)
     print(markdown(card))                    the table `cirtutor findings` prints and report.md holds
 
 The paper's numbers are stored here once (`PAPER`), copied from its tables; every "paper"
@@ -132,7 +132,6 @@ def _set(metric_1: str, metric_5: str, metric_s: str, dataset: str) -> tuple[Fin
 FINDINGS = {"cirr": _set("R@1", "R@5", "Rs@1", "cirr"),
             # Fashion-IQ's headline metrics: the category means of R@10 and R@50, and their average
             "fashioniq": _set("R@10", "R@50", "avg", "fashioniq")}
-ABLATIONS_NEEDED = ("no_text", "no_zt", "ref_cls_spatial")   # the variants F4-F6 compare with
 
 
 def paper_value(f: Finding, dataset: str) -> float:

@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cirtutor import viz  # noqa: E402
+from cirtutor.study import SHIPPED as SHIPPED_STUDIES  # noqa: E402
 from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 
 CIRR_KEYS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "avg")  # Table 6 columns, avg = (R@5 + Rs@1) / 2
@@ -38,7 +39,6 @@ CIRR_SEED_KEYS = ("R@1", "R@5", "R@10", "Rs@1")                           # the 
 FIQ_SEED_KEYS = ("R@10", "R@50", "avg")
 CIRR_CURVE_KEYS = ("R@1", "R@5", "R@10", "R@50", "Rs@1")                  # lines of the recall-vs-K figure
 FIQ_CURVE_KEYS = ("R@10", "R@50", "avg")
-SHIPPED_STUDIES = Path(__file__).resolve().parent / "assets" / "studies"   # the package's multi-seed results
 SEED_DDOF = 1  # the seed table shows the sample standard deviation (numpy ddof=1)
 SUBSAMPLE_WARNING = "**These numbers come from a subsample"  # the bold warning starts with this
 
@@ -249,7 +249,7 @@ def findings_section(results: dict) -> list[str]:
                     "long as the full model on the shipped seed-0 filter and evaluated with it; F4-F6 pair them with "
                     "the full model trained beside them on that filter."]
     if len(card["seeds"]) == 1:
-        shipped = SHIPPED_STUDIES / f"findings-{results.get('preset')}.json"
+        shipped = SHIPPED_STUDIES / f"findings-{results.get('preset')}.json"     # the package's multi-seed results
         where = (f"`cirtutor findings --study {shipped.relative_to(shipped.parents[3])}` holds the shipped one for "
                  f"this preset (notebook 07); " if shipped.is_file() else "")
         out += ["", "One seed cannot pass a test of 2 standard errors, so F1-F6 show their sign only. For the "

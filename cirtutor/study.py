@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from cirtutor.config import apply_overrides, get_preset
+from cirtutor.config import TINY_ABLATIONS, apply_overrides, get_preset
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_json
 
@@ -58,9 +58,9 @@ STUDIES = {
         "full": ("zeroshot.mapper=tokens", "zeroshot.k=4", "zeroshot.inject_layers=2", "zeroshot.soft_weight=1",
                  "zeroshot.budget=0.1"),
     },
-}
-STUDIES["findings"] = {                                    # notebook 07: the paper's findings over seeds
-    "tiny": ("ablations=no_text,no_zt,ref_cls_spatial", "ablation_models=train", "ablation_epochs=None"),
+    "findings": {                                          # notebook 07: the paper's findings over seeds
+        "tiny": ("ablations=" + ",".join(TINY_ABLATIONS), "ablation_models=train", "ablation_epochs=None"),
+    },
 }
 RUNNERS = {"cala": "reproduce", "zeroshot": "zeroshot", "findings": "findings"}
 KEEPS_ABLATIONS = {"findings"}                               # the other studies switch the re-ranker variants off

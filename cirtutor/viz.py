@@ -14,6 +14,7 @@ import torch
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from PIL import Image
 
+from cirtutor import findings
 from cirtutor.data.preprocess import BLIP_MEAN, BLIP_STD, ImageTransform, load_image, target_pad
 
 TARGET_COLOR = "#2ca02c"
@@ -549,10 +550,10 @@ def plot_findings(card: dict):
                         label="mean ± 2 SE" if y == 0 else None)
         ax.plot(r["paper"], y, marker="D", color="crimson", ms=7, ls="none", zorder=6,
                 label="the paper" if y == 0 else None)
-        if r["test"] == "decrease":                        # F7's and F8's fixed thresholds, drawn on their rows
-            ax.plot([15, 15], [y - 0.3, y + 0.3], color="0.35", ls="--", lw=1)
-        elif r["test"] == "flat":
-            ax.fill_betweenx([y - 0.3, y + 0.3], -1, 1, color="0.85", zorder=0)
+        if r["test"] == findings.DECREASE:                 # F7's and F8's fixed thresholds, drawn on their rows
+            ax.plot([findings.DECREASE_MIN] * 2, [y - 0.3, y + 0.3], color="0.35", ls="--", lw=1)
+        elif r["test"] == findings.FLAT:
+            ax.fill_betweenx([y - 0.3, y + 0.3], -findings.FLAT_MAX, findings.FLAT_MAX, color="0.85", zorder=0)
     n = len(card["seeds"])
     ax.set_xlabel("recall points (F1-F6: model a − model b; F8: R_Kmax − R_K) · F7: % decrease of the mean rank")
     ax.set_ylabel("")
