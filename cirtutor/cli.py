@@ -72,7 +72,7 @@ def cmd_reproduce(args) -> int:
     from cirtutor.pipeline import reproduce
 
     with distributed_context(preset_config(args)) as cfg:
-        return reproduce(cfg, seeds=args.seeds, out=args.run, resume=args.resume)
+        return reproduce(cfg, seeds=args.seeds, out=args.run, resume=args.resume, overwrite=args.overwrite)
 
 
 def cmd_study(args) -> int:
@@ -137,7 +137,10 @@ def cmd_findings(args) -> int:
 
 def cmd_stage(args) -> int:
     from cirtutor import stages
+    from cirtutor.config import ABLATION_NAMES
 
+    if getattr(args, "ablation", None) and args.ablation not in ABLATION_NAMES:
+        raise CirtutorError(f"unknown ablation {args.ablation!r} (--ablation); choose from {', '.join(ABLATION_NAMES)}")
     with distributed_context(preset_config(args)) as cfg:
         return getattr(stages, args.command.replace("-", "_"))(cfg, args)
 
@@ -171,6 +174,10 @@ def distributed_context(cfg: Config):
         dist.destroy_process_group()
 
 
+OVERWRITE_HELP = ("start --run-dir afresh: remove the models, lists and reports an earlier run left there "
+                  "(needed to train into a folder of other settings)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cirtutor", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -188,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     preset_args(s, run_required=False)
     s.add_argument("--seeds", type=int, default=1, help="train and evaluate seeds 0..N-1 (mean ± std in the report)")
     s.add_argument("--resume", action="store_true", help="continue the trainings of --run-dir from their checkpoints")
+    s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     s.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("study", help="run the main job for every variant of a named study (e.g. cala) over seeds")
@@ -224,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=0)
         if name.startswith("train"):
             s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+        if name in ("train-stage1", "zeroshot"):
+            s.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
         if name in ("train-stage2", "evaluate", "submit"):
             s.add_argument("--ablation", default=None, help="re-ranker variant: no_text, no_zt, ref_cls, ref_cls_spatial, "
                                                              "full_mlp, dual_ffn")

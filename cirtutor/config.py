@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 
@@ -343,4 +344,158 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if leaf not in hints:
             raise CirtutorError(f"unknown field {key!r}; {type(target).__name__} has {', '.join(hints)}")
         setattr(target, leaf, _convert(value, hints[leaf], key))
+    return validate(cfg)
+
+
+# ----------------------------------------------------------------------------- checking a config
+
+# The re-ranker variants `--ablation` and `ablations=` name (their model switches: pipeline.ABLATIONS).
+ABLATION_NAMES = ("no_text", "no_zt", "ref_cls", "ref_cls_spatial", "full_mlp", "dual_ffn")
+
+CHOICES = {  # field -> the values it accepts
+    "data.dataset": ("cirr", "fashioniq"),
+    "data.synthetic_siblings": ("any", "same_object"),
+    "model.streams": ("both", "z_t", "text"),
+    "model.zt_input": ("z_t", "ref_cls", "ref_cls_spatial"),
+    "model.merge": ("paper", "full_mlp"),
+    "model.merge_init": ("bert", "average"),
+    "stage1.schedule": ("epoch", "step"),
+    "stage1.select": ("best", "last"),
+    "stage1.batch_composition": ("random", "reference_groups"),
+    "stage1.aux": ("none", "cala"),
+    "stage1.cala.form": ("code", "paper"),
+    "stage2.schedule": ("epoch", "step"),
+    "stage2.select": ("best", "last"),
+    "stage2.init": ("blip", "stage1"),
+    "stage2.batch_composition": ("random", "hard"),
+    "stage2.negatives": ("in_batch", "filter_topk"),
+    "stage2.z_t": ("cached", "recompute"),
+    "zeroshot.mapper": ("mlp", "tokens"),
+    "ablation_models": ("train", "shipped"),
+}
+AT_LEAST_ONE = (  # counts and sizes (None allowed where the field's default is None)
+    "data.resolution", "data.synthetic_size", "data.synthetic_resolution",
+    "model.image_size", "model.patch_size", "model.vision_width", "model.vision_layers", "model.vision_heads",
+    "model.vision_mlp", "model.text_width", "model.text_layers", "model.text_heads", "model.text_intermediate",
+    "model.vocab_size", "model.max_positions", "model.embed_dim", "model.spatial_grid",
+    "stage1.epochs", "stage1.batch_size", "stage1.horizon", "stage1.grad_accum", "stage1.eval_batch_size",
+    "stage2.epochs", "stage2.batch_size", "stage2.horizon", "stage2.grad_accum", "stage2.eval_batch_size",
+    "stage2.hard_pool", "stage2.num_negatives", "stage2.topk_pool", "stage2.k",
+    "zeroshot.k", "zeroshot.heads", "zeroshot.epochs", "zeroshot.batch_size", "zeroshot.adapter_reduction",
+    "zeroshot.stage2_epochs", "zeroshot.stage2_batch_size", "zeroshot.hidden", "ablation_epochs",
+)
+AT_LEAST_ZERO = ("stage1.checkpoint_every", "stage1.validate_every", "stage2.checkpoint_every",
+                 "stage2.validate_every", "zeroshot.inject_layers", "zeroshot.hard_negatives")
+POSITIVE = ("model.temp", "stage1.lr", "stage2.lr", "stage1.init_temp", "stage2.head_lr_mult",
+            "stage1.cala.scale", "stage1.cala.lr_mult", "zeroshot.lr", "zeroshot.stage2_lr", "zeroshot.temp",
+            "zeroshot.soft_temp", "model.vision_eps", "model.text_eps")
+NON_NEGATIVE = ("stage1.weight_decay", "stage2.weight_decay", "zeroshot.weight_decay", "zeroshot.soft_weight",
+                "stage1.cala.alpha", "stage1.cala.beta")
+FRACTIONS = ("model.dropout", "stage2.dropout", "stage2.drop_path", "zeroshot.dropout", "zeroshot.budget",
+             "stage1.cala.w_c", "stage1.cala.w_t")    # in [0, 1]
+DIVISIBLE = (("model.vision_width", "model.vision_heads"), ("model.text_width", "model.text_heads"))
+
+
+def _get(cfg: Config, key: str):
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _number(key: str, value, kind: str):
+    """`value` as an int (kind "int") or a finite float; a CirtutorError naming `key` otherwise."""
+    import math
+    ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(value, bool) or not ok:
+        raise CirtutorError(f"{key}={value!r}: expected {'an integer' if kind == 'int' else 'a finite number'}")
+    return value
+
+
+def _check_ranges(cfg: Config) -> None:
+    for keys, kind, test, wanted in ((AT_LEAST_ONE, "int", lambda v: v >= 1, "at least 1"),
+                                     (AT_LEAST_ZERO, "int", lambda v: v >= 0, "0 or more"),
+                                     (POSITIVE, "float", lambda v: v > 0, "above 0"),
+                                     (NON_NEGATIVE, "float", lambda v: v >= 0, "0 or more"),
+                                     (FRACTIONS, "float", lambda v: 0 <= v <= 1, "between 0 and 1")):
+        for key in keys:
+            value = _get(cfg, key)
+            if value is not None and not test(_number(key, value, kind)):
+                raise CirtutorError(f"{key}={value!r}: expected {wanted}")
+
+
+def _check_lists(cfg: Config) -> None:
+    ks = cfg.stage2.eval_ks
+    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise CirtutorError(f"stage2.eval_ks={','.join(map(str, ks)) or '(empty)'}: expected positive integers, "
+                            "e.g. --set stage2.eval_ks=10,20,50")
+    unknown = [a for a in cfg.ablations if a not in ABLATION_NAMES]
+    if unknown:
+        raise CirtutorError(f"unknown ablation {unknown[0]!r} in ablations; choose from {', '.join(ABLATION_NAMES)}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every setting of `cfg` before any work: a CirtutorError naming the first bad field
+    and what it accepts. Returns `cfg`."""
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise CirtutorError(f"{key}={_get(cfg, key)!r}: expected one of {', '.join(allowed)}")
+    _check_ranges(cfg)
+    for width, heads in DIVISIBLE:
+        if _get(cfg, width) % _get(cfg, heads):
+            raise CirtutorError(f"{heads}={_get(cfg, heads)} does not divide {width}={_get(cfg, width)}: "
+                                "each attention head takes an equal share of the width")
+    _check_lists(cfg)
+    if cfg.data.synthetic_size < 2 or cfg.data.synthetic_resolution < 8:
+        raise CirtutorError(f"data.synthetic_size={cfg.data.synthetic_size}, data.synthetic_resolution="
+                            f"{cfg.data.synthetic_resolution}: expected at least 2 references and 8 pixels")
+    device = str(cfg.device)
+    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:") and device[5:].isdigit()):
+        raise CirtutorError(f"device={device!r}: expected auto, cpu, cuda, cuda:N or mps")
     return cfg
+
+
+def config_from_dict(d: dict, cls=Config):
+    """A config (or section `cls`) from its `dataclasses.asdict` form, e.g. a run's config.json:
+    fields the dict lacks keep their defaults, keys the config no longer has are left out."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        value, default = d[f.name], _default(f)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = config_from_dict(value, type(default))
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+NOT_RESULTS = ("device", "out_dir")     # where a run computes, never what
+
+
+def run_settings(cfg: Config) -> dict:
+    """What a run folder's results depend on, flat ("stage1.lr": 2e-05, "name": "tiny"): every
+    section's `result_fields` and the top-level settings but the device and the output folder."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in NOT_RESULTS:
+            continue
+        if dataclasses.is_dataclass(value):
+            out.update({f"{f.name}.{k}": v for k, v in result_fields(value).items()})
+        else:
+            out[f.name] = value
+    return json.loads(json.dumps(out, default=str))     # tuples as lists, as config.json holds them
+
+
+def settings_diff(saved: dict, cfg: Config) -> list[str]:
+    """The result-changing settings in which `cfg` differs from a saved config.json's dict, as
+    "field: saved → now" lines."""
+    try:
+        before = run_settings(config_from_dict(saved))
+    except (TypeError, ValueError) as e:
+        return [f"(unreadable config: {e})"]
+    now = run_settings(cfg)
+    return [f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in sorted(set(before) | set(now))
+            if before.get(k) != now.get(k)]

@@ -31,6 +31,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from urllib.error import HTTPError, URLError
+from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from tqdm import tqdm
@@ -75,6 +76,29 @@ class ChecksumError(DownloadError):
     """Downloaded bytes do not have the expected size or digest."""
 
 
+class DownloadInputError(CirtutorError, ValueError):
+    """A download asked for with bad input (a malformed URL, a file where a folder goes)."""
+
+
+URL_SCHEMES = ("http", "https", "ftp", "file")
+
+
+def check_url(url: str) -> str:
+    """`url` if it names a scheme urllib can fetch and (for network schemes) a host; DownloadInputError otherwise."""
+    parts = urlparse(url)
+    if parts.scheme not in URL_SCHEMES or (parts.scheme != "file" and not parts.netloc):
+        raise DownloadInputError(f"{url!r} is not a download URL: expected http(s)://host/path")
+    return url
+
+
+def check_folder(path: str | os.PathLike, option: str) -> Path:
+    """`path` if it is a folder or does not exist yet; DownloadInputError if it is a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DownloadInputError(f"{option} {path} is a file, not a folder: choose a folder")
+    return path
+
+
 # -----------------------------------------------------------------------------
 # one file
 
@@ -90,6 +114,8 @@ def download_file(url: str, dest: str | os.PathLike, *, sha1: str | None = None,
     A dropped connection is retried `retries` times, each retry resuming with a Range request.
     """
     dest = Path(dest)
+    check_url(url)
+    check_folder(dest.parent, "the destination's folder")
     expect = dict(sha1=sha1, sha256=sha256, md5=md5, size=size)
     if dest.exists():
         problem = _mismatch(dest, progress=progress, **expect)
@@ -475,7 +501,16 @@ def cli_main(argv: list[str] | None = None) -> int:
     """`cirtutor download COMMAND ...`; returns the exit code (usage errors exit 2 via argparse)."""
     args = build_parser().parse_args(argv)
     try:
+        for option in ("root", "out"):
+            if getattr(args, option, None):
+                check_folder(getattr(args, option), f"--{option}")
+        for option in ("url", "base_url"):
+            if getattr(args, option, None):
+                check_url(getattr(args, option))
         args.run(args)
+    except DownloadInputError as e:
+        print(f"cirtutor download: error: {e}", file=sys.stderr)
+        return 2
     except (DownloadError, zipfile.BadZipFile, OSError) as e:  # OSError: disk full, permissions
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -26,6 +26,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -38,7 +39,8 @@ from safetensors.torch import save as save_safetensors
 
 from cirtutor import findings
 from cirtutor.cache import cache_dir
-from cirtutor.config import Config, result_fields
+from cirtutor.config import Config, result_fields, validate
+from cirtutor.config import settings_diff as config_settings_diff
 from cirtutor.data.registry import dataset_root, open_dataset
 from cirtutor.engine.features import FeatureStore, encode_gallery
 from cirtutor.engine.loop import world
@@ -536,14 +538,58 @@ def new_run_folder(cfg: Config, out: str | None) -> Path:
     return Path(cfg.out_dir) / f"{cfg.name}-{stamp}"
 
 
-def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bool = False) -> int:
-    """The whole pipeline for a preset: data, features, stage 1, top-K, stage 2 (+ ablations),
-    evaluation of F and R_K for several K, rank analysis, timing, report.md + metrics.json."""
-    t0, times = time.perf_counter(), {}
-    device = resolve_device(cfg)
-    run = new_run_folder(cfg, out)
+RUN_CONFIG = "config.json"        # the settings a run folder's models were trained with
+RUN_OUTPUTS = ("seed*", "submission", "figures", "report.md", "metrics.json", "results.json", RUN_CONFIG)
+
+
+def check_run_folder(cfg: Config, run: Path, overwrite: bool = False, retrain: str = "--overwrite") -> Path:
+    """Refuse, before any work, a run folder that is a file, or that holds models trained with other
+    result-changing settings (speed-only switches and the device never count) unless `overwrite`
+    (they are removed by `record_run`). `retrain` says how to start the folder afresh."""
+    run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise CirtutorError(f"--run-dir {run} is a file, not a folder: choose a new folder or an earlier run's")
+    saved = run / RUN_CONFIG
+    if overwrite or not saved.is_file():
+        return run
+    try:
+        before = json.loads(saved.read_text())
+    except (OSError, ValueError) as e:
+        raise CirtutorError(f"{saved} is unreadable ({e}): use a new --run-dir, or {retrain}") from None
+    diff = config_settings_diff(before, cfg)
+    if diff:
+        raise CirtutorError(f"{run} holds a run with other settings ({'; '.join(diff[:6])}"
+                            f"{'; …' if len(diff) > 6 else ''}): use a new --run-dir, or {retrain} "
+                            "to replace its models")
+    return run
+
+
+def record_run(cfg: Config, run: Path, overwrite: bool = False) -> None:
+    """Write the run's settings into `run`, once a command has checked everything it needs;
+    with `overwrite`, first remove what an earlier run left there (models, lists, reports)."""
+    if world()[0] != 0:
+        return
+    if overwrite and run.is_dir():
+        for pattern in RUN_OUTPUTS:
+            for path in run.glob(pattern):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     run.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run / "config.json", config_dict(cfg), indent=2)
+    atomic_write_json(run / RUN_CONFIG, config_dict(cfg), indent=2)
+
+
+def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bool = False,
+              overwrite: bool = False) -> int:
+    """The whole pipeline for a preset: data, features, stage 1, top-K, stage 2 (+ ablations),
+    evaluation of F and R_K for several K, rank analysis, timing, report.md + metrics.json.
+    A run folder holding models of other settings is refused unless `overwrite` (they are removed)."""
+    t0, times = time.perf_counter(), {}
+    validate(cfg)
+    if seeds < 1:
+        raise CirtutorError(f"--seeds {seeds}: expected at least 1")
+    if resume and overwrite:
+        raise CirtutorError("--resume continues a run folder's trainings and --overwrite removes them: pass one")
+    device = resolve_device(cfg)
+    run = check_run_folder(cfg, new_run_folder(cfg, out), overwrite, "pass --overwrite")
     mode = "tiny" if is_tiny(cfg) else "paper"
     say(f"cirtutor reproduce: preset {cfg.name!r} ({mode} mode, {cfg.data.dataset} format), device {device}, run {run}")
     with timed(times, "data"):
@@ -552,6 +598,8 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
         weights = init_weights(cfg)
     with timed(times, "image features"):
         stores = feature_stores(cfg, train, val, weights, device)
+    usable_ks(cfg, val)                                      # stage2.k must fit the gallery: known before training
+    record_run(cfg, run, overwrite)
     results = {"preset": cfg.name, "dataset": cfg.data.dataset, "mode": mode, "subsample": cfg.subsample,
                "seeds": list(range(seeds)), "k": cfg.stage2.k, "ablations": {}, "seed_runs": [],
                "device": f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device),

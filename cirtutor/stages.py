@@ -14,24 +14,40 @@ from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_json
 
 
-def context(cfg: Config, args) -> dict:
+STARTS_AFRESH = ("train-stage1", "zeroshot")      # the commands that train from the initial weights
+
+
+def context(cfg: Config, args, needs: tuple[str, ...] = ()) -> dict:
+    """What a command works with (device, run folder, datasets, initial weights, image features),
+    after checking, before any work, the run folder and the files `needs` in it (relative paths);
+    the run's config.json is written only once all of that holds."""
+    P.validate(cfg)
     device = P.resolve_device(cfg)
-    run = Path(args.run)
-    run.mkdir(parents=True, exist_ok=True)
-    if P.world()[0] == 0:
-        atomic_write_json(run / "config.json", P.config_dict(cfg), indent=2)
+    overwrite = getattr(args, "overwrite", False)
+    if overwrite and getattr(args, "resume", False):
+        raise CirtutorError("--resume continues the run folder's training and --overwrite removes it: pass one")
+    retrain = "pass --overwrite" if args.command in STARTS_AFRESH else "start it again with `cirtutor train-stage1 --overwrite`"
+    run = P.check_run_folder(cfg, Path(args.run), overwrite, retrain)
+    for need in needs:
+        if not (run / need).is_file():
+            step = "train-stage1" if need.endswith("filter.pt") else "train-stage2"
+            raise CirtutorError(f"no trained {'filter' if step == 'train-stage1' else 're-ranker'} at {run / need}: "
+                                f"run `cirtutor {step} --run-dir {run}` first")
     train, val = P.datasets(cfg)
     weights = P.init_weights(cfg)
     stores = P.feature_stores(cfg, train, val, weights, device)
+    if args.command in ("train-stage2", "evaluate"):
+        P.usable_ks(cfg, val)
+    P.record_run(cfg, run, overwrite)
     return dict(device=device, run=run, train=train, val=val, weights=weights, stores=stores)
 
 
-def trained_filter(cfg: Config, ctx: dict, seed: int):
-    path = P.stage1_dir(ctx["run"], seed) / "filter.pt"
-    if not path.is_file():
-        raise CirtutorError(f"no trained filter at {path}: run `cirtutor train-stage1 --run-dir {ctx['run']}` first")
-    filt, _ = P.load_filter(ctx["weights"], cfg.model)
-    return P.load_weights(filt, path).to(ctx["device"])
+def filter_file(args) -> str:
+    return f"seed{args.seed}/stage1/filter.pt"
+
+
+def reranker_file(args) -> str:
+    return f"seed{args.seed}/stage2{'-' + args.ablation if args.ablation else ''}/reranker.pt"
 
 
 def train_stage1(cfg: Config, args) -> int:
@@ -56,7 +72,7 @@ def zeroshot(cfg: Config, args) -> int:
 
 
 def extract_topk(cfg: Config, args) -> int:
-    ctx = context(cfg, args)
+    ctx = context(cfg, args, (filter_file(args),))
     filt = trained_filter(cfg, ctx, args.seed)
     for path in P.extract_topk(cfg, ctx["run"], args.seed, filt, ctx["val"], ctx["stores"], ctx["device"], k=args.k):
         P.say(f"wrote {path}")
@@ -64,7 +80,7 @@ def extract_topk(cfg: Config, args) -> int:
 
 
 def train_stage2(cfg: Config, args) -> int:
-    ctx = context(cfg, args)
+    ctx = context(cfg, args, (filter_file(args),))
     filt = trained_filter(cfg, ctx, args.seed)
     _, metrics = P.run_stage2(cfg, ctx["run"], args.seed, filt, train=ctx["train"], val=ctx["val"], stores=ctx["stores"],
                               weights=ctx["weights"], device=ctx["device"], ablation=args.ablation, resume=args.resume)
@@ -73,11 +89,8 @@ def train_stage2(cfg: Config, args) -> int:
 
 
 def evaluate(cfg: Config, args) -> int:
-    ctx = context(cfg, args)
+    ctx = context(cfg, args, (filter_file(args), reranker_file(args)))
     filt = trained_filter(cfg, ctx, args.seed)
-    folder = ctx["run"] / f"seed{args.seed}" / ("stage2" + (f"-{args.ablation}" if args.ablation else ""))
-    if not (folder / "reranker.pt").is_file():
-        raise CirtutorError(f"no trained re-ranker at {folder / 'reranker.pt'}: run `cirtutor train-stage2` first")
     _, metrics = P.run_stage2(cfg, ctx["run"], args.seed, filt, train=ctx["train"], val=ctx["val"], stores=ctx["stores"],
                               weights=ctx["weights"], device=ctx["device"], ablation=args.ablation)
     print_table(metrics)
@@ -100,7 +113,7 @@ def submit(cfg: Config, args) -> int:
 
     if cfg.data.dataset != "cirr":
         raise CirtutorError("submit writes CIRR test-server files; Fashion-IQ has no test server (use evaluate)")
-    ctx = context(cfg, args)
+    ctx = context(cfg, args, (filter_file(args), reranker_file(args)))
     filt = trained_filter(cfg, ctx, args.seed)
     test = open_dataset(cfg.data, "test1", load_images=False)
     store = P.feature_store(cfg, "test1", ctx["weights"], ctx["device"])
@@ -152,6 +165,8 @@ def _labels(path: str, trust: bool) -> np.ndarray:
 def analyze(args) -> int:
     from cirtutor.evaluation import rank_shift_by_initial, rank_table
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CirtutorError(f"--out {args.out} is a file, not a folder: choose a folder for the figure and the table")
     s1, s2 = _labels(args.stage1, args.trust), _labels(args.stage2, args.trust)
     k = min(s1.shape[1], s2.shape[1])
     table = rank_table(s1[:, :k], s2[:, :k])

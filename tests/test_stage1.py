@@ -92,7 +92,8 @@ def test_fashioniq_evaluation_ranks_each_category_in_its_own_gallery(tiny):
 
 
 def test_init_temp_resets_the_checkpoint_temperature(tiny):
-    cfg = apply_overrides(tiny(), ["stage1.epochs=0", "stage1.init_temp=0.05"])
+    cfg = apply_overrides(tiny(), ["stage1.init_temp=0.05"])
+    cfg.stage1.epochs = 0                     # the library call: the reset happens before any step
     model = CandidateFilter(cfg.model)
     with torch.no_grad():
         model.temp.fill_(0.004)

@@ -533,6 +533,8 @@ def synthetic_meta(out: str | Path) -> dict | None:
 def prepare(out: Path, fmt: str, cfg: SyntheticConfig, overwrite: bool) -> dict | None:
     """Make `out` ready to write into; return its meta instead if it already holds this very
     dataset (same version, format and config) and `overwrite` is off."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file, not a folder: choose a new or empty folder for the dataset")
     if not out.exists() or not any(out.iterdir()):
         return None
     meta = synthetic_meta(out)
@@ -545,7 +547,7 @@ def prepare(out: Path, fmt: str, cfg: SyntheticConfig, overwrite: bool) -> dict 
         return meta
     if not overwrite:
         raise DataError(f"{out} holds a different (or unfinished) synthetic dataset; "
-                        "pass overwrite=True to regenerate it.")
+                        "pass --overwrite (overwrite=True in Python) to regenerate it.")
     for name in LAYOUT.get(meta.get("format"), ()) + ("synthetic",):
         shutil.rmtree(out / name, ignore_errors=True)
     return None
@@ -564,6 +566,12 @@ def make_synthetic_dataset(out: str | Path, format: str = "cirr", config: Synthe
     """
     if format not in FORMATS:
         raise ValueError(f"unknown synthetic format {format!r}; expected one of {', '.join(FORMATS)}")
+    sizes = {**{k: getattr(config or SyntheticConfig(), k) for k in ("size", "resolution")}, **overrides}
+    if not isinstance(sizes["size"], int) or sizes["size"] < 2:
+        raise DataError(f"size={sizes['size']!r} (--size): expected at least 2 train references "
+                        "(val and test get size // 2 each)")
+    if not isinstance(sizes["resolution"], int) or sizes["resolution"] < 8:
+        raise DataError(f"resolution={sizes['resolution']!r} (--resolution): expected at least 8 pixels")
     cfg = dataclasses.replace(config or SyntheticConfig(), **overrides)
     out, start = Path(out), time.perf_counter()
     existing = prepare(out, format, cfg, overwrite)

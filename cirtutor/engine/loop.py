@@ -204,6 +204,10 @@ def fit(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: 
         epoch = position.epoch
         order = [list(b) for b in batches(epoch_generator(seed, epoch))]
         steps_per_epoch = len(order) // (size * grad_accum)
+        if not steps_per_epoch:
+            raise CirtutorError(f"{desc}: an epoch holds {len(order)} batch(es), fewer than the {size * grad_accum} "
+                                "one optimisation step needs (the training set is smaller than a batch); "
+                                "lower the stage's batch_size or grad_accum")
         mine = order[rank::size]
         steps = [mine[i * grad_accum:(i + 1) * grad_accum] for i in range(steps_per_epoch)]
         bar = tqdm(total=steps_per_epoch, initial=position.step_in_epoch, desc=f"{desc} epoch {epoch}",

@@ -1,0 +1,123 @@
+"""The bad-input contract: every ordinary mistake gives one line on stderr naming what was wrong,
+exit code 2, no traceback, and writes nothing; and the cases that used to go silently wrong."""
+import pytest
+
+from cirtutor.cli import main
+
+TINY = ["--set", "data.synthetic_size=8", "--set", "stage1.batch_size=4", "--set", "stage1.epochs=1"]
+
+
+@pytest.fixture
+def place(tmp_path, monkeypatch):
+    """An empty working folder holding one plain file (`afile`), with its own cache."""
+    monkeypatch.setenv("CIRTUTOR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    return tmp_path
+
+
+def files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def refused(place, capsys, argv, *words):
+    """Run `cirtutor argv`: exit 2, one line on stderr holding every word, nothing written."""
+    before = files(place)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    assert files(place) == before
+    return err
+
+
+SETTINGS = [  # (--set, words the message holds)
+    ("stage1.schedule=linear", ("stage1.schedule", "epoch, step")),
+    ("stage1.batch_size=0", ("stage1.batch_size=0", "at least 1")),
+    ("stage1.lr=nan", ("stage1.lr=nan", "finite")),
+    ("stage2.eval_ks=abc", ("stage2.eval_ks=abc", "positive integers")),
+    ("model.vision_heads=7", ("model.vision_heads=7", "model.vision_width")),
+    ("stage1.epochs=0", ("stage1.epochs=0", "at least 1")),
+    ("stage1.epochs=-3", ("stage1.epochs=-3",)),
+    ("data.dataset=cirrr", ("data.dataset='cirrr'", "cirr, fashioniq")),
+    ("ablations=no_text,nope", ("unknown ablation 'nope'",)),
+    ("device=gpu", ("device='gpu'",)),
+]
+
+
+@pytest.mark.parametrize("setting, words", SETTINGS, ids=[s for s, _ in SETTINGS])
+def test_a_bad_setting_is_refused_before_any_work(place, capsys, setting, words):
+    refused(place, capsys, ["train-stage1", "--run-dir", "run", "--set", setting], *words)
+
+
+def test_a_bad_model_setting_is_refused_by_model_info(place, capsys):
+    refused(place, capsys, ["model-info", "--preset", "tiny", "--set", "model.vision_heads=7"], "model.vision_heads=7")
+
+
+def test_an_unknown_ablation_is_named_as_such(place, capsys):
+    err = refused(place, capsys, ["evaluate", "--run-dir", "run", "--ablation", "nope"], "unknown ablation 'nope'")
+    assert "no trained" not in err
+
+
+def test_make_data_size_zero(place, capsys):
+    refused(place, capsys, ["make-data", "--out", "data", "--size", "0"], "--size", "at least 2")
+
+
+def test_make_data_into_a_file(place, capsys):
+    refused(place, capsys, ["make-data", "--out", "afile", "--size", "4"], "afile", "is a file")
+
+
+def test_make_data_refusal_names_the_flag(place, capsys):
+    assert main(["make-data", "--out", "data", "--size", "2", "--resolution", "16"]) == 0
+    capsys.readouterr()
+    err = refused(place, capsys, ["make-data", "--out", "data", "--size", "3", "--resolution", "16"], "--overwrite")
+    assert "overwrite=True" not in err.replace("(overwrite=True in Python)", "")
+
+
+@pytest.mark.parametrize("command", ["train-stage1", "train-stage2", "evaluate", "reproduce"])
+def test_run_dir_that_is_a_file(place, capsys, command):
+    refused(place, capsys, [command, "--run-dir", "afile"], "afile", "is a file")
+
+
+def test_download_url_that_is_no_url(place, capsys):
+    refused(place, capsys, ["download", "blip", "--url", "notaurl", "--out", "models"], "notaurl", "not a download URL")
+
+
+def test_download_out_that_is_a_file(place, capsys):
+    refused(place, capsys, ["download", "blip", "--out", "afile"], "--out afile", "is a file")
+
+
+def test_analyze_out_that_is_a_file(place, capsys):
+    import numpy as np
+    np.save(place / "a.npy", np.eye(3, 5, dtype=bool))
+    refused(place, capsys, ["analyze", "--stage1", "a.npy", "--stage2", "a.npy", "--out", "afile"], "--out afile")
+
+
+def test_train_stage2_without_a_filter_writes_nothing(place, capsys):
+    refused(place, capsys, ["train-stage2", "--run-dir", "run", *TINY], "no trained filter")
+
+
+def test_resume_and_overwrite_together(place, capsys):
+    refused(place, capsys, ["train-stage1", "--run-dir", "run", "--resume", "--overwrite"], "--resume", "--overwrite")
+
+
+def test_presets_are_valid():
+    from cirtutor.config import PRESETS, validate
+    for cfg in PRESETS.values():
+        validate(cfg)
+
+
+def test_ablation_names_match_the_pipelines_variants():
+    from cirtutor.config import ABLATION_NAMES
+    from cirtutor.pipeline import ABLATIONS
+    assert tuple(ABLATIONS) == ABLATION_NAMES
+
+
+def test_a_batch_larger_than_the_training_set_trains_nothing(place, capsys):
+    """An epoch without one full batch made no step: refused, and no filter is saved as trained."""
+    assert main(["train-stage1", "--run-dir", "run", "--set", "data.synthetic_size=4",
+                 "--set", "stage1.batch_size=64", "--set", "stage1.batch_composition=random"]) == 2
+    err = capsys.readouterr().err
+    assert "smaller than a batch" in err and "Traceback" not in err
+    assert not (place / "run" / "seed0" / "stage1" / "filter.pt").exists()
