@@ -121,3 +121,24 @@ def test_a_batch_larger_than_the_training_set_trains_nothing(place, capsys):
     err = capsys.readouterr().err
     assert "smaller than a batch" in err and "Traceback" not in err
     assert not (place / "run" / "seed0" / "stage1" / "filter.pt").exists()
+
+
+# ----------------------------------------------------------------------------- a run folder keeps its settings
+
+def test_a_run_folder_refuses_other_settings_and_keeps_its_record(place, capsys):
+    run = ["--run-dir", "run", *TINY]
+    assert main(["train-stage1", *run]) == 0
+    record = (place / "run" / "config.json").read_text()
+    capsys.readouterr()
+    err = refused(place, capsys, ["train-stage1", *run, "--set", "stage1.lr=1e-3"], "stage1.lr", "--run-dir", "--overwrite")
+    assert "0.001" in err
+    refused(place, capsys, ["train-stage1", "--preset", "tiny_fashioniq", *run], "name", "data.dataset")
+    refused(place, capsys, ["extract-topk", *run, "--set", "stage2.k=5"], "stage2.k", "train-stage1 --overwrite")
+    assert main(["evaluate", *run]) == 2                         # fails before work: the record stays as it was
+    assert (place / "run" / "config.json").read_text() == record
+    capsys.readouterr()
+    assert main(["train-stage1", *run, "--set", "stage2.fast_eval=false", "--set", "device=cpu"]) == 0  # speed, device
+    assert "found trained filter" in capsys.readouterr().out
+    assert main(["train-stage1", *run, "--set", "stage1.lr=1e-3", "--overwrite"]) == 0
+    assert "found trained filter" not in capsys.readouterr().out
+    assert '"lr": 0.001' in (place / "run" / "config.json").read_text()
