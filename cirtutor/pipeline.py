@@ -213,7 +213,7 @@ def run_stage1(cfg: Config, run: Path, seed: int, *, train, val, stores, weights
         return filt.to(device), json.loads((out / "metrics.json").read_text())
     say(f"stage 1 (seed {seed}): {report.summary()}")
     validate = validator(lambda: evaluate_filter(filt, val, stores["val"], device=device), cfg.stage1, filt, out,
-                         f"stage 1 (seed {seed})")
+                         f"stage 1 (seed {seed})", earlier_validations(out / "last.pt") if resume else [])
     meta = {"stage": 1, "seed": seed, "config": json.dumps(result_fields(cfg.stage1), sort_keys=True)}
     history = train_stage1(filt, train, stores["train"], cfg.stage1, seed=seed, device=device, log=say,
                            log_every=200, on_epoch_end=validate, checkpoint=out / "last.pt", resume=resume, meta=meta)
@@ -236,10 +236,23 @@ def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     return model
 
 
-def validator(evaluate, stage_cfg, model: torch.nn.Module, out: Path, label: str):
+def earlier_validations(checkpoint: Path) -> list[dict]:
+    """The validation rows in a resumable checkpoint's history ([] without a readable one: the
+    training loop then says what is wrong with it)."""
+    if not Path(checkpoint).is_file():
+        return []
+    try:
+        blob = torch_load(checkpoint)
+    except CirtutorError:
+        return []
+    return list(blob.get("history", {}).get("val", [])) if isinstance(blob, dict) else []
+
+
+def validator(evaluate, stage_cfg, model: torch.nn.Module, out: Path, label: str, earlier: list[dict] = ()):
     """The `on_epoch_end` callback of a training: every `validate_every` epochs (and after the
-    last) evaluate, keep the best weights by the authors' selection score in out/best.pt."""
-    best = {"score": -1.0}
+    last) evaluate, keep the best weights by the authors' selection score in out/best.pt.
+    `earlier`: the validations a resumed run already made, so best.pt is replaced only by a better one."""
+    best = {"score": max((float(row["avg"]) for row in earlier if "avg" in row), default=-1.0)}
 
     def validate(epoch: int) -> dict | None:
         every = stage_cfg.validate_every
@@ -402,7 +415,8 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
         k = cfg.stage2.k
         validate = validator(lambda: evaluate_reranker(filt, model, val, stores["val"], (k,), device=device,
                                                        **eval_speed(cfg))[f"K={k}"],
-                             cfg.stage2, model, out, f"{label} R_{k}")
+                             cfg.stage2, model, out, f"{label} R_{k}",
+                             earlier_validations(out / "last.pt") if resume else [])
         meta = {"stage": 2, "seed": seed, "ablation": ablation or "",
                 "config": json.dumps([result_fields(cfg.stage2), result_fields(cfg.model)], sort_keys=True)}
         history = train_stage2(model, train, z_ts_train, stores["train"], cfg.stage2, pools=pools, negatives=negatives,

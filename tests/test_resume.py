@@ -94,3 +94,32 @@ def test_resume_refuses_a_missing_or_foreign_checkpoint(world, tmp_path):
     with pytest.raises(ResumeError, match="not a torch.save file"):
         train_stage1(fresh_filter(cfg, init), train, st, cfg.stage1, checkpoint=tmp_path / "junk.pt", resume=True,
                      **QUIET)
+
+
+def test_select_best_survives_a_resume(small_world, tmp_path, monkeypatch):
+    """The best validation so far comes back from the checkpoint's history: a resumed run replaces
+    best.pt only with a better epoch, and the filter it keeps is that epoch's."""
+    from cirtutor import pipeline
+    from cirtutor.pipeline import init_weights, run_stage1
+
+    cfg, _, train, val, st, sv = small_world(["data.synthetic_size=4", "stage1.batch_size=10", "stage1.epochs=3",
+                                              "stage1.validate_every=1", "stage1.select=best",
+                                              "stage1.batch_composition=random"])
+    scores = iter([70.0, "kill", 40.0, 50.0, 0.0])    # epoch 0 is the best; the run stops in epoch 1's validation
+
+    def evaluate(*args, **kwargs):
+        score = next(scores)
+        if score == "kill":
+            raise KeyboardInterrupt
+        return {"avg": score}
+    monkeypatch.setattr(pipeline, "evaluate_filter", evaluate)
+    inputs = dict(train=train, val=val, stores={"train": st, "val": sv}, weights=init_weights(cfg, verbose=False),
+                  device="cpu")
+    out = tmp_path / "seed0" / "stage1"
+    with pytest.raises(KeyboardInterrupt):
+        run_stage1(cfg, tmp_path, 0, **inputs)
+    best_epoch0 = (out / "best.pt").read_bytes()
+    assert load_checkpoint(out / "last.pt")["history"]["val"][0]["avg"] == 70.0
+    filt, _ = run_stage1(cfg, tmp_path, 0, resume=True, **inputs)
+    assert (out / "best.pt").read_bytes() == best_epoch0          # epochs 1 (40) and 2 (50) were worse
+    assert all(torch.equal(v, torch.load(out / "best.pt")[k]) for k, v in filt.state_dict().items())
