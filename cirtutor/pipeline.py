@@ -41,6 +41,7 @@ from cirtutor import findings
 from cirtutor.cache import cache_dir
 from cirtutor.config import Config, result_fields, validate
 from cirtutor.config import settings_diff as config_settings_diff
+from cirtutor.data.base import check_targets
 from cirtutor.data.registry import dataset_root, open_dataset
 from cirtutor.engine.features import FeatureStore, encode_gallery
 from cirtutor.engine.loop import world
@@ -152,6 +153,7 @@ def datasets(cfg: Config):
     if cfg.subsample:
         from cirtutor.data.subsample import subsample
         train, val = subsample(train, val, cfg.subsample, seed=cfg.data.seed)
+    check_targets(val)                                       # a target that can never be found is no miss to count
     return train, val
 
 

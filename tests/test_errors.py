@@ -1,8 +1,11 @@
 """The bad-input contract: every ordinary mistake gives one line on stderr naming what was wrong,
 exit code 2, no traceback, and writes nothing; and the cases that used to go silently wrong."""
+import json
+
 import pytest
 
 from cirtutor.cli import main
+from cirtutor.errors import DataError
 
 TINY = ["--set", "data.synthetic_size=8", "--set", "stage1.batch_size=4", "--set", "stage1.epochs=1"]
 
@@ -142,3 +145,62 @@ def test_a_run_folder_refuses_other_settings_and_keeps_its_record(place, capsys)
     assert main(["train-stage1", *run, "--set", "stage1.lr=1e-3", "--overwrite"]) == 0
     assert "found trained filter" not in capsys.readouterr().out
     assert '"lr": 0.001' in (place / "run" / "config.json").read_text()
+
+
+# ----------------------------------------------------------------------------- annotations
+
+def edit_entry(path, index, **fields):
+    entries = json.loads(path.read_text())
+    entries[index].update(fields)
+    path.write_text(json.dumps(entries))
+
+
+def loader_error(make) -> str:
+    with pytest.raises(DataError) as e:
+        make()
+    return str(e.value)
+
+
+def test_a_null_caption_gets_one_message_from_data_stats_and_the_loader(cirr_root, capsys):
+    from cirtutor.data.cirr import CIRR
+    edit_entry(cirr_root / "cirr" / "captions" / "cap.rc2.val.json", 1, caption=None)
+    assert main(["data-stats", "--dataset", "cirr", "--annotations", str(cirr_root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and '"caption": null' in err and "entry 1" in err
+    assert err.endswith(loader_error(lambda: CIRR(cirr_root, "val")))
+
+
+def test_a_null_fashioniq_caption_is_caught(fiq_root, capsys):
+    from cirtutor.data.fashioniq import FashionIQ
+    edit_entry(fiq_root / "captions" / "cap.dress.train.json", 0, captions=[None, "shorter"])
+    assert main(["data-stats", "--dataset", "fashioniq", "--annotations", str(fiq_root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and '"captions": [null, "shorter"]' in err
+    assert err.endswith(loader_error(lambda: FashionIQ(fiq_root, "train", "dress")))
+
+
+def test_a_validation_target_outside_the_split_is_an_error(cirr_root):
+    from cirtutor.data.base import check_targets
+    from cirtutor.data.cirr import CIRR
+    from cirtutor.engine.stage1 import evaluate_filter
+    edit_entry(cirr_root / "cirr" / "captions" / "cap.rc2.val.json", 0, target_hard="dev-999-0-img0")
+    val = CIRR(cirr_root, "val", load_images=False)
+    assert "dev-999-0-img0" in loader_error(lambda: check_targets(val))
+    assert "never find their target" in loader_error(lambda: evaluate_filter(None, val, None))  # before any model work
+
+
+def test_a_query_whose_target_is_its_reference_is_flagged(cirr_root, capsys):
+    from cirtutor.data.base import check_targets
+    from cirtutor.data.cirr import CIRR
+    edit_entry(cirr_root / "cirr" / "captions" / "cap.rc2.val.json", 0, target_hard="dev-0-0-img0")
+    assert main(["data-stats", "--dataset", "cirr", "--annotations", str(cirr_root)]) == 1
+    assert "SELF-TARGET val: 1 query(ies)" in capsys.readouterr().out
+    assert "its own reference" in loader_error(lambda: check_targets(CIRR(cirr_root, "val", load_images=False)))
+
+
+def test_data_stats_fails_without_the_validation_split(cirr_root, capsys):
+    for path in (cirr_root / "cirr").rglob("*.val.json"):
+        path.unlink()
+    assert main(["data-stats", "--dataset", "cirr", "--annotations", str(cirr_root)]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING val: no captions and no image list" in out and not out.strip().endswith("OK")

@@ -50,6 +50,43 @@ def require_fields(entry: Any, fields: Sequence[str], path: Path, index: int) ->
         )
 
 
+def require_strings(entry: dict, fields: Sequence[str], path: Path, index: int) -> None:
+    """Check the named fields of one annotation entry hold text, not null or numbers: image names
+    (non-empty), or captions (a string or a list of strings; the real files hold a few empty ones)."""
+    for field in fields:
+        value = entry[field]
+        texts = value if field == "captions" and isinstance(value, list) else [value]
+        if not all(isinstance(t, str) for t in texts) or field not in ("caption", "captions") and not value.strip():
+            raise DataError(f"{path}: entry {index} has {json.dumps(field)}: {json.dumps(value)}, expected "
+                            f"{'text' if 'caption' in field else 'an image name'}; fix or drop that entry")
+
+
+def unreachable_targets(ds) -> list[tuple[int, str]]:
+    """(query index, why) for every query whose target its evaluation can never rank first: a target
+    outside the gallery the query ranks, or (CIRR, whose ranking drops the reference) its own reference."""
+    galleries = getattr(ds, "galleries", None)
+    known = {None: set(ds.gallery)} if galleries is None else {c: set(g) for c, g in galleries.items()}
+    out = []
+    for i, q in enumerate(ds.queries):
+        if "target" not in q:
+            continue
+        if q["target"] not in known.get(q.get("category"), known.get(None, set())):
+            out.append((i, f"target {q['target']!r} is not in the {ds.split} gallery"))
+        elif galleries is None and q["target"] == q["reference"]:
+            out.append((i, f"target {q['target']!r} is its own reference"))
+    return out
+
+
+def check_targets(ds) -> None:
+    """DataError when a query's target could never be found (`unreachable_targets`): such a query
+    would count as a miss whatever the model does."""
+    bad = unreachable_targets(ds)
+    if bad:
+        i, why = bad[0]
+        raise DataError(f"{ds.dataset_name} {ds.split}: {len(bad)} query(ies) can never find their target, e.g. "
+                        f"query {i}: {why}; check the annotations with `cirtutor data-stats`")
+
+
 def check_choice(value: str, choices: Sequence[str], what: str, dataset: str) -> str:
     if value not in choices:
         raise DataError(f"unknown {what} {value!r} for {dataset}; expected one of {', '.join(choices)}")

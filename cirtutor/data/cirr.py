@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from cirtutor.data.base import CIRDataset, check_choice, read_json, require_fields
+from cirtutor.data.base import CIRDataset, check_choice, read_json, require_fields, require_strings
 from cirtutor.errors import DataError
 
 SPLITS = ("train", "val", "test1")
@@ -89,6 +89,7 @@ class CIRR(CIRDataset):
         for i, e in enumerate(entries):
             require_fields(e, fields, path, i)
             require_fields(e["img_set"], ("members",), path, i)
+            require_strings(e, [f for f in fields if f not in ("pairid", "img_set")], path, i)
             q = {
                 "pairid": e["pairid"],
                 "reference": e["reference"],

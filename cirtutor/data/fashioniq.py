@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from cirtutor.data.base import CIRDataset, check_choice, read_json, require_fields
+from cirtutor.data.base import CIRDataset, check_choice, read_json, require_fields, require_strings
 from cirtutor.data.text import join_captions, sample_caption
 from cirtutor.errors import DataError
 
@@ -94,6 +94,7 @@ class FashionIQ(CIRDataset):
             require_fields(e, fields, path, i)
             if not (isinstance(e["captions"], list) and len(e["captions"]) == 2):
                 raise DataError(f"{path}: entry {i} must have exactly 2 captions, has {e['captions']!r}")
+            require_strings(e, fields, path, i)
             q = {"category": category, "reference": e["candidate"], "captions": list(e["captions"])}
             if "target" in e and self.split != "test":
                 q["target"] = e["target"]

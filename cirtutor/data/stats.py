@@ -85,7 +85,8 @@ def data_stats(dataset: str, annotations: str | Path, images: str | Path | None 
     """Build the report dict (see module doc). Raises DataError when nothing usable is found."""
     annotations = Path(annotations)
     images = Path(images) if images is not None else None
-    report = {"dataset": dataset, "annotations": str(annotations), "rows": [], "inconsistent": [], "images": None}
+    report = {"dataset": dataset, "annotations": str(annotations), "rows": [], "inconsistent": [], "images": None,
+              "self_targets": [], "absent": []}
     to_check: dict[Path, None] = {}
     for split, cat, ds, caps in _splits(dataset, annotations, images):
         row = {"split": split, "category": cat, "queries": None, "gallery": None}
@@ -98,11 +99,17 @@ def data_stats(dataset: str, annotations: str | Path, images: str | Path | None 
             outside = [n for n in referenced_names(ds) if n not in known]
             if outside:
                 report["inconsistent"].append({"split": split, "category": cat, "count": len(outside), "names": outside})
+            selves = [q["reference"] for q in ds.queries if q.get("target") == q["reference"]]
+            if selves:
+                report["self_targets"].append({"split": split, "category": cat, "count": len(selves), "names": selves})
             if images is not None:
                 names = list(ds.gallery) + [n for n in referenced_names(ds) if n in known]
                 to_check.update(dict.fromkeys(ds.image_path(n) for n in names))
         if ds is not None or caps is not None:
             report["rows"].append(row)
+        if ds is None or caps is None:
+            report["absent"].append({"split": split, "category": cat,
+                                     "files": ["captions"] * (caps is None) + ["image list"] * (ds is None)})
     if not any(r["gallery"] or r["queries"] for r in report["rows"]):
         raise DataError(f"no {dataset} annotation files found under {annotations}")
     if images is not None:
@@ -111,9 +118,18 @@ def data_stats(dataset: str, annotations: str | Path, images: str | Path | None 
     return report
 
 
+EVALUATED = "val"     # the split every command validates and evaluates on: it must be complete
+
+
+def missing_validation(report: dict) -> list[dict]:
+    """The absent parts of the validation split (the other splits may be left out of a download)."""
+    return [a for a in report.get("absent", []) if a["split"] == EVALUATED]
+
+
 def report_ok(report: dict) -> bool:
     imgs = report["images"]
-    return not report["inconsistent"] and not (imgs and (imgs["missing"] or imgs["corrupt"]))
+    return (not report["inconsistent"] and not report.get("self_targets") and not missing_validation(report)
+            and not (imgs and (imgs["missing"] or imgs["corrupt"])))
 
 
 def format_report(report: dict, show_paths: bool = True) -> str:
@@ -127,6 +143,13 @@ def format_report(report: dict, show_paths: bool = True) -> str:
         where = bad["split"] + (f"/{bad['category']}" if bad["category"] else "")
         lines.append(f"INCONSISTENT {where}: {bad['count']} name(s) used by queries are not in the image list, "
                      f"e.g. {', '.join(bad['names'][:3])}")
+    for bad in report.get("self_targets", []):
+        where = bad["split"] + (f"/{bad['category']}" if bad["category"] else "")
+        lines.append(f"SELF-TARGET {where}: {bad['count']} query(ies) whose target is its own reference, "
+                     f"e.g. {', '.join(bad['names'][:3])}")
+    for gap in missing_validation(report):
+        where = gap["split"] + (f"/{gap['category']}" if gap["category"] else "")
+        lines.append(f"MISSING {where}: no {' and no '.join(gap['files'])}; every command validates on this split")
     imgs = report["images"]
     if imgs:
         lines.append(f"images{' under ' + imgs['root'] if show_paths else ''}: {imgs['checked']} checked, "

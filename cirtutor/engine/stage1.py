@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cirtutor.config import Stage1Config
+from cirtutor.data.base import check_targets
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.loop import History, Schedule, distribute, fit
 from cirtutor.engine.optim import make_optimizer
@@ -209,6 +210,7 @@ def evaluate_filter(model: CandidateFilter, dataset, store: FeatureStore, device
     `embed(indices)` -> (N, e) replaces the filter's query embeddings (the zero-shot models);
     `model.gallery_embed` embeds the gallery either way."""
     embed = embed or (lambda indices: None)
+    check_targets(dataset)
     if dataset.dataset_name == "CIRR":
         ranked = rank_with_filter(model, dataset, store, dataset.gallery, remove_reference=True, device=device,
                                   query_emb=embed(range(len(dataset.queries))))

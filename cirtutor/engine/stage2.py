@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cirtutor.config import Stage2Config
+from cirtutor.data.base import check_targets
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.loop import History, distribute, fit, Schedule
 from cirtutor.engine.optim import make_optimizer
@@ -320,6 +321,7 @@ def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker,
     Fashion-IQ: each category ranks its own gallery, reference kept (facts §1.8). Pass a dict
     as `details` to receive the label arrays ("stage1" (N, K_max), "stage2" (N, K_max)), the
     ranked names and the scores, per category for Fashion-IQ (for Table 7 / Fig. 8 and figures)."""
+    check_targets(dataset)
     query_emb, z_ts = encode_queries(filter_model, dataset, store, device=device)
     k_max = max(ks)
     if dataset.dataset_name == "CIRR":
