@@ -8,7 +8,7 @@
     cirtutor evaluate     --preset P --run-dir DIR [--ablation A]            F and R_K for the preset's K values
     cirtutor submit       --preset P --run-dir DIR                           CIRR test1 server files + validation
     cirtutor zeroshot     --preset P --run-dir DIR [--set zeroshot.budget=0.05] zero-shot CIR (pseudo words)
-    cirtutor analyze      --stage1 A --stage2 B [--out DIR]              Table 7 / Fig. 8 from label arrays
+    cirtutor analyze      [--stage1 A] --stage2 B [--out DIR]            recall rows, Table 7 / Fig. 8 from label arrays
     cirtutor findings --run-dir DIR | --study FILE   which of the paper's 8 findings a run reproduces
     cirtutor make-data --format cirr --out DIR  draw a synthetic CIR dataset in a real format
     cirtutor data-stats --dataset cirr --annotations DIR [--images DIR] [--json]
@@ -241,9 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--k", type=int, default=200, help="list length (the authors' files: 200)")
         s.set_defaults(func=cmd_stage)
 
-    s = sub.add_parser("analyze", help="Table 7 and Figure 8 from stage-1 and stage-2 label arrays")
-    s.add_argument("--stage1", required=True, help="stage-1 labels (N, K) bool: .npy, or a top-K file (ours or the authors')")
-    s.add_argument("--stage2", required=True, help="stage-2 labels of the same lists after re-ranking (.npy or .pt)")
+    s = sub.add_parser("analyze", help="recall rows, Table 7 and Figure 8 from stage-1 and stage-2 label arrays")
+    s.add_argument("--stage1", help="stage-1 labels (N, K) bool: .npy, or a top-K file (ours or the authors')")
+    s.add_argument("--stage2", help="stage-2 labels of the same lists after re-ranking (.npy or .pt); alone: its "
+                                    "recall rows and mean re-ranked rank")
     s.add_argument("--out", help="folder for rank_shift.png and rank_analysis.json")
     s.add_argument("--trust", action="store_true", help="allow full unpickling of .pt files you trust")
     s.set_defaults(func=cmd_analyze)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -82,6 +83,14 @@ def _looks_like_torch_save(path) -> bool:
     return zipfile.is_zipfile(path) or head[:1] == b"\x80"
 
 
+ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")    # terminal colour and cursor codes
+
+
+def plain_text(text: str) -> str:
+    """`text` without terminal escape codes (torch colours parts of its error messages)."""
+    return ESCAPES.sub("", text)
+
+
 def torch_load(path: str | os.PathLike, trust: bool = False, allowed: tuple = (), error: type = CirtutorError):
     """`torch.load` with weights_only=True (plus the `allowed` globals); a file that needs full
     unpickling is refused with `error`, unless the user trusts its origin (trust=True)."""
@@ -95,8 +104,8 @@ def torch_load(path: str | os.PathLike, trust: bool = False, allowed: tuple = ()
         if trust:  # the user vouched for this file: full unpickling, as they asked
             return torch.load(path, map_location="cpu", weights_only=False)
         raise error(
-            f"{path} holds Python objects beyond tensors and plain containers ({str(e).splitlines()[0][:200]}).\n"
+            f"{path} holds Python objects beyond tensors and plain containers ({plain_text(str(e)).splitlines()[0][:200]}).\n"
             "  Loading it would run code from the file; if you trust its origin, pass trust=True (--trust)."
         ) from None
     except RuntimeError as e:
-        raise error(f"{path} is not a torch.save file ({str(e).splitlines()[0]})") from None
+        raise error(f"{path} is not a torch.save file ({plain_text(str(e)).splitlines()[0]})") from None

@@ -145,40 +145,129 @@ def submit(cfg: Config, args) -> int:
     return 1 if bad else 0
 
 
+def _read_array(p: Path, trust: bool):
+    """The object a label file holds: a .npy array, a top-K file's labels, or what a torch file holds
+    (read safely: tensors, plain containers and the numpy arrays of the authors' top-K files)."""
+    if p.suffix == ".npy":
+        try:
+            return np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise CirtutorError(f"{p} is not a readable .npy array ({plain(e)}): was it truncated? "
+                                "Write it again with numpy.save") from None
+    from cirtutor.evaluation import load_topk
+    from cirtutor.evaluation.topk import _torch_load
+    if p.suffix in (".safetensors", ".json"):
+        return load_topk(p).labels
+    obj = _torch_load(p, trust)
+    if isinstance(obj, dict) and "sorted_index_names" in obj:          # the authors' top-K file
+        from cirtutor.evaluation import read_authors_topk
+        return read_authors_topk(p, trust).labels
+    return obj.get("labels") if isinstance(obj, dict) else obj
+
+
 def _labels(path: str, trust: bool) -> np.ndarray:
-    """(N, K) bool from .npy, a torch file holding a bool tensor, or a top-K file (its labels)."""
+    """(N, K) bool from .npy, a torch file holding a bool tensor, or a top-K file (its labels);
+    a one-line error for anything else (another shape, other values, no labels, an unreadable file)."""
     p = Path(path)
     if not p.is_file():
         raise CirtutorError(f"{p} not found")
-    if p.suffix == ".npy":
-        return np.load(p).astype(bool)
-    if p.suffix in (".safetensors", ".json"):
-        from cirtutor.evaluation import load_topk
-        return np.asarray(load_topk(p).labels, dtype=bool)
-    from cirtutor.io import torch_load
-    obj = torch_load(p, trust=trust)
-    if isinstance(obj, dict) and "labels" in obj:
-        obj = obj["labels"]
-    return np.asarray(obj.numpy() if torch.is_tensor(obj) else obj, dtype=bool)
+    obj = _read_array(p, trust)
+    if obj is None:
+        raise CirtutorError(f"{p} holds no labels (a test split's list has no targets)")
+    try:
+        array = np.asarray(obj.numpy() if torch.is_tensor(obj) else obj)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CirtutorError(f"{p} does not hold a label array ({plain(e)})") from None
+    if array.ndim != 2 or 0 in array.shape:
+        raise CirtutorError(f"{p} holds an array of shape {array.shape}: expected (N, K) labels, True where the "
+                            "target sits in each query's list")
+    if array.dtype != bool and not np.isin(array, (0, 1)).all():
+        raise CirtutorError(f"{p} holds {array.dtype} values other than 0 and 1: expected bool labels, not scores")
+    array = array.astype(bool)
+    if (array.sum(1) > 1).any():
+        raise CirtutorError(f"{p}: {(array.sum(1) > 1).sum()} row(s) mark more than one target; expected at most one")
+    return array
+
+
+def plain(error) -> str:
+    """An error's first line without terminal escape codes (torch colours some of its messages)."""
+    from cirtutor.io import plain_text
+    return plain_text(str(error)).splitlines()[0] if str(error) else type(error).__name__
+
+
+RECALL_KS = (1, 5, 10, 20, 50, 100, 200)
+
+
+def recall_rows(labels: dict[str, np.ndarray]) -> list[str]:
+    """Tables 5/6's recall rows: R@k of each label array (columns) for the k its lists are long enough for."""
+    from cirtutor.evaluation import recall_at_k
+    width = min(a.shape[1] for a in labels.values())
+    rows = [f"  {'':6}" + "".join(f"{name:>12}" for name in labels)]
+    rows += [f"  R@{k:<4}" + "".join(f"{recall_at_k(a, k):12.2f}" for a in labels.values())
+             for k in RECALL_KS if k <= width]
+    return rows
+
+
+def mean_rank_line(labels: np.ndarray, name: str) -> str:
+    from cirtutor.evaluation import target_positions
+    found = target_positions(labels)
+    found = found[found >= 0]
+    if not len(found):
+        return f"{name}: no query has its target in the top-{labels.shape[1]}"
+    return f"{name}: mean 0-based target rank {found.mean():.2f} over the {len(found)}/{len(labels)} queries that have it"
+
+
+def table7_line(table: dict) -> str:
+    decrease = "n/a (every target is already first)" if table["percent_decrease"] is None else \
+        f"{table['percent_decrease']:.2f} %"
+    return (f"  initial {table['initial']:.2f}   re-ranked {table['reranked']:.2f}   "
+            f"difference {table['difference']:.2f}   decrease {decrease}")
 
 
 def analyze(args) -> int:
+    """Table 7 and Figure 8 from both stages' label arrays; from the stage-2 array alone (the authors'
+    released files), its recall rows and the re-ranked mean rank."""
     from cirtutor.evaluation import rank_shift_by_initial, rank_table
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise CirtutorError(f"--out {args.out} is a file, not a folder: choose a folder for the figure and the table")
-    s1, s2 = _labels(args.stage1, args.trust), _labels(args.stage2, args.trust)
+    if not (args.stage1 or args.stage2):
+        raise CirtutorError("pass --stage2 FILE (re-ranked labels), with --stage1 FILE for Table 7 and Figure 8")
+    arrays = {name: _labels(path, args.trust) for name, path in (("stage 1", args.stage1), ("stage 2", args.stage2))
+              if path}
+    print("recall (%, over all queries)\n" + "\n".join(recall_rows(arrays)))
+    if len(arrays) == 1:
+        print(mean_rank_line(*arrays.values(), "re-ranked" if args.stage2 else "initial"))
+        return 0
+    s1, s2 = arrays["stage 1"], arrays["stage 2"]
+    if len(s1) != len(s2):
+        raise CirtutorError(f"--stage1 has {len(s1)} queries and --stage2 {len(s2)}: expected the same lists")
     k = min(s1.shape[1], s2.shape[1])
-    table = rank_table(s1[:, :k], s2[:, :k])
+    table = safe_rank_table(rank_table, s1[:, :k], s2[:, :k])
     print(f"Table 7 (0-based target rank within the top-{k}; {table['queries']}/{table['total']} queries have it)")
-    print(f"  initial {table['initial']:.2f}   re-ranked {table['reranked']:.2f}   "
-          f"difference {table['difference']:.2f}   decrease {table['percent_decrease']:.2f} %")
+    print(table7_line(table))
     if args.out:
-        from cirtutor.report import save_figure
-        from cirtutor.viz import plot_rank_shift
-        shift = {key: np.asarray(v).tolist() for key, v in rank_shift_by_initial(s1[:, :k], s2[:, :k]).items()}
-        out = Path(args.out)
-        save_figure(plot_rank_shift(shift), out / "rank_shift.png")
-        atomic_write_json(out / "rank_analysis.json", {"table": table, "shift": shift}, indent=2)
-        print(f"wrote {out / 'rank_shift.png'} and {out / 'rank_analysis.json'}")
+        write_rank_analysis(Path(args.out), table, rank_shift_by_initial(s1[:, :k], s2[:, :k]))
     return 0
+
+
+def safe_rank_table(rank_table, s1: np.ndarray, s2: np.ndarray) -> dict:
+    """Table 7's row; its % decrease is None when every target is already first (no rank to decrease)."""
+    from cirtutor.evaluation.rank_analysis import paired_positions
+    initial, reranked = paired_positions(s1, s2)
+    if not len(initial):
+        raise CirtutorError("no query has its target in the stage-1 lists: Table 7 is undefined")
+    if round(float(initial.mean()), 2) == 0:
+        i, r = float(initial.mean()), float(reranked.mean())
+        return {"queries": len(initial), "total": len(s1), "initial": i, "reranked": r, "difference": i - r,
+                "percent_decrease": None}
+    return rank_table(s1, s2)
+
+
+def write_rank_analysis(out: Path, table: dict, shift: dict) -> None:
+    from cirtutor.report import save_figure
+    from cirtutor.viz import plot_rank_shift
+    shift = {key: np.asarray(v).tolist() for key, v in shift.items()}
+    save_figure(plot_rank_shift(shift), out / "rank_shift.png")
+    atomic_write_json(out / "rank_analysis.json", {"table": table, "shift": shift}, indent=2)
+    print(f"wrote {out / 'rank_shift.png'} and {out / 'rank_analysis.json'}")

@@ -204,3 +204,65 @@ def test_data_stats_fails_without_the_validation_split(cirr_root, capsys):
     assert main(["data-stats", "--dataset", "cirr", "--annotations", str(cirr_root)]) == 1
     out = capsys.readouterr().out
     assert "MISSING val: no captions and no image list" in out and not out.strip().endswith("OK")
+
+
+# ----------------------------------------------------------------------------- analyze
+
+@pytest.fixture
+def label_files(place):
+    """An authors'-format top-K file (stage 1), its stage-II label array saved with torch.save, and bad arrays."""
+    import numpy as np
+    import torch
+
+    from cirtutor.evaluation.topk import TopK, write_authors_topk
+    rng = np.random.default_rng(0)
+    gallery = [f"img{i}" for i in range(30)]
+    ranked = np.array([rng.permutation(gallery)[:10] for _ in range(12)])
+    targets = [r[i % 10] if i % 4 else "elsewhere" for i, r in enumerate(ranked)]
+    topk = TopK(ranked, gallery, split="val", target_names=targets)
+    write_authors_topk(place / "topk.pt", topk)
+    torch.save(torch.from_numpy(np.ascontiguousarray(topk.labels[:, ::-1])), place / "stage2.pt")
+    np.save(place / "flat.npy", np.ones(5, dtype=bool))
+    np.save(place / "scalar.npy", np.array(True))
+    first = np.zeros((4, 6), dtype=bool)
+    first[:, 0] = True
+    np.save(place / "first.npy", first)
+    (place / "empty.npy").write_bytes(b"")
+    return place
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--stage1", "flat.npy", "--stage2", "flat.npy"], ("flat.npy", "shape (5,)", "(N, K)")),
+    (["--stage2", "scalar.npy"], ("scalar.npy", "shape ()")),
+    (["--stage2", "empty.npy"], ("empty.npy", "not a readable .npy")),
+], ids=["1-D", "scalar", "zero-byte"])
+def test_analyze_refuses_arrays_that_are_no_labels(label_files, capsys, argv, words):
+    refused(label_files, capsys, ["analyze", *argv], *words)
+
+
+def test_analyze_with_every_target_already_first(label_files, capsys):
+    assert main(["analyze", "--stage1", "first.npy", "--stage2", "first.npy"]) == 0
+    assert "decrease n/a (every target is already first)" in capsys.readouterr().out
+
+
+def test_analyze_reads_the_authors_files_without_trust(label_files, capsys):
+    assert main(["analyze", "--stage2", "stage2.pt"]) == 0
+    out = capsys.readouterr().out
+    assert "R@1" in out and "R@10" in out and "re-ranked: mean 0-based target rank" in out and "9/12" in out
+    assert main(["analyze", "--stage1", "topk.pt"]) == 0
+    assert "initial: mean 0-based target rank" in capsys.readouterr().out
+    assert main(["analyze", "--stage1", "topk.pt", "--stage2", "stage2.pt"]) == 0
+    out = capsys.readouterr().out
+    assert "Table 7 (0-based target rank within the top-10; 9/12 queries have it)" in out and "--trust" not in out
+
+
+def test_torch_messages_lose_their_terminal_codes(place):
+    import torch
+
+    from cirtutor.errors import CirtutorError
+    from cirtutor.io import plain_text, torch_load
+    assert plain_text("\x1b[1mWeights only load failed.\x1b[0m") == "Weights only load failed."
+    torch.save({"object": DataError("a pickled class")}, place / "object.pt")
+    with pytest.raises(CirtutorError) as e:
+        torch_load(place / "object.pt")
+    assert "\x1b" not in str(e.value) and "--trust" in str(e.value)
