@@ -139,7 +139,7 @@ def submit(cfg: Config, args) -> int:
     bad = 0
     for stage, files in paths.items():
         for metric, path in files.items():
-            problems = validate_cirr_submission(path, test.queries)
+            problems = validate_cirr_submission(path, test.queries, test.gallery)
             bad += bool(problems)
             P.say(f"{path}: " + ("ok, ready to upload" if not problems else "; ".join(problems[:5])))
     return 1 if bad else 0

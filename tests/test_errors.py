@@ -266,3 +266,49 @@ def test_torch_messages_lose_their_terminal_codes(place):
     with pytest.raises(CirtutorError) as e:
         torch_load(place / "object.pt")
     assert "\x1b" not in str(e.value) and "--trust" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- the submission validator
+
+SUBMISSION_GALLERY = [f"test1-{i}-0-img0" for i in range(60)]
+SUBMISSION_QUERIES = [{"pairid": 7, "reference": SUBMISSION_GALLERY[0], "subset": SUBMISSION_GALLERY[1:6]}]
+
+
+@pytest.fixture
+def recall_file(tmp_path):
+    from cirtutor.evaluation import write_cirr_submission
+    ranked = [[n for n in SUBMISSION_GALLERY[1:]][:50]]
+    return write_cirr_submission(tmp_path, "demo", [7], ranked, [SUBMISSION_GALLERY[1:4]])["recall"]
+
+
+def check(path, text=None):
+    from cirtutor.evaluation import validate_cirr_submission
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif text is not None:
+        path.write_text(text, encoding="utf-8")
+    problems = validate_cirr_submission(path, SUBMISSION_QUERIES, SUBMISSION_GALLERY)
+    assert isinstance(problems, list) and all(isinstance(p, str) for p in problems)
+    return problems
+
+
+def test_names_outside_the_test1_gallery_are_problems(recall_file):
+    assert check(recall_file) == []
+    obj = json.loads(recall_file.read_text())
+    obj["7"][3], obj["7"][4] = "dev-0-0-img0", "test1-typo-img0"
+    problems = check(recall_file, json.dumps(obj))
+    assert problems == ["1 entries name images that are not in the test1 gallery (e.g. pairids 7)"]
+
+
+@pytest.mark.parametrize("text", [
+    '{"version": "rc2", "metric": ["recall"], "7": []}',
+    '{"version": "rc2", "metric": {"a": 1}, "7": []}',
+    '{"version": ["rc2"], "metric": "recall", "\u00b2": [], "\u0661\u0662": ["x"]}',
+    "[" * 100000 + "]" * 100000,
+    '{"version": "rc2", "metric": "recall", "7": ' + "[" * 5000 + "]" * 5000 + "}",
+    '{"version": "rc2", "metric": "recall", "7": [1, null, {"a": []}], "8": NaN}',
+    "null", '"text"', "", b'{"version": "rc2\xff"}',
+], ids=["metric-list", "metric-dict", "non-ascii-digits", "deep-nesting", "deep-entry", "odd-values", "null",
+        "string", "empty", "not-utf8"])
+def test_the_validator_never_raises(recall_file, text):
+    assert check(recall_file, text)

@@ -52,13 +52,16 @@ def write_cirr_submission(folder, name: str, pairids: Sequence[int], ranked_name
     return paths
 
 
-def validate_cirr_submission(path, queries: Sequence[dict] | None = None) -> list[str]:
-    """Everything wrong with a submission file, as messages (empty list: ready to upload).
+def validate_cirr_submission(path, queries: Sequence[dict] | None = None,
+                             gallery: Sequence[str] | None = None) -> list[str]:
+    """Everything wrong with a submission file, as messages (empty list: ready to upload); any
+    file at all gives a list, never an exception.
 
     Checks the size, "version", "metric" (also against the file name), and every entry: a list
     of exactly 50 (recall) or 3 (recall_subset) distinct names. With `queries` (the CIRR test1
     query dicts: "pairid", "reference", "subset") also: one entry per test1 pairid and no
-    other key, no entry naming its query's reference, subset entries naming only members."""
+    other key, no entry naming its query's reference, subset entries naming only members. With
+    `gallery` (the test1 image names) also: every name is a test1 gallery image."""
     path = Path(path)
     if not path.is_file():
         return [f"missing file {path}"]
@@ -69,6 +72,10 @@ def validate_cirr_submission(path, queries: Sequence[dict] | None = None) -> lis
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         return problems + [f"not valid JSON: {e}"]
+    except RecursionError:
+        return problems + ["not a submission: its JSON is nested too deeply to read"]
+    except OSError as e:
+        return problems + [f"cannot read the file: {e}"]
     if not isinstance(obj, dict):
         return problems + [f"expected one JSON object, found a {type(obj).__name__}"]
     if obj.get("version") != VERSION:
@@ -77,9 +84,10 @@ def validate_cirr_submission(path, queries: Sequence[dict] | None = None) -> lis
     entries = {key: value for key, value in obj.items() if key not in ("version", "metric")}
     by_pairid = None if queries is None else {str(q["pairid"]): q for q in queries}
     _check_keys(entries, by_pairid, problems)
+    known = None if gallery is None else set(gallery)
     grouped: dict[str, list[str]] = {}
     for key, names in entries.items():
-        for problem in _entry_problems(names, metric, None if by_pairid is None else by_pairid.get(key)):
+        for problem in _entry_problems(names, metric, None if by_pairid is None else by_pairid.get(key), known):
             grouped.setdefault(problem, []).append(key)
     problems += [f"{len(keys)} entries {problem} (e.g. pairids {_examples(keys)})" for problem, keys in grouped.items()]
     return problems
@@ -88,7 +96,7 @@ def validate_cirr_submission(path, queries: Sequence[dict] | None = None) -> lis
 def _check_metric(metric, filename: str, problems: list[str]) -> str:
     """The metric the entries are checked against: the file's own, else the file name's."""
     named = next((m for m in ("recall_subset", "recall") if filename.startswith(PREFIXES[m])), None)
-    if metric not in LENGTHS:
+    if not isinstance(metric, str) or metric not in LENGTHS:
         problems.append(f'"metric" is {metric!r}, expected "recall" or "recall_subset"')
         return named or "recall"
     if named is not None and named != metric:
@@ -98,7 +106,7 @@ def _check_metric(metric, filename: str, problems: list[str]) -> str:
 
 def _check_keys(entries: dict, by_pairid: dict | None, problems: list[str]) -> None:
     if by_pairid is None:
-        extra = [key for key in entries if not key.isdigit()]
+        extra = [key for key in entries if not _is_pairid(key)]
     else:
         missing = [key for key in by_pairid if key not in entries]
         if missing:
@@ -108,7 +116,12 @@ def _check_keys(entries: dict, by_pairid: dict | None, problems: list[str]) -> N
         problems.append(f"{len(extra)} keys are not test1 pairids (e.g. {_examples(extra)})")
 
 
-def _entry_problems(names, metric: str, query: dict | None) -> list[str]:
+def _is_pairid(key: str) -> bool:
+    """A pairid key: ASCII digits only ("²" or "١٢" pass str.isdigit but are no pairids)."""
+    return key.isascii() and key.isdigit()
+
+
+def _entry_problems(names, metric: str, query: dict | None, gallery: set | None = None) -> list[str]:
     """What is wrong with one entry, as grouping phrases."""
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return ["are not lists of image names"]
@@ -121,8 +134,10 @@ def _entry_problems(names, metric: str, query: dict | None) -> list[str]:
         problems.append("name their query's reference image")
     if query is not None and metric == "recall_subset" and not set(names) <= set(query["subset"]):
         problems.append("name images outside their query's subset members")
+    if gallery is not None and not set(names) <= gallery:
+        problems.append("name images that are not in the test1 gallery")
     return problems
 
 
 def _examples(keys: list[str]) -> str:
-    return ", ".join(sorted(keys, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))[:EXAMPLES])
+    return ", ".join(sorted(keys, key=lambda k: (not _is_pairid(k), int(k) if _is_pairid(k) else 0, k))[:EXAMPLES])
