@@ -106,8 +106,12 @@ def check_folder(path: str | os.PathLike, option: str) -> Path:
 def download_file(url: str, dest: str | os.PathLike, *, sha1: str | None = None,
                   sha256: str | None = None, md5: str | None = None, size: int | None = None,
                   resume: bool = True, retries: int = 3, timeout: float = 60,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, announce: bool = True) -> Path:
     """Download `url` to `dest` and return `dest`; verify it against any checksum/size given.
+
+    Without a checksum the length must be known (the server's Content-Length, or `size`): bytes
+    of unknown completeness never take the final name. `announce`: print the file's sha256 after
+    a download (`download_many` does not, for its thousands of images).
 
     An existing `dest` that verifies is kept ("already present"); one that does not is moved to
     `dest.corrupt` and downloaded again. `resume=False` discards an old `dest.part` first.
@@ -130,14 +134,18 @@ def download_file(url: str, dest: str | os.PathLike, *, sha1: str | None = None,
         part.unlink(missing_ok=True)
     for attempt in range(retries + 1):
         try:
-            _fetch(url, part, timeout=timeout, progress=progress, label=dest.name)
+            total = _fetch(url, part, timeout=timeout, progress=progress, label=dest.name)
             break
         except NETWORK_ERRORS as e:
             if attempt == retries:
                 raise DownloadError(f"{url}: download failed after {retries + 1} attempt(s) "
                                     f"({e}); {_progress_note(part)}") from e
             time.sleep(RETRY_WAIT * (attempt + 1))
-    problem = _mismatch(part, progress=progress, **expect)
+    if total is None and size is None and not (sha1 or sha256 or md5):
+        raise DownloadError(f"{url}: the server stated no length (no Content-Length) and no checksum was given, so "
+                            f"a cut-off download cannot be told from a whole one; the {part.stat().st_size:,} bytes "
+                            f"are kept in {part}. Pass the expected --sha256 (or size) to accept them")
+    problem, digest = _verify(part, expect, progress)
     if problem is not None:
         corrupt = _quarantine(part, dest)
         raise ChecksumError(
@@ -145,7 +153,20 @@ def download_file(url: str, dest: str | os.PathLike, *, sha1: str | None = None,
             f"delete it and re-run to download again, and if it fails again check the URL "
             f"(the file on the server may have changed)")
     os.replace(part, dest)
+    if announce:
+        pin = "" if sha256 else "  (not pinned: pass --sha256 with this digest to verify later downloads)"
+        print(f"sha256 {digest}  {dest}{pin}")
     return dest
+
+
+def _verify(path: Path, expect: dict, progress: bool) -> tuple[str | None, str]:
+    """(how `path` differs from the expected size and digests, or None; its sha256), in one pass."""
+    if expect.get("size") is not None and path.stat().st_size != expect["size"]:
+        return f"expected {expect['size']:,} bytes, got {path.stat().st_size:,}", ""
+    wanted = {name: expect[name].lower() for name in ("sha1", "sha256", "md5") if expect.get(name)}
+    actual = _digests(path, sorted(set(wanted) | {"sha256"}), progress=progress)
+    bad = next((name for name in wanted if actual[name] != wanted[name]), None)
+    return (None if bad is None else f"expected {bad} {wanted[bad]}, got {actual[bad]}"), actual["sha256"]
 
 
 def _progress_note(part: Path) -> str:
@@ -156,8 +177,9 @@ def _progress_note(part: Path) -> str:
     return f"{have:,} bytes arrived and are kept in {part}; re-run the same command to resume"
 
 
-def _fetch(url: str, part: Path, *, timeout: float, progress: bool, label: str) -> None:
-    """Write the rest of `url` into `part`, resuming with a Range request when `part` has bytes.
+def _fetch(url: str, part: Path, *, timeout: float, progress: bool, label: str) -> int | None:
+    """Write the rest of `url` into `part`, resuming with a Range request when `part` has bytes;
+    return the file's whole length when the server stated it (None otherwise).
 
     Raises ConnectionError when the body ends early or the status is transient (caller retries),
     DownloadError for any other HTTP error.
@@ -170,7 +192,7 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool, label: str) 
         with e:
             if e.code == 416 and have:  # asked for bytes past the end
                 if _total_size(e.headers.get("Content-Range")) == have:
-                    return  # `part` already holds the whole file
+                    return have  # `part` already holds the whole file
                 part.unlink()  # `part` is larger than the file: stale, start over
                 return _fetch(url, part, timeout=timeout, progress=progress, label=label)
             if e.code in TRANSIENT_HTTP:
@@ -191,6 +213,7 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool, label: str) 
     got = part.stat().st_size
     if total is not None and got < total:
         raise ConnectionError(f"connection closed after {got:,} of {total:,} bytes")
+    return total
 
 
 def _resume_offset(resp, have: int, part: Path) -> int:
@@ -279,7 +302,7 @@ def download_many(items, *, workers: int = 8, retries: int = 2, timeout: float =
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
         futures = {pool.submit(download_file, url, dest, retries=retries, timeout=timeout,
-                               progress=False): (url, dest) for url, dest in todo}
+                               progress=False, announce=False): (url, dest) for url, dest in todo}
         with _bar(progress, total=len(todo), unit="file", desc="downloading") as bar:
             for future in as_completed(futures):
                 url, dest = futures[future]
@@ -377,11 +400,7 @@ def download_cirr(root: str | os.PathLike = DEFAULT_CIRR_ROOT, *, base_url: str 
 def download_blip(out: str | os.PathLike = DEFAULT_MODELS_DIR, *, url: str = BLIP_URL,
                   sha256: str | None = None, progress: bool = True) -> Path:
     """BLIP's `model_base.pth` into `out`; prints its sha256 (no checksum is published)."""
-    path = download_file(url, Path(out) / "model_base.pth", sha256=sha256, progress=progress)
-    digest = sha256.lower() if sha256 else file_digest(path, "sha256")
-    hint = "" if sha256 else "  (record it; pass --sha256 to verify later downloads)"
-    print(f"sha256 {digest}  {path}{hint}")
-    return path
+    return download_file(url, Path(out) / "model_base.pth", sha256=sha256, progress=progress)
 
 
 def download_checkpoints(url: str | None = None, out: str | os.PathLike = DEFAULT_MODELS_DIR, *,

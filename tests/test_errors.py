@@ -1,5 +1,6 @@
 """The bad-input contract: every ordinary mistake gives one line on stderr naming what was wrong,
 exit code 2, no traceback, and writes nothing; and the cases that used to go silently wrong."""
+import io
 import json
 
 import pytest
@@ -312,3 +313,65 @@ def test_names_outside_the_test1_gallery_are_problems(recall_file):
         "string", "empty", "not-utf8"])
 def test_the_validator_never_raises(recall_file, text):
     assert check(recall_file, text)
+
+
+# ----------------------------------------------------------------------------- downloads
+
+class Answer:
+    """A response of the monkeypatched opener: `body` with the given headers (no network)."""
+
+    def __init__(self, body: bytes, headers: dict):
+        self.status, self.headers, self._body = 200, headers, io.BytesIO(body)
+
+    def read(self, n=-1):
+        return self._body.read(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.fixture
+def opener(monkeypatch):
+    """cirtutor.download's urlopen answering every URL with opener.body and opener.headers."""
+    from cirtutor import download as dl
+    state = type("Opener", (), {"body": b"x" * 5000, "headers": {}})()
+    monkeypatch.setattr(dl, "urlopen", lambda request, timeout: Answer(state.body, state.headers))
+    return state
+
+
+def test_a_download_of_unknown_length_never_takes_the_final_name(opener, tmp_path):
+    """A body cut short without Content-Length looks complete: without a checksum it is refused."""
+    from cirtutor.download import DownloadError, download_file
+    with pytest.raises(DownloadError, match="no Content-Length.*--sha256"):
+        download_file("https://example.org/model.pth", tmp_path / "model.pth", progress=False)
+    assert not (tmp_path / "model.pth").exists() and (tmp_path / "model.pth.part").stat().st_size == 5000
+
+
+def test_a_download_of_unknown_length_is_kept_when_its_checksum_holds(opener, tmp_path, capsys):
+    import hashlib
+
+    from cirtutor.download import download_file
+    digest = hashlib.sha256(opener.body).hexdigest()
+    download_file("https://example.org/model.pth", tmp_path / "model.pth", sha256=digest, progress=False)
+    assert (tmp_path / "model.pth").read_bytes() == opener.body
+    assert f"sha256 {digest}" in capsys.readouterr().out
+
+
+def test_every_download_prints_its_sha256_and_how_to_pin_it(opener, place, capsys):
+    import hashlib
+    opener.headers = {"Content-Length": str(len(opener.body))}
+    assert main(["download", "blip", "--url", "https://example.org/model_base.pth", "--out", "models",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"sha256 {hashlib.sha256(opener.body).hexdigest()}" in out and "--sha256" in out
+
+
+def test_the_cli_refuses_a_download_of_unknown_length(opener, place, capsys):
+    assert main(["download", "blip", "--url", "https://example.org/model_base.pth", "--out", "models",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no Content-Length" in err
+    assert not (place / "models" / "model_base.pth").exists()
