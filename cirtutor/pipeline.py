@@ -157,20 +157,30 @@ def datasets(cfg: Config):
     return train, val
 
 
+def image_files_key(images, names: list[str] | None = None) -> str:
+    """What identifies the image files a feature store encodes: each one's name, size and modification
+    time (a missing file is named as such), so a changed, replaced or removed image is noticed."""
+    h = hashlib.sha256()
+    for name in images.gallery if names is None else names:
+        try:
+            stat = Path(images.image_path(name)).stat()
+            h.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except (OSError, CirtutorError):
+            h.update(f"{name}\0missing\n".encode())
+    return h.hexdigest()
+
+
 def feature_store(cfg: Config, split: str, weights: Path, device, names: list[str] | None = None) -> FeatureStore:
     """Frozen-ViT image tokens of every image of `split` (or only `names`, for a subsample),
     computed once and cached on disk (safetensors, keyed by the weights' contents (`weights_key`)
-    + data + resolution + names); later runs load them."""
+    + data + resolution + names + the image files themselves (`image_files_key`)); later runs load them."""
+    images = open_dataset(cfg.data, split, "gallery")
+    if names is not None:
+        images.gallery = list(names)
     key = config_digest(weights_key(weights), result_fields(cfg.data), cfg.model.image_size, cfg.model.patch_size,
-                        names)
+                        names, image_files_key(images))
     path = cache_dir() / "features" / f"{cfg.data.dataset}-{split}-{key}.safetensors"
-
-    def gallery():
-        images = open_dataset(cfg.data, split, "gallery")
-        if names is not None:
-            images.gallery = list(names)
-        return images
-    return cached_features(cfg, path, gallery, weights, device)
+    return cached_features(cfg, path, lambda: images, weights, device)
 
 
 def cached_features(cfg: Config, path: Path, gallery: Callable[[], object], weights: Path, device) -> FeatureStore:

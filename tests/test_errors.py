@@ -375,3 +375,32 @@ def test_the_cli_refuses_a_download_of_unknown_length(opener, place, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no Content-Length" in err
     assert not (place / "models" / "model_base.pth").exists()
+
+
+# ----------------------------------------------------------------------------- feature caches
+
+def test_the_feature_cache_notices_a_changed_image(place):
+    """The image-feature cache is keyed by the files (name, size, modification time), not the data path."""
+    import os
+
+    import torch
+    from PIL import Image
+
+    from cirtutor.config import apply_overrides, get_preset
+    from cirtutor.data.registry import open_dataset
+    from cirtutor.pipeline import feature_store, init_weights
+
+    cfg = apply_overrides(get_preset("tiny"), ["data.synthetic_size=2"])
+    weights = init_weights(cfg, verbose=False)
+    before = feature_store(cfg, "val", weights, "cpu")
+    assert len(list((place / "cache" / "features").glob("*.safetensors"))) == 1
+    assert torch.equal(feature_store(cfg, "val", weights, "cpu")[[before.names[0]]], before[[before.names[0]]])
+    images = open_dataset(cfg.data, "val", "gallery")
+    path = images.image_path(images.gallery[0])
+    stat = path.stat()
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(path)                 # another picture under the same name
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    after = feature_store(cfg, "val", weights, "cpu")
+    assert len(list((place / "cache" / "features").glob("*.safetensors"))) == 2
+    name = images.gallery[0]
+    assert not torch.equal(after[[name]], before[[name]])

@@ -279,15 +279,14 @@ def query_alignment(model: ZeroShotEncoder, dataset, store: FeatureStore, device
 
 def folder_store(cfg: Config, weights: Path, device) -> FeatureStore:
     """Frozen-ViT image tokens of every image under `zeroshot.images`, computed once and cached
-    (keyed by the weights' contents, the folder's file list and sizes, and the resolution)."""
+    (keyed by the weights' contents, the folder's files (names, sizes, modification times) and the resolution)."""
     from cirtutor.cache import cache_dir
     from cirtutor.data.folder import ImageFolder
     from cirtutor.data.preprocess import ImageTransform
-    from cirtutor.pipeline import cached_features, config_digest, weights_key
+    from cirtutor.pipeline import cached_features, config_digest, image_files_key, weights_key
 
     folder = ImageFolder(cfg.zeroshot.images, ImageTransform(cfg.data.resolution))
-    sizes = [(n, (folder.root / n).stat().st_size) for n in folder.gallery]
-    key = config_digest(weights_key(weights), str(folder.root.resolve()), sizes, cfg.data.resolution,
+    key = config_digest(weights_key(weights), str(folder.root.resolve()), image_files_key(folder), cfg.data.resolution,
                         cfg.model.image_size, cfg.model.patch_size)
     path = cache_dir() / "features" / f"folder-{folder.root.name}-{key}.safetensors"
     return cached_features(cfg, path, lambda: folder, weights, device)
