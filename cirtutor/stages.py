@@ -17,10 +17,10 @@ from cirtutor.io import atomic_write_json
 STARTS_AFRESH = ("train-stage1", "zeroshot")      # the commands that train from the initial weights
 
 
-def context(cfg: Config, args, needs: tuple[str, ...] = ()) -> dict:
-    """What a command works with (device, run folder, datasets, initial weights, image features),
-    after checking, before any work, the run folder and the files `needs` in it (relative paths);
-    the run's config.json is written only once all of that holds."""
+def context(cfg: Config, args, needs: tuple[str, ...] = (), data: bool = True) -> dict:
+    """What a command works with (device, run folder, initial weights and, with `data`, the train and
+    val datasets and their image features), after checking, before any work, the run folder and the
+    files `needs` in it (relative paths); the run's config.json is written only once all of that holds."""
     P.validate(cfg)
     device = P.resolve_device(cfg)
     overwrite = getattr(args, "overwrite", False)
@@ -30,16 +30,31 @@ def context(cfg: Config, args, needs: tuple[str, ...] = ()) -> dict:
     run = P.check_run_folder(cfg, Path(args.run), overwrite, retrain)
     for need in needs:
         if not (run / need).is_file():
-            step = "train-stage1" if need.endswith("filter.pt") else "train-stage2"
-            raise CirtutorError(f"no trained {'filter' if step == 'train-stage1' else 're-ranker'} at {run / need}: "
-                                f"run `cirtutor {step} --run-dir {run}` first")
-    train, val = P.datasets(cfg)
-    weights = P.init_weights(cfg)
-    stores = P.feature_stores(cfg, train, val, weights, device)
-    if args.command in ("train-stage2", "evaluate"):
-        P.usable_ks(cfg, val)
+            raise CirtutorError(f"no trained {MAKERS[Path(need).name][0]} at {run / need}: run "
+                                f"`cirtutor {MAKERS[Path(need).name][1]} --run-dir {run}{ablation_flag(args)}` first")
+    ctx = dict(device=device, run=run, weights=P.init_weights(cfg))
+    if data:
+        ctx["train"], ctx["val"] = P.datasets(cfg)
+        ctx["stores"] = P.feature_stores(cfg, ctx["train"], ctx["val"], ctx["weights"], device)
+        if args.command in ("train-stage2", "evaluate"):
+            P.usable_ks(cfg, ctx["val"])
     P.record_run(cfg, run, overwrite)
-    return dict(device=device, run=run, train=train, val=val, weights=weights, stores=stores)
+    return ctx
+
+
+MAKERS = {"filter.pt": ("filter", "train-stage1"), "reranker.pt": ("re-ranker", "train-stage2")}
+
+
+def ablation_flag(args) -> str:
+    return f" --ablation {args.ablation}" if getattr(args, "ablation", None) else ""
+
+
+def trained_filter(cfg: Config, ctx: dict, seed: int):
+    path = P.stage1_dir(ctx["run"], seed) / "filter.pt"
+    if not path.is_file():
+        raise CirtutorError(f"no trained filter at {path}: run `cirtutor train-stage1 --run-dir {ctx['run']}` first")
+    filt, _ = P.load_filter(ctx["weights"], cfg.model)
+    return P.load_weights(filt, path).to(ctx["device"])
 
 
 def filter_file(args) -> str:
@@ -113,7 +128,7 @@ def submit(cfg: Config, args) -> int:
 
     if cfg.data.dataset != "cirr":
         raise CirtutorError("submit writes CIRR test-server files; Fashion-IQ has no test server (use evaluate)")
-    ctx = context(cfg, args, (filter_file(args), reranker_file(args)))
+    ctx = context(cfg, args, (filter_file(args), reranker_file(args)), data=False)    # test1 alone: no train captions
     filt = trained_filter(cfg, ctx, args.seed)
     test = open_dataset(cfg.data, "test1", load_images=False)
     store = P.feature_store(cfg, "test1", ctx["weights"], ctx["device"])

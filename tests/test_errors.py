@@ -404,3 +404,13 @@ def test_the_feature_cache_notices_a_changed_image(place):
     assert len(list((place / "cache" / "features").glob("*.safetensors"))) == 2
     name = images.gallery[0]
     assert not torch.equal(after[[name]], before[[name]])
+
+
+def test_submit_checks_for_its_models_before_any_data_or_features(place, capsys):
+    refused(place, capsys, ["submit", "--run-dir", "run"], "no trained filter")
+
+
+def test_a_missing_variant_names_its_ablation(place, capsys):
+    (place / "run" / "seed0" / "stage1").mkdir(parents=True)
+    (place / "run" / "seed0" / "stage1" / "filter.pt").write_bytes(b"")
+    refused(place, capsys, ["evaluate", "--run-dir", "run", "--ablation", "no_zt"], "train-stage2", "--ablation no_zt")
