@@ -414,3 +414,20 @@ def test_a_missing_variant_names_its_ablation(place, capsys):
     (place / "run" / "seed0" / "stage1").mkdir(parents=True)
     (place / "run" / "seed0" / "stage1" / "filter.pt").write_bytes(b"")
     refused(place, capsys, ["evaluate", "--run-dir", "run", "--ablation", "no_zt"], "train-stage2", "--ablation no_zt")
+
+
+def test_cirr_images_under_img_raw_are_found(cirr_root):
+    """CIRR's README keeps train/, dev/ and test1/ under img_raw/: the loader looks there too."""
+    from cirtutor.data.cirr import CIRR
+    (cirr_root / "img_raw").mkdir()
+    for folder in ("train", "dev", "test1"):
+        (cirr_root / folder).rename(cirr_root / "img_raw" / folder)
+    val = CIRR(cirr_root, "val")
+    assert val.images_root == cirr_root / "img_raw" and val.image_path(val.gallery[0]).is_file()
+    assert val.load(val.gallery[0]).shape[0] == 3
+
+
+def test_a_missing_image_says_which_setting_points_at_the_images(cirr_root):
+    from cirtutor.data.cirr import CIRR
+    val = CIRR(cirr_root, "val", images=cirr_root / "elsewhere")
+    assert "--set data.images=DIR" in loader_error(lambda: val.load(val.gallery[0]))

@@ -6,7 +6,8 @@
         train/<n>/train-*.png   dev/dev-*.png   test1/test1-*.png
 
 Image paths come from the split JSON values, relative to the images root (by default the
-`cirr_dataset` folder; the annotations may live elsewhere). The subset for Recall_subset is
+`cirr_dataset` folder, or its `img_raw/` when the images sit there as in CIRR's README; the
+annotations may live elsewhere). The subset for Recall_subset is
 the 6 `img_set.members` with the reference removed (5 names, member order kept);
 `target_soft` is ignored, as by the authors. test1 has no targets.
 """
@@ -41,6 +42,17 @@ def find_annotation_root(root: Path) -> Path:
     )
 
 
+IMAGE_FOLDERS = ("train", "dev", "test1")     # the split files' paths start with one of these
+
+
+def find_images_root(root: Path) -> Path:
+    """The folder the split files' image paths are relative to: `root` as the authors lay it out, or
+    `root/img_raw` as CIRR's own README does (train/, dev/ and test1/ under img_raw/)."""
+    if not any((root / d).is_dir() for d in IMAGE_FOLDERS) and (root / "img_raw").is_dir():
+        return root / "img_raw"
+    return root
+
+
 class CIRR(CIRDataset):
     """CIRR queries or gallery for one split.
 
@@ -66,7 +78,7 @@ class CIRR(CIRDataset):
         super().__init__(check_choice(split, SPLITS, "split", "CIRR"), mode, transform, load_images)
         root = Path(root)
         self.annotations_root = find_annotation_root(Path(annotations) if annotations is not None else root)
-        self.images_root = Path(images) if images is not None else root
+        self.images_root = find_images_root(Path(images) if images is not None else root)
         self.image_paths = self._read_split()
         self.gallery = list(self.image_paths)  # file order = gallery order
         if mode == "queries":

@@ -103,8 +103,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if not path.is_file():
         raise DataError(
             f"image not found: {path}\n"
-            "  Check the image root (--images / the preset's images path) and that the download "
-            "finished; `cirtutor data-stats --images DIR` lists every missing file."
+            "  Check the image root (a run's --set data.images=DIR, data-stats' --images DIR) and that the "
+            "download finished; `cirtutor data-stats --images DIR` lists every missing file."
         )
     try:
         img = Image.open(path)
