@@ -46,7 +46,7 @@ from cirtutor.data.registry import dataset_root, open_dataset
 from cirtutor.engine.features import FeatureStore, encode_gallery
 from cirtutor.engine.loop import world
 from cirtutor.engine.stage1 import encode_queries, evaluate_filter, rank_with_filter, train_stage1
-from cirtutor.engine.stage2 import evaluate_reranker, filter_negatives, hard_pools, score_lists, train_stage2
+from cirtutor.engine.stage2 import check_same_vision, evaluate_reranker, filter_negatives, hard_pools, score_lists, train_stage2
 from cirtutor.errors import CirtutorError
 from cirtutor.evaluation import TopK, rank_shift_by_initial, rank_table, save_topk
 from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text, torch_load
@@ -416,6 +416,7 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
         model, report = load_reranker(weights, cfg.model)
     else:
         raise CirtutorError(f"stage2.init={cfg.stage2.init!r}; expected 'blip' or 'stage1'")
+    check_same_vision(filt, model)                            # one feature store serves both stages
     final = out / "reranker.pt"
     label = f"stage 2{' (' + ABLATIONS[ablation][0] + ')' if ablation else ''} (seed {seed})"
     if final.is_file() and not resume:

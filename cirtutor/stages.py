@@ -136,6 +136,7 @@ def submit(cfg: Config, args) -> int:
     folder = ctx["run"] / f"seed{args.seed}" / ("stage2" + (f"-{args.ablation}" if args.ablation else ""))
     model, _ = P.load_reranker(ctx["weights"], cfg_v.model)
     P.load_weights(model, folder / "reranker.pt").to(ctx["device"])
+    P.check_same_vision(filt, model)
     query_emb, z_ts = encode_queries(filt, test, store, device=ctx["device"])
     ranked = rank_with_filter(filt, test, store, test.gallery, remove_reference=True, device=ctx["device"],
                               query_emb=query_emb)                  # the whole gallery: subsets need every member

@@ -431,3 +431,21 @@ def test_a_missing_image_says_which_setting_points_at_the_images(cirr_root):
     from cirtutor.data.cirr import CIRR
     val = CIRR(cirr_root, "val", images=cirr_root / "elsewhere")
     assert "--set data.images=DIR" in loader_error(lambda: val.load(val.gallery[0]))
+
+
+def test_a_reranker_with_another_vit_is_refused(cirr_root):
+    """Both stages read one feature store, made with the filter's frozen ViT: another ViT is an error."""
+    import torch
+
+    from cirtutor.config import get_model_config
+    from cirtutor.data.cirr import CIRR
+    from cirtutor.engine.stage2 import check_same_vision, evaluate_reranker
+    from cirtutor.errors import CirtutorError
+    from cirtutor.models import CandidateFilter, DualEncoderReranker
+    torch.manual_seed(0)
+    cfg = get_model_config("tiny")
+    filt, model = CandidateFilter(cfg), DualEncoderReranker(cfg)
+    with pytest.raises(CirtutorError, match="frozen ViT differs from the filter's"):
+        evaluate_reranker(filt, model, CIRR(cirr_root, "val", load_images=False), None, ks=(5,))
+    model.visual_encoder.load_state_dict(filt.visual_encoder.state_dict())
+    check_same_vision(filt, model)

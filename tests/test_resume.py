@@ -68,6 +68,7 @@ def test_stage2_killed_mid_epoch_resumes_to_the_same_end(world, tmp_path):
 
     torch.manual_seed(0)
     whole = DualEncoderReranker(cfg.model)
+    whole.visual_encoder.load_state_dict(filt.visual_encoder.state_dict())    # the ViT the features came from
     start = {k: v.clone() for k, v in whole.state_dict().items()}
     h_whole = run(whole)
 

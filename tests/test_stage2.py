@@ -153,6 +153,7 @@ def test_reranked_evaluation_keeps_the_paper_identities(world):
     cfg, filt, _, val, _, sv = world
     torch.manual_seed(0)
     model = DualEncoderReranker(cfg.model)
+    model.visual_encoder.load_state_dict(filt.visual_encoder.state_dict())    # the ViT the features came from
     res = evaluate_reranker(filt, model, val, sv, ks=(5, 10))
     f = res["filter"]
     assert res["K=5"]["R@5"] == pytest.approx(f["R@5"]) == pytest.approx(res["K=5"]["coverage"])  # a permutation of the top 5

@@ -23,6 +23,7 @@ from cirtutor.data.base import check_targets
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.loop import History, distribute, fit, Schedule
 from cirtutor.engine.optim import make_optimizer
+from cirtutor.errors import CirtutorError
 from cirtutor.engine.stage1 import batch_order as stage1_batch_order
 from cirtutor.engine.stage1 import encode_queries, rank_with_filter
 from cirtutor.evaluation import (cirr_summary, fashioniq_summary, labels_from_ranking, rank_decrease, rerank_labels_for_ks,
@@ -310,6 +311,18 @@ def score_by_candidate(model: DualEncoderReranker, dataset, z_ts, store: Feature
     return out
 
 
+def check_same_vision(filter_model: CandidateFilter, model: DualEncoderReranker) -> None:
+    """One feature store serves both stages (the filter's frozen-ViT image tokens): refuse a re-ranker
+    whose frozen ViT is another (e.g. a stage-2 checkpoint trained from other weights)."""
+    ours, theirs = filter_model.visual_encoder.state_dict(), model.visual_encoder.state_dict()
+    differ = [k for k in ours if k not in theirs or ours[k].shape != theirs[k].shape
+              or not torch.equal(ours[k].cpu(), theirs[k].cpu())]
+    if differ:
+        raise CirtutorError(f"the re-ranker's frozen ViT differs from the filter's ({len(differ)} tensors, e.g. "
+                            f"{differ[0]}): the image features, computed with the filter's ViT, would be wrong for "
+                            "it; load both stages from the same initial weights")
+
+
 def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker, dataset, store: FeatureStore,
                       ks, *, batch_size: int = 8, device="cpu", details: dict | None = None,
                       share_kv: bool = True) -> dict:
@@ -322,6 +335,7 @@ def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker,
     as `details` to receive the label arrays ("stage1" (N, K_max), "stage2" (N, K_max)), the
     ranked names and the scores, per category for Fashion-IQ (for Table 7 / Fig. 8 and figures)."""
     check_targets(dataset)
+    check_same_vision(filter_model, model)
     query_emb, z_ts = encode_queries(filter_model, dataset, store, device=device)
     k_max = max(ks)
     if dataset.dataset_name == "CIRR":
