@@ -449,3 +449,10 @@ def test_a_reranker_with_another_vit_is_refused(cirr_root):
         evaluate_reranker(filt, model, CIRR(cirr_root, "val", load_images=False), None, ks=(5,))
     model.visual_encoder.load_state_dict(filt.visual_encoder.state_dict())
     check_same_vision(filt, model)
+
+
+@pytest.mark.parametrize("argv, words", [(["--out", "afile"], ("--out afile", "is a file")),
+                                         (["--out", "m", "--steps", "0"], ("--steps 0",)),
+                                         (["--out", "m", "--lr", "nan"], ("--lr nan",))], ids=["out-file", "steps", "lr"])
+def test_pretrain_tiny_refuses_bad_input_before_pretraining(place, capsys, argv, words):
+    refused(place, capsys, ["pretrain-tiny", *argv], *words)

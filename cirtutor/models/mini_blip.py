@@ -619,6 +619,13 @@ def pretrain_tiny_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = apply_overrides(get_preset(args.preset), args.set)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise CirtutorError(f"--out {args.out} is a file, not a folder: choose a folder for the model")
+        for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--eval-every", args.eval_every)):
+            if value < 1:
+                raise CirtutorError(f"{flag} {value}: expected at least 1")
+        if not args.lr > 0 or args.lr == float("inf"):
+            raise CirtutorError(f"--lr {args.lr}: expected a finite number above 0")
         recipe = dict(steps=args.steps, stop_after=args.stop_after, batch_size=args.batch_size, lr=args.lr,
                       seed=args.seed, edited_negatives=args.edited_negatives, sincos_positions=args.sincos_positions,
                       init=args.init)
@@ -626,7 +633,7 @@ def pretrain_tiny_main(argv: list[str] | None = None) -> int:
                                     save_dir=args.out, overrides=args.set)
         save_mini_blip(result["model"], result["temp"], args.out, result["meta"])
     except CirtutorError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"cirtutor pretrain-tiny: error: {e}", file=sys.stderr)
         return 2
     atomic_write_json(Path(args.out) / "history.json", {k: result[k] for k in ("history", "evals", "sec_per_step")},
                       indent=2)
