@@ -28,10 +28,7 @@ def context(cfg: Config, args, needs: tuple[str, ...] = (), data: bool = True) -
         raise CirtutorError("--resume continues the run folder's training and --overwrite removes it: pass one")
     retrain = "pass --overwrite" if args.command in STARTS_AFRESH else "start it again with `cirtutor train-stage1 --overwrite`"
     run = P.check_run_folder(cfg, Path(args.run), overwrite, retrain)
-    for need in needs:
-        if not (run / need).is_file():
-            raise CirtutorError(f"no trained {MAKERS[Path(need).name][0]} at {run / need}: run "
-                                f"`cirtutor {MAKERS[Path(need).name][1]} --run-dir {run}{ablation_flag(args)}` first")
+    check_needs(run, needs, args)
     ctx = dict(device=device, run=run, weights=P.init_weights(cfg))
     if data:
         ctx["train"], ctx["val"] = P.datasets(cfg)
@@ -45,8 +42,14 @@ def context(cfg: Config, args, needs: tuple[str, ...] = (), data: bool = True) -
 MAKERS = {"filter.pt": ("filter", "train-stage1"), "reranker.pt": ("re-ranker", "train-stage2")}
 
 
-def ablation_flag(args) -> str:
-    return f" --ablation {args.ablation}" if getattr(args, "ablation", None) else ""
+def check_needs(run: Path, needs: tuple[str, ...], args) -> None:
+    """A one-line error naming the command that makes the first of the files `needs` missing from `run`."""
+    ablation = f" --ablation {args.ablation}" if getattr(args, "ablation", None) else ""
+    for need in needs:
+        if not (run / need).is_file():
+            what, command = MAKERS[Path(need).name]
+            raise CirtutorError(f"no trained {what} at {run / need}: run `cirtutor {command} --run-dir {run}"
+                                f"{ablation if command == 'train-stage2' else ''}` first")
 
 
 def trained_filter(cfg: Config, ctx: dict, seed: int):
@@ -171,13 +174,12 @@ def _read_array(p: Path, trust: bool):
             raise CirtutorError(f"{p} is not a readable .npy array ({plain(e)}): was it truncated? "
                                 "Write it again with numpy.save") from None
     from cirtutor.evaluation import load_topk
-    from cirtutor.evaluation.topk import _torch_load
+    from cirtutor.evaluation.topk import _torch_load, authors_topk
     if p.suffix in (".safetensors", ".json"):
         return load_topk(p).labels
     obj = _torch_load(p, trust)
     if isinstance(obj, dict) and "sorted_index_names" in obj:          # the authors' top-K file
-        from cirtutor.evaluation import read_authors_topk
-        return read_authors_topk(p, trust).labels
+        return authors_topk(obj, p).labels
     return obj.get("labels") if isinstance(obj, dict) else obj
 
 

@@ -208,7 +208,11 @@ def read_authors_topk(path, trust: bool = False, k: int | None = None, split: st
                       target_names: Sequence[str] | None = None) -> TopK:
     """Read the authors' top-K file (facts §9.3); the keyword arguments are checked by `TopK.select`."""
     path = Path(path)
-    raw = _torch_load(path, trust)
+    return authors_topk(_torch_load(path, trust), path).select(k, split, category, index_names, target_names)
+
+
+def authors_topk(raw, path) -> TopK:
+    """The TopK of the dict an authors' top-K file holds (already loaded from `path`)."""
     required = ("sorted_index_names", "index_names", "split")
     if not isinstance(raw, dict) or any(key not in raw for key in required):
         have = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
@@ -218,7 +222,7 @@ def read_authors_topk(path, trust: bool = False, k: int | None = None, split: st
         target_names=raw.get("target_names"), labels=_bool_array(raw.get("labels")),
         category=raw.get("dress_types"), group_labels=_bool_array(raw.get("group_labels")),
     )
-    return topk.select(k, split, category, index_names, target_names)
+    return topk
 
 
 def write_authors_topk(path, topk: TopK) -> Path:
