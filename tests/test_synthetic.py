@@ -275,7 +275,7 @@ def test_reuse_and_overwrite(tmp_path):
     first = make_synthetic_dataset(tmp_path, "cirr", size=6, resolution=16)
     assert not first["reused"]
     assert make_synthetic_dataset(tmp_path, "cirr", size=6, resolution=16)["reused"]
-    with pytest.raises(DataError, match="overwrite=True"):
+    with pytest.raises(DataError, match="--overwrite"):
         make_synthetic_dataset(tmp_path, "cirr", size=6, resolution=16, seed=1)
     second = make_synthetic_dataset(tmp_path, "fashioniq", size=6, resolution=16, overwrite=True)
     assert not second["reused"] and not (tmp_path / "cirr").exists() and not (tmp_path / "train").exists()

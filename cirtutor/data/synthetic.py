@@ -547,7 +547,7 @@ def prepare(out: Path, fmt: str, cfg: SyntheticConfig, overwrite: bool) -> dict 
         return meta
     if not overwrite:
         raise DataError(f"{out} holds a different (or unfinished) synthetic dataset; "
-                        "pass --overwrite (overwrite=True in Python) to regenerate it.")
+                        "pass --overwrite to regenerate it.")
     for name in LAYOUT.get(meta.get("format"), ()) + ("synthetic",):
         shutil.rmtree(out / name, ignore_errors=True)
     return None
