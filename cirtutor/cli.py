@@ -60,12 +60,12 @@ def cmd_model_info(args) -> int:
 
 
 def preset_config(args) -> Config:
-    from cirtutor.config import apply_overrides, get_preset
+    from cirtutor.config import apply_overrides, get_preset, validate
 
     cfg = apply_overrides(get_preset(args.preset), args.set)
     if getattr(args, "subsample", None):
         cfg.subsample = args.subsample
-    return cfg
+    return validate(cfg)
 
 
 def cmd_reproduce(args) -> int:
@@ -141,6 +141,8 @@ def cmd_stage(args) -> int:
 
     if getattr(args, "ablation", None) and args.ablation not in ABLATION_NAMES:
         raise CirtutorError(f"unknown ablation {args.ablation!r} (--ablation); choose from {', '.join(ABLATION_NAMES)}")
+    if args.seed < 0 or getattr(args, "k", 1) < 1:
+        raise CirtutorError(f"--seed {args.seed} / --k {getattr(args, 'k', 1)}: expected a seed of 0 or more and k of 1 or more")
     with distributed_context(preset_config(args)) as cfg:
         return getattr(stages, args.command.replace("-", "_"))(cfg, args)
 

@@ -449,6 +449,9 @@ def validate(cfg: Config) -> Config:
     if cfg.data.synthetic_size < 2 or cfg.data.synthetic_resolution < 8:
         raise CirtutorError(f"data.synthetic_size={cfg.data.synthetic_size}, data.synthetic_resolution="
                             f"{cfg.data.synthetic_resolution}: expected at least 2 references and 8 pixels")
+    if cfg.subsample:
+        from cirtutor.data.subsample import parse_spec
+        parse_spec(cfg.subsample)
     device = str(cfg.device)
     if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:") and device[5:].isdigit()):
         raise CirtutorError(f"device={device!r}: expected auto, cpu, cuda, cuda:N or mps")

@@ -456,3 +456,13 @@ def test_a_reranker_with_another_vit_is_refused(cirr_root):
                                          (["--out", "m", "--lr", "nan"], ("--lr nan",))], ids=["out-file", "steps", "lr"])
 def test_pretrain_tiny_refuses_bad_input_before_pretraining(place, capsys, argv, words):
     refused(place, capsys, ["pretrain-tiny", *argv], *words)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train-stage1", "--run-dir", "run", "--subsample", "train=0"], ("--subsample train=0",)),
+    (["train-stage1", "--run-dir", "run", "--seed", "-1"], ("--seed -1",)),
+    (["extract-topk", "--run-dir", "run", "--k", "0"], ("--k 0",)),
+    (["reproduce", "--run-dir", "run", "--seeds", "0"], ("--seeds 0",)),
+], ids=["subsample", "seed", "k", "seeds"])
+def test_bad_command_options(place, capsys, argv, words):
+    refused(place, capsys, argv, *words)
