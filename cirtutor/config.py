@@ -391,8 +391,8 @@ POSITIVE = ("model.temp", "stage1.lr", "stage2.lr", "stage1.init_temp", "stage2.
             "zeroshot.soft_temp", "model.vision_eps", "model.text_eps")
 NON_NEGATIVE = ("stage1.weight_decay", "stage2.weight_decay", "zeroshot.weight_decay", "zeroshot.soft_weight",
                 "stage1.cala.alpha", "stage1.cala.beta")
-FRACTIONS = ("model.dropout", "stage2.dropout", "stage2.drop_path", "zeroshot.dropout", "zeroshot.budget",
-             "stage1.cala.w_c", "stage1.cala.w_t")    # in [0, 1]
+FRACTIONS = ("zeroshot.budget", "stage1.cala.w_c", "stage1.cala.w_t")                      # in [0, 1]
+RATES = ("model.dropout", "stage2.dropout", "stage2.drop_path", "zeroshot.dropout")           # in [0, 1)
 DIVISIBLE = (("model.vision_width", "model.vision_heads"), ("model.text_width", "model.text_heads"))
 
 
@@ -417,7 +417,8 @@ def _check_ranges(cfg: Config) -> None:
                                      (AT_LEAST_ZERO, "int", lambda v: v >= 0, "0 or more"),
                                      (POSITIVE, "float", lambda v: v > 0, "above 0"),
                                      (NON_NEGATIVE, "float", lambda v: v >= 0, "0 or more"),
-                                     (FRACTIONS, "float", lambda v: 0 <= v <= 1, "between 0 and 1")):
+                                     (FRACTIONS, "float", lambda v: 0 <= v <= 1, "between 0 and 1"),
+                                     (RATES, "float", lambda v: 0 <= v < 1, "a rate in [0, 1)")):
         for key in keys:
             value = _get(cfg, key)
             if value is not None and not test(_number(key, value, kind)):

@@ -113,7 +113,7 @@ def test_training_with_filter_topk_negatives(world):
                                  log=lambda _: None).train)
     assert runs[0] == runs[1] and all(np.isfinite(h["loss"]) for h in runs[0])
     with pytest.raises(ValueError, match="negatives"):
-        train_stage2(DualEncoderReranker(cfg.model), train, z_ts, st, apply_overrides(cfg, ["stage2.negatives=mine"]).stage2)
+        train_stage2(DualEncoderReranker(cfg.model), train, z_ts, st, dataclasses.replace(s2, negatives="mine"))
 
 
 def test_drop_path_samples_the_vit_in_train_mode_only():
@@ -146,7 +146,7 @@ def test_stage2_with_drop_path_and_recomputed_z_t_reads_images(world):
     assert len(hist.train) == 2 and all(np.isfinite(h["loss"]) for h in hist.train)
     assert not model.visual_encoder.encoder.layers[-1].mlp._forward_hooks  # hooks removed after training
     with pytest.raises(ValueError, match="drop_path"):
-        train_stage2(model, train, None, st, apply_overrides(cfg, ["stage2.drop_path=1.5"]).stage2, filter_model=filt)
+        train_stage2(model, train, None, st, dataclasses.replace(s2, drop_path=1.5), filter_model=filt)
 
 
 def test_reranked_evaluation_keeps_the_paper_identities(world):
