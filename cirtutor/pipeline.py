@@ -594,14 +594,16 @@ def check_run_folder(cfg: Config, run: Path, overwrite: bool = False, retrain: s
 def record_run(cfg: Config, run: Path, overwrite: bool = False) -> None:
     """Write the run's settings into `run`, once a command has checked everything it needs;
     with `overwrite`, first remove what an earlier run left there (models, lists, reports)."""
-    if world()[0] != 0:
-        return
-    if overwrite and run.is_dir():
-        for pattern in RUN_OUTPUTS:
-            for path in run.glob(pattern):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run / RUN_CONFIG, config_dict(cfg), indent=2)
+    rank, size = world()
+    if rank == 0:
+        if overwrite and run.is_dir():
+            for pattern in RUN_OUTPUTS:
+                for path in run.glob(pattern):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run / RUN_CONFIG, config_dict(cfg), indent=2)
+    if size > 1:                                             # no rank looks into the folder before it is ready
+        torch.distributed.barrier()
 
 
 def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bool = False,
