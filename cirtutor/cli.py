@@ -16,8 +16,9 @@
     cirtutor download {fashioniq,cirr,blip,checkpoints} ...
     cirtutor pretrain-tiny --out DIR               pretrain tiny mode's mini-BLIP (ITC + ITM)
 
-Expected failures (bad paths, malformed files) print one clear message and exit 2;
-data-stats exits 1 when it finds missing or corrupt files.
+Expected failures (bad settings, bad paths, malformed files) print one clear message and exit 2,
+before any work and without writing anything; data-stats exits 1 when it finds missing or corrupt
+files, a missing validation split or queries whose target is their own reference.
 """
 from __future__ import annotations
 
