@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -405,7 +406,6 @@ def _get(cfg: Config, key: str):
 
 def _number(key: str, value, kind: str):
     """`value` as an int (kind "int") or a finite float; a CirtutorError naming `key` otherwise."""
-    import math
     ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float)) and math.isfinite(value)
     if isinstance(value, bool) or not ok:
         raise CirtutorError(f"{key}={value!r}: expected {'an integer' if kind == 'int' else 'a finite number'}")
