@@ -232,6 +232,9 @@ class Config:
     ablations: tuple = ()           # re-ranker variants `reproduce` also trains: "no_text" (w/o Encoder-t), "no_zt" (w/o Encoder-z_t)
     ablation_epochs: int | None = None  # stage-2 epochs of those variants; None = stage2.epochs (the paper: one recipe);
                                     # fewer puts an "unequal budgets" warning under the report's ablation table
+    models: str = "train"           # "train": every seed's filter and re-ranker trained in the run | "shipped": seed 0's
+                                    # are `trained.trained_filter` / `trained_reranker`'s (tiny: the package's shipped
+                                    # models, trained with this recipe), copied into the run and evaluated there
     ablation_models: str = "train"  # "train": every seed's variants trained in the run | "shipped": seed 0's come from
                                     # `trained.trained_reranker` (tiny: the package's shipped models, trained as long as
                                     # R on the shipped seed-0 filter and evaluated with it), labelled so in the report
@@ -279,10 +282,11 @@ PRESETS: dict[str, Config] = {
     # Tiny mode: synthetic world in CIRR's format, 64 px, CPU minutes.
     "tiny": Config(name="tiny", data=DataConfig(dataset="cirr", resolution=64), model=MODEL_PRESETS["tiny"],
                    stage1=TINY_STAGE1, stage2=TINY_STAGE2, zeroshot=TINY_ZEROSHOT, ablations=TINY_ABLATIONS,
-                   ablation_models="shipped"),
+                   models="shipped", ablation_models="shipped"),
     "tiny_fashioniq": Config(name="tiny_fashioniq", data=DataConfig(dataset="fashioniq", resolution=64),
                              model=MODEL_PRESETS["tiny"], stage1=TINY_STAGE1, stage2=TINY_STAGE2,
-                             zeroshot=TINY_ZEROSHOT, ablations=TINY_ABLATIONS, ablation_models="shipped"),
+                             zeroshot=TINY_ZEROSHOT, ablations=TINY_ABLATIONS, models="shipped",
+                             ablation_models="shipped"),
     # Paper mode: the real datasets in the authors' layout (facts §1.1), 384 px.
     "paper_fashioniq": Config(name="paper_fashioniq", data=DataConfig(dataset="fashioniq", root="data/fashionIQ_dataset"),
                               weights="models/model_base.pth",

@@ -444,6 +444,29 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
     return model, metrics
 
 
+def place_shipped(cfg: Config, run: Path, seed: int) -> bool:
+    """models="shipped", seed 0: copy `trained.trained_filter`'s and `trained_reranker`'s weights (tiny: the package's
+    shipped models) into the run's stage folders, where `run_stage1` and `run_stage2` find them ("found trained …") and
+    the run evaluates them. False (they are then trained in the run) for other seeds or when either is missing."""
+    if cfg.models not in ("train", "shipped"):
+        raise CirtutorError(f"models={cfg.models!r}; expected 'train' or 'shipped'")
+    from cirtutor import trained                                  # trained.py builds on this module
+
+    if cfg.models == "train" or seed != 0 or not (trained.has_trained_filter(cfg, 0)
+                                                 and trained.has_trained_reranker(cfg, 0, None)):
+        return False
+    with contextlib.redirect_stdout(io.StringIO()):
+        trained.trained_reranker(cfg, 0, verbose=False)           # unpacks both into the cache
+    for src, dst, name in ((stage1_dir(trained.trained_filter_dir(cfg, 0), 0), stage1_dir(run, 0), "filter.pt"),
+                           (trained.reranker_out(trained.trained_reranker_dir(cfg, 0), 0, None),
+                            Path(run) / "seed0" / "stage2", "reranker.pt")):
+        if not (dst / name).is_file():
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in (name, "metrics.json"):
+                atomic_write_bytes(dst / f, (src / f).read_bytes())
+    return True
+
+
 SHIPPED_SOURCE = "shipped seed-0 model, trained as long as R on the shipped seed-0 filter and evaluated with it"
 
 
@@ -635,6 +658,10 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "platform": platform.platform()}
     records = []                                             # each seed's findings record (`findings.seed_record`)
     for seed in range(seeds):
+        if place_shipped(cfg, run, seed):
+            results["model_source"] = "shipped"
+            say("seed 0: the shipped filter and re-ranker of this recipe, evaluated here "
+                "(--set models=train trains them in the run)")
         with timed(times, "stage 1"):
             filt, f_metrics = run_stage1(cfg, run, seed, train=train, val=val, stores=stores, weights=weights,
                                          device=device, resume=resume)

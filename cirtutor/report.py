@@ -245,9 +245,11 @@ def findings_section(results: dict) -> list[str]:
            "(`cirtutor/findings.py`, `docs/findings.md`). SE = standard error over seeds.", "",
            findings.markdown(card)]
     if results.get("ablation_sources") and any(v != "trained" for v in results["ablation_sources"].values()):
+        beside = ("the shipped full model, the R of this run" if results.get("model_source") == "shipped"
+                  else "the full model trained beside them on that filter")
         out += ["", "The ablation rows (and F4-F6) come from the package's shipped seed-0 models, each trained as "
                     "long as the full model on the shipped seed-0 filter and evaluated with it; F4-F6 pair them with "
-                    "the full model trained beside them on that filter."]
+                    f"{beside}."]
     if len(card["seeds"]) == 1:
         shipped = SHIPPED_STUDIES / f"findings-{results.get('preset')}.json"     # the package's multi-seed results
         where = (f"`cirtutor findings --study {shipped.relative_to(shipped.parents[3])}` holds the shipped one for "
@@ -256,6 +258,12 @@ def findings_section(results: dict) -> list[str]:
                     f"scorecard over seeds 0-2, {where}`cirtutor study findings --preset {results.get('preset')} "
                     "--seeds 3` trains it."]
     return out
+
+
+SHIPPED_MODELS_NOTE = ("**Seed 0's filter and re-ranker are the package's shipped models**, trained with this preset's "
+                       "recipe; this run loaded them and evaluated them (every number below is measured here), so its "
+                       "stage rows in the timing table are loading and evaluation. `--set models=train` trains them "
+                       "in the run instead (its time is in the README).")
 
 
 def summary_line(results: dict) -> str:
@@ -292,6 +300,8 @@ def report_markdown(results: dict, figures: dict[str, str]) -> str:
     fig = lambda name: ["", figure_md(name, figures[name])] if name in figures else []  # noqa: E731
     parts = [f"# cirtutor report: `{results.get('preset', '?')}` preset, `{results.get('mode', '?')}` mode", "",
              summary_line(results)]
+    if results.get("model_source") == "shipped":
+        parts += ["", SHIPPED_MODELS_NOTE]
     if results.get("subsample"):
         parts += ["", f"{SUBSAMPLE_WARNING} ({results['subsample']}), not the full splits: they are not the paper's "
                       f"numbers and cannot be compared with its tables.**"]

@@ -74,12 +74,13 @@ def variant_overrides(name: str) -> dict[str, tuple[str, ...]]:
 
 
 def variant_config(name: str, variant: str, preset: str = "tiny"):
-    """The preset with the variant's overrides (the ablations switched off, as the study runs it)."""
+    """The preset with the variant's overrides, as the study runs it: every model trained in the run (never the
+    shipped ones), the ablations switched off unless the study keeps them."""
     overrides = variant_overrides(name)
     if variant not in overrides:
         raise CirtutorError(f"study {name!r} has no variant {variant!r}; expected one of {', '.join(overrides)}")
-    return apply_overrides(get_preset(preset), (["ablations=()"] if name not in KEEPS_ABLATIONS else [])
-                           + list(overrides[variant]))
+    return apply_overrides(get_preset(preset), ["models=train"] + (["ablations=()"] if name not in KEEPS_ABLATIONS
+                                                                   else []) + list(overrides[variant]))
 
 
 def collect(results: dict) -> list[dict]:

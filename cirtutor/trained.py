@@ -100,6 +100,12 @@ def trained_filter(cfg: Config, seed: int = 0, verbose: bool = True,
     return _load(cfg, folder, "filter", lambda: CandidateFilter(cfg.model), seed, None)
 
 
+def has_trained_filter(cfg: Config, seed: int = 0) -> bool:
+    """Whether `trained_filter(cfg, seed)` would load rather than train: its model is in the cache or shipped."""
+    folder = trained_filter_dir(cfg, seed)
+    return folder.exists() or (SHIPPED / folder.name).is_dir()
+
+
 def _ensure(cfg: Config, folder: Path, name: str, how: str, verbose: bool, *, kind: str, seed: int,
             ablation: str | None, data: FilterData | None) -> None:
     """Make the cache folder of a trained model of `kind` ("filter" | "reranker") exist: already there

@@ -97,6 +97,31 @@ def test_reproduce_can_take_the_variants_from_the_shipped_models(cache, monkeypa
     assert "source" not in json.loads((cache / "run2" / "seed0" / "stage2-no_zt" / "metrics.json").read_text())
 
 
+def test_reproduce_evaluates_the_shipped_filter_and_reranker_with_models_shipped(cache):
+    """models="shipped": seed 0's filter and re-ranker are `trained_filter` / `trained_reranker`'s (here trained into
+    the test's cache first), copied into the run and evaluated there, and the report says so; "train" trains its own."""
+    from cirtutor import trained
+    from cirtutor.config import apply_overrides
+
+    cfg = apply_overrides(get_preset("tiny"), SMALL + ["ablations=()"])
+    _, cached_metrics = trained.trained_reranker(cfg, 0, verbose=False)
+    run = cache / "run"
+    assert main(["reproduce", "--run-dir", str(run), *SETS, "--set", "ablations=()", "--set", "models=shipped"]) == 0
+    filter_src = trained.stage1_dir(trained.trained_filter_dir(cfg, 0), 0) / "filter.pt"
+    assert (run / "seed0" / "stage1" / "filter.pt").read_bytes() == filter_src.read_bytes()
+    assert not (run / "seed0" / "stage1" / "metrics.csv").exists()                    # loaded, not trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["rerank"]["K=10"] == pytest.approx({k: cached_metrics["K=10"][k] for k in metrics["rerank"]["K=10"]})
+    assert "shipped models" in (run / "report.md").read_text()
+    assert main(["reproduce", "--run-dir", str(cache / "own"), *SETS, "--set", "ablations=()",
+                 "--set", "models=train"]) == 0
+    assert (cache / "own" / "seed0" / "stage1" / "metrics.csv").is_file()           # trained in the run
+    assert "shipped models" not in (cache / "own" / "report.md").read_text()
+    with pytest.raises(CirtutorError, match="models='nope'"):
+        from cirtutor.pipeline import place_shipped
+        place_shipped(dataclasses.replace(cfg, models="nope"), run, 0)
+
+
 def test_subsample_keeps_what_the_queries_need(cache):
     from cirtutor.config import apply_overrides, get_preset
     from cirtutor.data.subsample import subsample
