@@ -376,6 +376,7 @@ CHOICES = {  # field -> the values it accepts
     "stage2.negatives": ("in_batch", "filter_topk"),
     "stage2.z_t": ("cached", "recompute"),
     "zeroshot.mapper": ("mlp", "tokens"),
+    "models": ("train", "shipped"),
     "ablation_models": ("train", "shipped"),
 }
 AT_LEAST_ONE = (  # counts and sizes (None allowed where the field's default is None)
