@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save
 
 from cirtutor.cache import cache_dir, cached
 from cirtutor.compact import pack, unpack
-from cirtutor.config import Config, result_fields
+from cirtutor.config import Config, result_fields, settings_diff
 from cirtutor.data.registry import dataset_root
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.stage1 import first_batches
@@ -257,6 +257,33 @@ def _model_dir(cfg: Config, seed: int, ablation: str | None, kind: str) -> Path:
     if kind == "zeroshot":
         return trained_zeroshot_dir(cfg, seed)
     return trained_filter_dir(cfg, seed) if kind == "filter" else trained_reranker_dir(cfg, seed, ablation)
+
+
+def adopt(cfg: Config, run: str | Path, seed: int = 0, ablation: str | None = None, kind: str = "reranker") -> Path:
+    """Make a model a run folder trained (`cirtutor reproduce`, a study's seed) the cache's trained model of `kind`
+    ("filter" | "reranker") for `cfg`, so that `trained_filter` / `trained_reranker` load it and `ship` can ship it.
+    The run's config.json must agree with `cfg` on everything the model depends on (data, model, subsample, weights,
+    stage 1, and stage 2 for a re-ranker). Returns the cache folder; one already there is left as it is."""
+    run = Path(run)
+    source = _run_dir(run, seed, ablation, kind)
+    if not (source / f"{kind}.pt").is_file() or not (run / "config.json").is_file():
+        raise CirtutorError(f"{source} holds no finished {kind} (and {run} a config.json): train it first")
+    sections = ("data.", "model.", "stage1.", "subsample", "weights") + (("stage2.",) if kind == "reranker" else ())
+    diff = [line for line in settings_diff(json.loads((run / "config.json").read_text()), cfg)
+            if line.startswith(sections)]
+    if diff:
+        raise CirtutorError(f"{run} was trained with other settings than this config ({'; '.join(diff[:4])})")
+    folder = _model_dir(cfg, seed, ablation, kind)
+
+    def copy(tmp: Path) -> None:
+        out = _run_dir(tmp, seed, ablation, kind)
+        for f in (f"{kind}.pt", *RECORDS[kind][0], *RECORDS[kind][1]):
+            if (source / f).is_file():
+                atomic_write_bytes(out / f, (source / f).read_bytes())
+        atomic_write_json(tmp / "config.json", config_dict(cfg), indent=2)
+    if not folder.exists():
+        cached(str(folder.relative_to(cache_dir())), copy, f"trained {kind} from {run}", verbose=False)
+    return folder
 
 
 def ship(cfg: Config, seed: int = 0, ablation: str | None = None, kind: str = "reranker", to: Path | None = None) -> Path:

@@ -97,28 +97,32 @@ def test_reproduce_can_take_the_variants_from_the_shipped_models(cache, monkeypa
     assert "source" not in json.loads((cache / "run2" / "seed0" / "stage2-no_zt" / "metrics.json").read_text())
 
 
-def test_reproduce_evaluates_the_shipped_filter_and_reranker_with_models_shipped(cache):
-    """models="shipped": seed 0's filter and re-ranker are `trained_filter` / `trained_reranker`'s (here trained into
-    the test's cache first), copied into the run and evaluated there, and the report says so; "train" trains its own."""
+def test_models_shipped_evaluates_the_trained_models_a_run_made_and_adopt_checks_their_settings(cache):
+    """A run trains both stages ("train"); `trained.adopt` makes its models the cache's trained models (as shipping
+    them does for a fresh clone); a second run with models="shipped" copies them in, evaluates them to the same
+    numbers without training, and its report says so. A config with other settings cannot adopt them."""
     from cirtutor import trained
     from cirtutor.config import apply_overrides
+    from cirtutor.pipeline import place_shipped
 
     cfg = apply_overrides(get_preset("tiny"), SMALL + ["ablations=()"])
-    _, cached_metrics = trained.trained_reranker(cfg, 0, verbose=False)
+    own = cache / "own"
+    assert main(["reproduce", "--run-dir", str(own), *SETS, "--set", "ablations=()", "--set", "models=train"]) == 0
+    assert (own / "seed0" / "stage1" / "metrics.csv").is_file()                     # trained in the run
+    assert "shipped models" not in (own / "report.md").read_text()
+    with pytest.raises(CirtutorError, match="other settings"):
+        trained.adopt(apply_overrides(cfg, ["stage1.lr=1e-3"]), own, kind="filter")
+    trained.adopt(cfg, own, kind="filter")
+    trained.adopt(cfg, own, kind="reranker")
     run = cache / "run"
     assert main(["reproduce", "--run-dir", str(run), *SETS, "--set", "ablations=()", "--set", "models=shipped"]) == 0
-    filter_src = trained.stage1_dir(trained.trained_filter_dir(cfg, 0), 0) / "filter.pt"
-    assert (run / "seed0" / "stage1" / "filter.pt").read_bytes() == filter_src.read_bytes()
+    for stage, name in (("stage1", "filter.pt"), ("stage2", "reranker.pt")):
+        assert (run / "seed0" / stage / name).read_bytes() == (own / "seed0" / stage / name).read_bytes()
     assert not (run / "seed0" / "stage1" / "metrics.csv").exists()                    # loaded, not trained
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["rerank"]["K=10"] == pytest.approx({k: cached_metrics["K=10"][k] for k in metrics["rerank"]["K=10"]})
+    evaluated = lambda r: json.loads((r / "metrics.json").read_text())["rerank"]        # noqa: E731
+    assert evaluated(run) == pytest.approx(evaluated(own))                            # evaluated again: the same
     assert "shipped models" in (run / "report.md").read_text()
-    assert main(["reproduce", "--run-dir", str(cache / "own"), *SETS, "--set", "ablations=()",
-                 "--set", "models=train"]) == 0
-    assert (cache / "own" / "seed0" / "stage1" / "metrics.csv").is_file()           # trained in the run
-    assert "shipped models" not in (cache / "own" / "report.md").read_text()
     with pytest.raises(CirtutorError, match="models='nope'"):
-        from cirtutor.pipeline import place_shipped
         place_shipped(dataclasses.replace(cfg, models="nope"), run, 0)
 
 
