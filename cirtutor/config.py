@@ -41,13 +41,13 @@ def result_fields(section) -> dict:
 
 @dataclass
 class CalaConfig:
-    """CaLa's training-only associations for stage 1 (facts EXTENSIONS §A.6/§A.7; `stage1.aux=cala`).
+    """CaLa's training-only associations for stage 1 (docs/extensions.md, 'The CaLa loss as coded'; `stage1.aux=cala`).
     Defaults: the authors' README recipe and code."""
     w_c: float = 0.45               # CTR's share of the mixed logits w_c S_ctr + (1 - w_c) S_f (code form)
     w_t: float = 0.1                # TBIA's share of the loss w_t CE(S_tbia) + (1 - w_t) CE(mixed) (code form)
     scale: float = 10.0             # the auxiliary logits' hard-coded factor
     form: str = "code"              # "code": the authors' mix | "paper": CE(S_f) + alpha CE(S_tbia) + beta CE(S_ctr)
-    alpha: float = 0.1              # paper form (the paper's values are unknown, facts §A.7)
+    alpha: float = 0.1              # paper form (the paper's values are unknown, docs/extensions.md, 'The CaLa loss as coded')
     beta: float = 0.1
     normalize_aux: bool = False     # documented deviation: L2-normalise o, m, c, g before the dot products
     symmetric_ce: bool = False      # documented deviation: add the column-direction CE
@@ -56,15 +56,15 @@ class CalaConfig:
 
 @dataclass
 class ZeroShotConfig:
-    """Zero-shot CIR with pseudo words (facts EXTENSIONS §B, §C.3-§C.4; `cirtutor zeroshot`). The
+    """Zero-shot CIR with pseudo words (docs/extensions.md; `cirtutor zeroshot`). The
     baseline is Pic2Word's recipe on a frozen BLIP; everything marked [?] is unknown for "From
-    Mapping to Composing" (facts §B.3): a field with a documented default, not a source fact."""
+    Mapping to Composing" (docs/extensions.md, 'From Mapping to Composing'): a field with a documented default, not a source fact."""
     # Stage I, mapping: images only
     images: str | None = field(default=None, metadata=WHEN_SET)  # Stage I's images: a folder (searched recursively;
                                     # Pic2Word: CC3M); None = the training split's gallery (tiny mode: the synthetic world's)
     mapper: str = "mlp"             # "mlp": phi on the ITC image embedding (Pic2Word) | "tokens": a token learner [?]
     k: int = 1                      # pseudo words per image (mlp: 1) [?]
-    hidden: int | None = None       # phi's hidden width; None = 2 x text width (facts §C.3)
+    hidden: int | None = None       # phi's hidden width; None = 2 x text width (docs/extensions.md, 'Zero-shot')
     dropout: float = 0.1            # phi's dropout (Pic2Word)
     heads: int = 1                  # heads of the token learner and the injections [?]
     inject_layers: int = 0          # visual injection into the top n text layers (0: none, the baseline) [?]
@@ -79,7 +79,7 @@ class ZeroShotConfig:
     weight_decay: float = 0.1       # Pic2Word
     # Stage II, composing: a small budget of triplets, Stage I frozen
     budget: float = 0.0             # share of the training triplets used (0: no Stage II) [?]
-    adapter_reduction: int = 8      # adapters d -> d / r -> d (facts §C.4) [?]
+    adapter_reduction: int = 8      # adapters d -> d / r -> d (docs/extensions.md, 'The tiny two-stage version') [?]
     hard_negatives: int = 5         # per query: the top-h train gallery images of the Stage I model, target excluded [?]
     stage2_epochs: int = 10
     stage2_batch_size: int = 32
@@ -92,7 +92,7 @@ class DataConfig:
     root: str | None = None         # dataset folder (cirr_dataset/ or fashionIQ_dataset/); None = synthetic, built in the cache
     annotations: str | None = None  # folder with captions/ and image_splits/, if not under root
     images: str | None = None       # image root, if not the default one under root
-    resolution: int = 384           # square model input in pixels (facts §2: 384 in paper mode)
+    resolution: int = 384           # square model input in pixels (docs/data_formats.md, 'Image preprocessing': 384 in paper mode)
     synthetic_size: int = 1000      # tiny mode: synthetic train references (x5 edits = train triplets)
     synthetic_resolution: int = 64  # tiny mode: size the synthetic images are drawn at
     synthetic_siblings: str = field(default="any", metadata=WHEN_SET)  # tiny mode: a reference's 5 edits change "any"
@@ -102,7 +102,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """BLIP backbone dims (facts §4) and the re-ranker's ablation switches (facts §7).
+    """BLIP backbone dims (docs/authors_code.md, 'BLIP backbones') and the re-ranker's ablation switches (docs/authors_code.md, 'Ablation variants').
 
     The defaults are BLIP-base exactly (ViT-B/16 at 384 px, BERT-base MED with cross-attention)."""
     # vision: BLIP ViT (transformers' BlipVisionModel)
@@ -142,14 +142,14 @@ class ModelConfig:
 
 @dataclass
 class Stage1Config:
-    """Training the candidate filter (paper §4.2; facts §8.1-8.2)."""
+    """Training the candidate filter (paper §4.2; docs/authors_code.md, 'Training recipe', 'Epochs and cosine horizons')."""
     epochs: int = 10                # paper: 10 (the authors' FIQ instructions run 20, CIRR 40 with horizon 10)
     batch_size: int = 512
     lr: float = 2e-5                # AdamW, betas (0.9, 0.999), eps 1e-8
     weight_decay: float = 0.05      # on every trainable tensor, biases, LayerNorms and temp included
     schedule: str = "epoch"         # cosine to 0 set once per epoch as the authors do; "step": per optimisation step
     horizon: int | None = None      # cosine horizon in epochs; None = epochs (paper). Authors' scripts: FIQ 20 run 20,
-                                    # CIRR horizon 10 run 40 (the lr climbs again past it; facts §8.2, quirk 11)
+                                    # CIRR horizon 10 run 40 (the lr climbs again past it; docs/authors_code.md, 'Epochs and cosine horizons')
     grad_accum: int = 1             # batches summed per optimisation step (smaller GPUs; negatives stay per batch)
     checkpoint_every: int = 0       # steps between mid-epoch checkpoints (0: at epoch ends only)
     validate_every: int = 1         # epochs between validations (0: none until the end); the authors validate every epoch
@@ -158,7 +158,7 @@ class Stage1Config:
     init_temp: float | None = None  # None: keep the checkpoint's temperature (paper); a value resets it first
     amp: bool = True                # fp16 autocast + GradScaler on CUDA (the paper's AMP)
     cpu_bf16: bool = False          # bf16 autocast on CPU (a tiny-mode speed option; the frozen parts stay fp32)
-    eval_batch_size: int = 32       # queries per evaluation batch (facts §11, quirk 14)
+    eval_batch_size: int = 32       # queries per evaluation batch (docs/authors_code.md, 'Evaluation batches of 32')
     aux: str = field(default="none", metadata=WHEN_SET)  # training-only extra losses: "none" (the paper) |
                                     # "cala" (CaLa's TBIA + CTR, seed system 2; evaluation unchanged)
     cala: CalaConfig = field(default_factory=CalaConfig, metadata=WHEN_SET)
@@ -166,7 +166,7 @@ class Stage1Config:
 
 @dataclass
 class Stage2Config:
-    """Training and running the re-ranker (paper §3.2, §4.2; facts §8.3, §9.4)."""
+    """Training and running the re-ranker (paper §3.2, §4.2; docs/authors_code.md, 'Training recipe'; docs/metrics.md, 'Re-ranked evaluation')."""
     epochs: int = 50                # paper: 50 (Fashion-IQ), 80 (CIRR)
     batch_size: int = 16            # B: the B x B logits of Eq. 2
     lr: float = 2e-5
@@ -200,16 +200,16 @@ class Stage2Config:
                                     # candidate: its keys/values once for every query ranking it (exact);
                                     # False: one forward of K pairs per query, as the authors' script
     z_t: str = "cached"             # "cached": z_t computed once per query, filter in eval mode (the paper: pre-computable);
-                                    # "recompute": every step with the filter in train mode, dropout on (authors, quirk 1)
+                                    # "recompute": every step with the filter in train mode, dropout on (authors; docs/authors_code.md, 'Dropout in z_t')
     dropout: float | None = None    # the re-ranker's dropout; None = model.dropout (BLIP's 0.1, the paper)
     drop_path: float = 0.0          # 0: image tokens from the frozen ViT in eval mode, cached (the paper's frozen ViT);
                                     # > 0: the ViT runs every step in train mode with stochastic depth 0 … drop_path
-                                    # over its blocks, references and targets (authors: 0.1, facts §4.1, quirk 2)
+                                    # over its blocks, references and targets (authors: 0.1, docs/authors_code.md, 'Drop-path on the stage-2 image tokens')
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),
-    # Small BLIP-architecture dims for CPU (facts: TINY_MODE_FINDINGS): 64 px, patch 8 (64 patches + [CLS]).
+    # Small BLIP-architecture dims for CPU (docs/tiny_mode.md, 'How tiny mode was designed'): 64 px, patch 8 (64 patches + [CLS]).
     "tiny": ModelConfig(image_size=64, patch_size=8, vision_width=96, vision_layers=3, vision_heads=4,
                         vision_mlp=384, text_width=96, text_layers=4, text_heads=4, text_intermediate=384,
                         max_positions=64, embed_dim=64, merge_init="average"),
@@ -240,17 +240,17 @@ class Config:
                                     # R on the shipped seed-0 filter and evaluated with it), labelled so in the report
 
 
-# Tiny mode's stage 1 (facts: TINY_MODE_FINDINGS): small batches of whole same-reference groups, a higher lr,
+# Tiny mode's stage 1 (docs/tiny_mode.md, 'How tiny mode was designed'): small batches of whole same-reference groups, a higher lr,
 # and the temperature reset to 0.07: the mini-BLIP's learned one sinks to ~0.005 in pre-training, and starting
 # stage 1 there measured R@1 6.8 / R@5 28.4 vs 12.8 / 42.0 after the reset (same backbone, same recipe).
 TINY_STAGE1 = Stage1Config(epochs=15, batch_size=64, lr=5e-4, schedule="step", batch_composition="reference_groups",
                            init_temp=0.07, validate_every=0, select="last")
 
-# Tiny mode's stage 2 (facts: TINY_MODE_FINDINGS): hard batches, both streams from the trained filter, no
+# Tiny mode's stage 2 (docs/tiny_mode.md, 'How tiny mode was designed'): hard batches, both streams from the trained filter, no
 # dropout, and enough epochs: the paper trains stage 2 for 50-80 epochs, and here the re-ranker overtakes the
 # filter only after ~4. Measured on this CPU (synthetic CIRR val, seed 0, K = 20, R@1 / R@5 / R@10; the
 # filter: 22.8 / 58.4 / 74.2):
-#   BLIP's dropout 0.1: 4 epochs 18.0 / 58.8 / 76.6; 10 epochs 28.4 / 64.4 / 78.6 (the preset until issue 4's
+#   BLIP's dropout 0.1: 4 epochs 18.0 / 58.8 / 76.6; 10 epochs 28.4 / 64.4 / 78.6 (the preset until the stage-2
 #     speed work, R - F over seeds 0-2 +3.6 / +5.5 / +4.9), but stage 2 took ~14 min;
 #   dropout 0, lr 3e-4: 4 epochs 20.0 / 57.4 / 75.4; 6 epochs 26.0 / 62.0 / 78.2, but over seeds 0-2 R@1 - F was
 #     +3.2 / -1.0 / +0.4;
@@ -267,7 +267,7 @@ TINY_STAGE2 = Stage2Config(epochs=6, batch_size=10, lr=6e-4, schedule="step", he
                            batch_composition="hard", k=20, eval_ks=(5, 10, 20, 50), validate_every=0, select="last",
                            init="stage1", dropout=0.0)
 
-# Tiny mode's zero-shot (issue 8). The mini-BLIP's frozen ITC temperature is 0.0039: at it, Stage I barely fits
+# Tiny mode's zero-shot. The mini-BLIP's frozen ITC temperature is 0.0039: at it, Stage I barely fits
 # (loss 4.9 for ln 64 = 4.2 at chance) and phi reaches R@1 0.2 (untrained: 0.2). Measured on this CPU (synthetic CIRR
 # val, seed 0, R@1 / R@10 / Rs@1): temp 0.02, 20 epochs 1.6 / 10.6 / 33.8; temp 0.05 1.4 / 10.6 / 33.4; temp 0.02,
 # 5 epochs 2.0 / 9.8 / 33.8, but with the injections 4.4 / 21.6 / 39.2 at 5 epochs against 5.8 / 29.8 / 39.0 at 20.
@@ -287,7 +287,7 @@ PRESETS: dict[str, Config] = {
                              model=MODEL_PRESETS["tiny"], stage1=TINY_STAGE1, stage2=TINY_STAGE2,
                              zeroshot=TINY_ZEROSHOT, ablations=TINY_ABLATIONS, models="shipped",
                              ablation_models="shipped"),
-    # Paper mode: the real datasets in the authors' layout (facts §1.1), 384 px.
+    # Paper mode: the real datasets in the authors' layout (docs/data_formats.md, 'On-disk layout'), 384 px.
     "paper_fashioniq": Config(name="paper_fashioniq", data=DataConfig(dataset="fashioniq", root="data/fashionIQ_dataset"),
                               weights="models/model_base.pth",
                               stage2=Stage2Config(epochs=50, k=100, eval_ks=(50, 70, 90, 100, 150, 200))),

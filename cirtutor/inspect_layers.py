@@ -3,7 +3,7 @@
 Nothing here trains or changes a model. It loads BLIP with its image-text heads, writes
 multi-head attention out with a module's own weights, reads cross-attention maps, and
 replays the re-ranker layer by layer, so that a notebook can check a hand computation
-against every layer's output (paper §3.2, Fig. 3; facts §4, §6.2).
+against every layer's output (paper §3.2, Fig. 3; docs/authors_code.md, 'BLIP backbones', 'The dual-encoder layer').
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def _stream_masks(reranker: DualEncoderReranker, z_t, text_mask, ref_feats):
 def dual_layer_states(reranker: DualEncoderReranker, input_ids, text_mask, z_t, cand_feats, ref_feats=None) -> list:
     """`DualEncoder.forward` replayed: the streams (A, B) entering each layer, then the final
     pair — text_layers + 1 tuples of (P, L, d) tensors (None for an ablated stream). A starts
-    as Encoder-z_t's input (z_t itself), B as the text embeddings (facts §6.2)."""
+    as Encoder-z_t's input (z_t itself), B as the text embeddings (docs/authors_code.md, 'The dual-encoder layer')."""
     enc = reranker.text_encoder
     A, mask_A, mask_B = _stream_masks(reranker, z_t, text_mask, ref_feats)
     B = enc.embeddings(input_ids=input_ids) if hasattr(enc, "embeddings") else None
@@ -154,7 +154,7 @@ _TWINS = {"self0": "self1", "dense0": "dense1", "LayerNormA": "LayerNormB"}  # s
 def streams_identical(module: torch.nn.Module) -> bool:
     """True when every stream-A parameter of `module` (a `DualEncoderLayer`, or a whole
     re-ranker) equals its stream-B twin (`self0`/`self1`, `dense0`/`dense1`,
-    `LayerNormA`/`LayerNormB`): the state the duplication rule (facts §6.4) leaves both
+    `LayerNormA`/`LayerNormB`): the state the duplication rule (docs/authors_code.md, 'The duplication rule') leaves both
     streams in before training. False when `module` has no such pairs."""
     params = dict(module.named_parameters())
     twins = [(name, ".".join(_TWINS.get(part, part) for part in name.split("."))) for name in params]

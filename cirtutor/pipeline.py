@@ -1,5 +1,5 @@
 """The main job, stage by stage: what `cirtutor reproduce | train-stage1 | extract-topk |
-train-stage2 | evaluate` run (paper §3-§4; facts §8-§9).
+train-stage2 | evaluate` run (paper §3-§4; docs/authors_code.md, 'Training recipe'; docs/metrics.md).
 
 One run folder holds everything a run makes:
 
@@ -311,7 +311,7 @@ def state_bytes(model: torch.nn.Module) -> bytes:
 
 
 def selection_score(metrics: dict) -> float:
-    """The authors' model selection (facts §8.4): CIRR (R@5 + Rs@1) / 2, Fashion-IQ (avg R@10 + avg R@50) / 2."""
+    """The authors' model selection (docs/metrics.md, 'Model selection'): CIRR (R@5 + Rs@1) / 2, Fashion-IQ (avg R@10 + avg R@50) / 2."""
     return float(metrics["avg"])
 
 
@@ -333,7 +333,7 @@ def short(metrics: dict) -> str:
 # ----------------------------------------------------------------------------- top-K
 
 def extract_topk(cfg: Config, run: Path, seed: int, filt: CandidateFilter, val, stores, device, k: int = 200) -> list[Path]:
-    """Stage 1's top-K lists of the validation split (facts §9.3), in our pickle-free format."""
+    """Stage 1's top-K lists of the validation split (docs/data_formats.md, 'Top-K files'), in our pickle-free format."""
     out, paths = Path(run) / f"seed{seed}" / "topk", []
     groups = {None: list(range(len(val.queries)))} if val.dataset_name == "CIRR" else {
         cat: [i for i, q in enumerate(val.queries) if q["category"] == cat] for cat in val.galleries}
@@ -561,7 +561,7 @@ def qualitative_items(val, details: dict, n: int = 4) -> list[dict]:
 
 
 def rank_analysis(details: dict) -> dict:
-    """Table 7 and Fig. 8 over the largest evaluated K (facts §9.6)."""
+    """Table 7 and Fig. 8 over the largest evaluated K (docs/metrics.md, 'Rank analysis')."""
     if "stage1" not in details:                               # Fashion-IQ: pool the categories
         parts = list(details.values())
         s1 = np.concatenate([p["stage1"] for p in parts])

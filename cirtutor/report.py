@@ -7,7 +7,7 @@ paper's layouts so a reader can hold them side by side with the paper:
     ablations        variants at the main K    Table 4 (CIRR) / Table 3 (Fashion-IQ)
     findings         the paper's 8 findings    which ones this run reproduces (`cirtutor.findings`)
     seeds            mean ± std over seeds     (not in the paper: how much a number moves by chance)
-    GT coverage      stage-1 top-K coverage    facts §9.4 (the ceiling on R@K′ ≥ K)
+    GT coverage      stage-1 top-K coverage    docs/metrics.md, 'Ground-truth coverage' (the ceiling on R@K′ ≥ K)
     rank analysis    mean rank of the target   Table 7, Fig. 8
     timing           seconds per query vs K    Fig. 7
 

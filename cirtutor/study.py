@@ -37,7 +37,7 @@ from cirtutor.config import TINY_ABLATIONS, apply_overrides, get_preset
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_json
 
-# The stage-2 recipe the shipped CaLa study ran with: the tiny preset's until issue 4 made it shorter (10 epochs
+# The stage-2 recipe the shipped CaLa study ran with: the tiny preset's until the stage-2 speed work made it shorter (10 epochs
 # at BLIP's dropout 0.1, now 6 without dropout). Pinned, so that the study's re-ranker rows stay reproducible.
 CALA_STAGE2 = ("stage2.epochs=10", "stage2.dropout=0.1")
 STUDIES = {

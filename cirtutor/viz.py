@@ -95,7 +95,7 @@ def to_display(x: torch.Tensor) -> np.ndarray:
 
 
 def show_preprocessing(img: Image.Image, resolution: int = 64):
-    """The facts-§2 pipeline step by step: original, after TargetPad(1.25), model input."""
+    """The preprocessing pipeline (docs/data_formats.md, 'Image preprocessing') step by step: original, after TargetPad(1.25), model input."""
     padded, x = target_pad(img), ImageTransform(resolution)(img)
     panels = [(img.convert("RGB"), f"original {img.width}×{img.height}"),
               (padded.convert("RGB"), f"TargetPad(1.25) {padded.width}×{padded.height}"),
@@ -118,7 +118,7 @@ def _k_of(key) -> int:
 
 
 def plot_coverage_vs_k(coverage: dict):
-    """GT coverage of the stage-1 top-K vs K (facts §9.4): the ceiling on any re-ranker's R@K′ ≥ K,
+    """GT coverage of the stage-1 top-K vs K (docs/metrics.md, 'Ground-truth coverage'): the ceiling on any re-ranker's R@K′ ≥ K,
     which is why R_K's R@50 drops below F's when K < 50 (paper Table 6 note)."""
     ks = sorted(coverage, key=_k_of)
     x, y = [_k_of(k) for k in ks], [coverage[k] for k in ks]  # (n,), (n,)
@@ -240,7 +240,7 @@ def _image_array(image) -> np.ndarray:
 
 
 def show_patch_grid(image, patch_size: int, numbers: bool = True):
-    """The ViT's view of an image (facts §4.1): the (H/p) x (W/p) patches it cuts, numbered in
+    """The ViT's view of an image (docs/authors_code.md, 'BLIP backbones'): the (H/p) x (W/p) patches it cuts, numbered in
     the raster order of the token sequence (token 0 is [CLS], not a patch)."""
     img = _image_array(image)
     h, w = img.shape[:2]

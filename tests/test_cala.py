@@ -1,4 +1,4 @@
-"""CaLa's training-only associations (facts EXTENSIONS §A.4-§A.6, §C.5) on the tiny filter."""
+"""CaLa's training-only associations (docs/extensions.md, 'TBIA', 'The CaLa loss as coded', 'Checks') on the tiny filter."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Stage 1, CandidateFilter (facts §5): embeddings, z_t, frozen parts, Eq. 1."""
+"""Stage 1, CandidateFilter (docs/authors_code.md, 'The filter'): embeddings, z_t, frozen parts, Eq. 1."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Exact weight loading (facts §6.4, §10): round trips through every supported layout,
+"""Exact weight loading (docs/authors_code.md, 'The duplication rule'; docs/data_formats.md, 'Checkpoints'): round trips through every supported layout,
 key accounting, clear errors, safe unpickling, and the paper's parameter counts."""
 import dataclasses
 import json

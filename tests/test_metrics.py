@@ -1,4 +1,4 @@
-"""Rankings and recall metrics on hand-made examples with known answers (facts §1.8, §9.1, §9.2, §9.4)."""
+"""Rankings and recall metrics on hand-made examples with known answers (docs/metrics.md; docs/data_formats.md, 'Galleries')."""
 import numpy as np
 import pytest
 import torch

@@ -41,7 +41,7 @@ def pair_inputs(seed=0):
 
 
 def duplicated_from_blip(model, blip_text):
-    """`model`'s streams loaded from one BLIP text encoder by the duplication rule (facts §6.4)."""
+    """`model`'s streams loaded from one BLIP text encoder by the duplication rule (docs/authors_code.md, 'The duplication rule')."""
     state = {f"text_encoder.{k}": v for k, v in blip_text.state_dict().items()}
     model.load_state_dict(reranker_state_from_stage1(state, model.cfg, {}), strict=False)
     return model

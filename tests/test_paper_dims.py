@@ -56,7 +56,7 @@ def test_one_optimisation_step_of_each_stage_at_paper_dims():
 
 
 def test_paper_presets_match_the_facts():
-    """The paper's recipe (facts §8.1-8.3, §9.4): AdamW lr 2e-5, wd 0.05, cosine per epoch to 0
+    """The paper's recipe (docs/authors_code.md, 'Training recipe'; docs/metrics.md, 'Re-ranked evaluation'): AdamW lr 2e-5, wd 0.05, cosine per epoch to 0
     without warm-up, AMP, batch 512 / 16, 10 epochs; stage 2 50 (Fashion-IQ) / 80 (CIRR) epochs,
     K 100 / 50; the BLIP checkpoint's temperature kept; random batches; BLIP initialisation."""
     from cirtutor.config import get_preset

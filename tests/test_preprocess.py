@@ -1,4 +1,4 @@
-"""Preprocessing (facts §2): TargetPad arithmetic on hand-computed odd sizes, torchvision's
+"""Preprocessing (docs/data_formats.md, 'Image preprocessing'): TargetPad arithmetic on hand-computed odd sizes, torchvision's
 resize/crop rounding, normalisation, and clear errors for missing or broken images."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Table 7 and Figure 8 (facts §9.6) from label arrays whose answers are known."""
+"""Table 7 and Figure 8 (docs/metrics.md, 'Rank analysis') from label arrays whose answers are known."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""Stage 2, DualEncoderReranker (facts §6, §7): exactness against transformers' BLIP text
+"""Stage 2, DualEncoderReranker (docs/authors_code.md, 'The dual-encoder layer', 'Ablation variants'): exactness against transformers' BLIP text
 encoder, batched == per-pair scoring, the merge rules, and every ablation switch."""
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""CIRR test-server files (facts §9.5): the writer, and the validator on every kind of fault."""
+"""CIRR test-server files (docs/data_formats.md, 'CIRR submission files'): the writer, and the validator on every kind of fault."""
 import json
 
 import numpy as np

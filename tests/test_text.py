@@ -1,4 +1,4 @@
-"""Fashion-IQ caption handling (facts §1.6)."""
+"""Fashion-IQ caption handling (docs/data_formats.md, 'Fashion-IQ modification texts')."""
 import pytest
 
 from cirtutor.data.text import compose_captions, join_captions, sample_caption, strip_caption

@@ -1,4 +1,4 @@
-"""BLIP tokenisation (facts §3): shipped vocabulary, [ENC] over position 0, longest padding, no truncation."""
+"""BLIP tokenisation (docs/data_formats.md, 'Tokenisation'): shipped vocabulary, [ENC] over position 0, longest padding, no truncation."""
 from cirtutor.models.tokenizer import blip_tokenizer, tokenize, tokenize_text_only
 
 

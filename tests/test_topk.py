@@ -1,4 +1,4 @@
-"""Top-K files (facts §9.3): our safetensors + JSON format and the authors' torch.save format."""
+"""Top-K files (docs/data_formats.md, 'Top-K files'): our safetensors + JSON format and the authors' torch.save format."""
 import datetime
 import json
 import zipfile

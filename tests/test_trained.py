@@ -71,7 +71,7 @@ def test_training_changed_the_text_side_only(data, built):
     filt, _, _ = built
     start, _ = load_filter(data.weights, filt.cfg)
     assert not torch.equal(start.text_proj.weight, filt.text_proj.weight)         # trained
-    assert torch.equal(start.vision_proj.weight, filt.vision_proj.weight)         # frozen (facts §5.5)
+    assert torch.equal(start.vision_proj.weight, filt.vision_proj.weight)         # frozen (docs/authors_code.md, 'vision_proj stays frozen')
     assert filt.temp.item() != pytest.approx(start.temp.item())                   # reset to 0.07, then learned
 
 

@@ -1,4 +1,4 @@
-"""Zero-shot CIR with pseudo words (facts EXTENSIONS §C.3-§C.5): the placeholder substitution,
+"""Zero-shot CIR with pseudo words (docs/extensions.md, 'Zero-shot', 'Checks'): the placeholder substitution,
 zero-initialised injections and adapters, seeded Stage I/II training on a small world, the
 hard-negative mining and the saved trainable parts."""
 import pytest

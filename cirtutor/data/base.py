@@ -1,5 +1,5 @@
 """What both benchmark loaders share: reading annotation JSON with clear errors, the two
-dataset modes of the method (facts §1.4), and a collate function for their dict items.
+dataset modes of the method (docs/data_formats.md, 'Training and evaluation items'), and a collate function for their dict items.
 
 Modes
 -----
@@ -103,7 +103,7 @@ class CIRDataset(torch.utils.data.Dataset):
         self.split = split
         self.mode = check_choice(mode, MODES, "mode", self.dataset_name)
         self.transform = transform or ImageTransform()
-        # Facts §1.4: training queries come with images, evaluation queries with names only.
+        # docs/data_formats.md, 'Training and evaluation items': training queries come with images, evaluation queries with names only.
         self.load_images = (split == "train") if load_images is None else load_images
         self.queries: list[dict] = []
         self.gallery: list[str] = []

@@ -1,4 +1,4 @@
-"""CIRR in its real on-disk layout (facts §1.1, §1.3, §1.7).
+"""CIRR in its real on-disk layout (docs/data_formats.md, 'On-disk layout', 'CIRR annotations', 'CIRR captions and subsets').
 
     cirr_dataset/
         cirr/captions/      cap.rc2.{train|val|test1}.json   [{"pairid", "reference", "target_hard", "caption", "img_set", ...}]

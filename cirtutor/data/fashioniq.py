@@ -1,4 +1,4 @@
-"""Fashion-IQ in its real on-disk layout (facts §1.1, §1.2, §1.6).
+"""Fashion-IQ in its real on-disk layout (docs/data_formats.md, 'On-disk layout', 'Fashion-IQ annotations', 'Fashion-IQ modification texts').
 
     fashionIQ_dataset/
         captions/      cap.{dress|shirt|toptee}.{train|val|test}.json   [{"candidate", "target", "captions"}]
@@ -18,7 +18,7 @@ from cirtutor.data.text import join_captions, sample_caption
 from cirtutor.errors import DataError
 
 CATEGORIES = ("dress", "shirt", "toptee")
-TRAIN_ORDER = ("dress", "toptee", "shirt")  # the authors concatenate the training triplets in this order (facts §1.4)
+TRAIN_ORDER = ("dress", "toptee", "shirt")  # the authors concatenate the training triplets in this order (docs/data_formats.md, 'Training and evaluation items')
 SPLITS = ("train", "val", "test")
 CAPTION_MODES = ("join", "random")
 FETCH_HINT = "Download the annotations with `python data_scripts/download_fashioniq.py --root DIR`, or point --annotations at the folder that holds captions/ and image_splits/."

@@ -2,7 +2,7 @@
 
 Pic2Word trains its mapping on images alone (CC3M in the paper). `zeroshot.images=DIR` points
 Stage I at such a folder: every image file under it, recursively, named by its path relative
-to DIR, preprocessed as the benchmarks' images are (`ImageTransform`, facts §2).
+to DIR, preprocessed as the benchmarks' images are (`ImageTransform`, docs/data_formats.md, 'Image preprocessing').
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Image preprocessing shared by every split, train and eval alike (facts §2).
+"""Image preprocessing shared by every split, train and eval alike (docs/data_formats.md, 'Image preprocessing').
 
 The authors use CLIP4Cir's `TargetPad(1.25)` followed by BLIP's resize / centre-crop /
 normalise at 384 px, with no augmentation. We do it with Pillow and torch only
@@ -24,7 +24,7 @@ BLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def target_pad_amounts(w: int, h: int, target_ratio: float = 1.25) -> tuple[int, int]:
-    """(horizontal, vertical) padding added on EACH side by TargetPad (facts §2, step 1).
+    """(horizontal, vertical) padding added on EACH side by TargetPad (docs/data_formats.md, 'Image preprocessing', step 1).
 
     Only images more elongated than `target_ratio` are padded, on their short side, so that
     the aspect ratio becomes ~target_ratio. Truncation is Python's int() (toward zero).
@@ -77,7 +77,7 @@ def to_normalized_tensor(img: Image.Image, mean=BLIP_MEAN, std=BLIP_STD) -> torc
 
 @dataclass(frozen=True)
 class ImageTransform:
-    """The whole facts-§2 pipeline as one callable: PIL image -> (3, R, R) tensor.
+    """The whole preprocessing pipeline (docs/data_formats.md, 'Image preprocessing') as one callable: PIL image -> (3, R, R) tensor.
 
     `resolution` is 384 in paper mode; tiny mode uses its synthetic images' size (e.g. 64).
     """

@@ -1,4 +1,4 @@
-"""Fashion-IQ's two captions per triplet -> one modification text (facts §1.6).
+"""Fashion-IQ's two captions per triplet -> one modification text (docs/data_formats.md, 'Fashion-IQ modification texts').
 
 Every Fashion-IQ triplet has two partial descriptions of the change. Evaluation joins
 them deterministically; training draws one of four compositions each time a sample is

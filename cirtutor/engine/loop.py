@@ -1,4 +1,4 @@
-"""The training loop both stages share (paper §4.2; facts §8.1).
+"""The training loop both stages share (paper §4.2; docs/authors_code.md, 'Training recipe').
 
 Epochs of batches of query indices; the cosine learning rate (set once per epoch, as the
 authors do, or per step); AMP; checkpoints that resume *exactly*; data parallelism under

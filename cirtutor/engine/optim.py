@@ -1,4 +1,4 @@
-"""The optimiser and schedule both stages share (paper §4.2; facts §8.1)."""
+"""The optimiser and schedule both stages share (paper §4.2; docs/authors_code.md, 'Training recipe')."""
 from __future__ import annotations
 
 import math
@@ -9,14 +9,14 @@ import torch
 
 def cosine_lr(base_lr: float, progress: float) -> float:
     """lr at `progress` in [0, 1] of the horizon: base * (1 + cos(pi * progress)) / 2, down to 0.
-    Past the horizon (progress > 1) it rises again, as in the authors' longer CIRR runs (facts §11)."""
+    Past the horizon (progress > 1) it rises again, as in the authors' longer CIRR runs (docs/authors_code.md, 'Epochs and cosine horizons')."""
     return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
                    boosted: Callable[[str], bool] = lambda name: False, boost: float = 1.0) -> torch.optim.AdamW:
     """AdamW over every tensor that requires grad, weight decay on all of them (biases, LayerNorms,
-    temperature: facts §8.1, quirk 12). Parameters whose name satisfies `boosted` train at lr x `boost`.
+    temperature: docs/authors_code.md, 'Weight decay on every tensor'). Parameters whose name satisfies `boosted` train at lr x `boost`.
     Fused (one kernel over all tensors, the same update) when they all live on one CPU or CUDA device."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if not boosted(n)], "lr_mult": 1.0},
@@ -33,7 +33,7 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def autocast(device: str | torch.device, amp: bool, cpu_bf16: bool):
-    """Mixed precision around the trainable forward and the loss (facts §8.1): fp16 on CUDA when
+    """Mixed precision around the trainable forward and the loss (docs/authors_code.md, 'Mixed precision'): fp16 on CUDA when
     `amp` (the paper's AMP), bf16 on CPU when `cpu_bf16` (a tiny-mode speed option), else fp32."""
     kind = torch.device(device).type
     enabled = amp if kind == "cuda" else cpu_bf16 and kind == "cpu"

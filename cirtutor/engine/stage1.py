@@ -1,4 +1,4 @@
-"""Training and running the candidate filter (paper §3.1 and §4.2; facts §8.1-8.2, §9.1).
+"""Training and running the candidate filter (paper §3.1 and §4.2; docs/authors_code.md, 'Training recipe'; docs/metrics.md, 'Ranking the gallery').
 
 One optimisation step: look up the reference and target image tokens (frozen ViT, cached),
 encode the queries with the multimodal text encoder, embed the targets with the frozen
@@ -66,7 +66,7 @@ class FilterObjective(torch.nn.Module):
 
 
 class CalaObjective(torch.nn.Module):
-    """Eq. 1 plus CaLa's training-only associations (facts EXTENSIONS §A.6, §A.12): the filter's
+    """Eq. 1 plus CaLa's training-only associations (docs/extensions.md, 'The CaLa loss as coded', 'CaLa on a BLIP filter'): the filter's
     logits S_f, the composed query's states H_mm (the filter's own multimodal pass, z_t), the
     caption's states H_txt (a text-only pass of the same text encoder, [CLS] at position 0) and
     the images' ViT tokens feed `CaLa.loss`. The filter itself is unchanged."""
@@ -167,7 +167,7 @@ def encode_queries(model: CandidateFilter, dataset, store: FeatureStore, indices
                    device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Eval-mode query embeddings (N, e) and each query's z_t, unpadded (L_i, d), for a
     queries-mode dataset (or its `indices`), in order; texts padded per batch of 32 as the
-    authors do (facts §9.1). Padding never changes the unpadded positions (it is masked)."""
+    authors do (docs/metrics.md, 'Ranking the gallery'). Padding never changes the unpadded positions (it is masked)."""
     model.eval()
     indices = list(range(len(dataset.queries)) if indices is None else indices)
     embs, z_ts = [], []
@@ -192,7 +192,7 @@ def rank_with_filter(model: CandidateFilter, dataset, store: FeatureStore, galle
                      indices=None, remove_reference: bool, top_k: int | None = None, device="cpu",
                      query_emb: torch.Tensor | None = None) -> np.ndarray:
     """Stage-1 ranking of `gallery` for the queries `indices` (default all): (N, K) names, best
-    first (facts §9.1). CIRR removes each query's reference from its list; Fashion-IQ keeps it.
+    first (docs/metrics.md, 'Ranking the gallery'). CIRR removes each query's reference from its list; Fashion-IQ keeps it.
     Pass `query_emb` when the queries are already encoded."""
     indices = range(len(dataset.queries)) if indices is None else indices
     feats = store[gallery]
@@ -206,7 +206,7 @@ def rank_with_filter(model: CandidateFilter, dataset, store: FeatureStore, galle
 def evaluate_filter(model: CandidateFilter, dataset, store: FeatureStore, device="cpu", embed=None) -> dict:
     """The paper's stage-1 numbers for a validation split: CIRR R@1/5/10/50 + Rs@1/2/3 over
     the split's gallery minus the reference, or Fashion-IQ R@10/R@50 per category, each
-    category ranking its own gallery with the reference kept (facts §1.8, §9.2).
+    category ranking its own gallery with the reference kept (docs/data_formats.md, 'Galleries'; docs/metrics.md, 'Averages').
     `embed(indices)` -> (N, e) replaces the filter's query embeddings (the zero-shot models);
     `model.gallery_embed` embeds the gallery either way."""
     embed = embed or (lambda indices: None)

@@ -1,4 +1,4 @@
-"""Training and running the dual-encoder re-ranker (paper §3.2, §4.2, Eq. 2; facts §6.5, §8.3, §9.4).
+"""Training and running the dual-encoder re-ranker (paper §3.2, §4.2, Eq. 2; docs/authors_code.md, 'B×B training logits'; docs/metrics.md, 'Re-ranked evaluation').
 
 Training: for a batch of B queries, score every query against every batch target in one
 forward (B x B logits) and take the cross-entropy against the diagonal. z_t, the filter's
@@ -8,7 +8,7 @@ dropout on — a documented deviation). Image tokens come from the frozen-ViT fe
 
 Evaluation: the filter's top-K list of every query is re-ordered by the re-ranker's scores;
 one scoring pass over the largest K serves every smaller K. CIRR's subset metric scores the
-5 subset members directly (facts §9.4).
+5 subset members directly (docs/metrics.md, 'Re-ranked evaluation').
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def pad_z_t(z_ts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def query_inputs(dataset, indices, z_ts: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tokens, mask and padded z_t of the queries `indices` (same padding length for both, facts §3)."""
+    """Tokens, mask and padded z_t of the queries `indices` (same padding length for both, docs/data_formats.md, 'Tokenisation')."""
     ids, mask = tokenize([dataset.query_text(i) for i in indices], device)
     z_t = pad_z_t([z_ts[i] for i in indices]).to(device)
     if z_t.shape[1] != ids.shape[1]:
@@ -149,9 +149,9 @@ def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_
                   negatives: list[list[str]] | None = None, num_negatives: int = 0, seed: int = 0):
     """`inputs(batch, epoch)` for the loop. With `filter_model`, z_t is recomputed for every
     batch with the filter in train mode (dropout on, no gradient), as the authors' script
-    does (facts §8.3, quirk 1); otherwise it is read from the cache `z_ts`. With
+    does (docs/authors_code.md, 'Dropout in z_t'); otherwise it is read from the cache `z_ts`. With
     `stochastic_vit`, reference and target tokens come from the re-ranker's ViT in train mode
-    (drop-path on) on the images, every step (facts §8.3 step 1); otherwise from `store`.
+    (drop-path on) on the images, every step (docs/authors_code.md, 'Drop-path on the stage-2 image tokens'); otherwise from `store`.
     With `negatives` (per-query candidate names), each query also gets `num_negatives` of its
     own candidates as extra negatives (B, n, L_v, d_v)."""
     def image_feats(names):                                                  # (B, L_v, d_v)
@@ -331,7 +331,7 @@ def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker,
     "rank_decrease" (Table 7's % decrease of the covered targets' mean rank in the top-k lists)}.
 
     CIRR: the split's gallery minus the reference; the 5 subset members are scored directly.
-    Fashion-IQ: each category ranks its own gallery, reference kept (facts §1.8). Pass a dict
+    Fashion-IQ: each category ranks its own gallery, reference kept (docs/data_formats.md, 'Galleries'). Pass a dict
     as `details` to receive the label arrays ("stage1" (N, K_max), "stage2" (N, K_max)), the
     ranked names and the scores, per category for Fashion-IQ (for Table 7 / Fig. 8 and figures)."""
     check_targets(dataset)

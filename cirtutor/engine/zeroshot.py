@@ -214,7 +214,7 @@ def train_composing(model: ZeroShotEncoder, dataset, store: FeatureStore, cfg: Z
 # ----------------------------------------------------------------------------- evaluation and runs
 
 def evaluate_zeroshot(model: ZeroShotEncoder, dataset, store: FeatureStore, device="cpu") -> dict:
-    """The filter's metrics (`evaluate_filter`: galleries and rules of facts §1.8, §9.2) for
+    """The filter's metrics (`evaluate_filter`: galleries and rules of docs/data_formats.md, 'Galleries', and docs/metrics.md) for
     zero-shot query embeddings."""
     return evaluate_filter(model, dataset, store, device=device,
                            embed=lambda idx: query_embeddings(model, dataset, store, list(idx), device=device))

@@ -1,4 +1,4 @@
-"""Evaluation as pure functions over rankings (facts §9): no models in here.
+"""Evaluation as pure functions over rankings (docs/metrics.md): no models in here.
 
 * `metrics`: rankings from embeddings, labels, Recall@K / Recall_subset@K, the Fashion-IQ
   and CIRR summaries, stage-2 re-ranking of label rows;

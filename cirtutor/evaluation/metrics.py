@@ -1,4 +1,4 @@
-"""Rankings and the paper's recall metrics, as pure functions over arrays (facts §9.1, §9.2, §9.4).
+"""Rankings and the paper's recall metrics, as pure functions over arrays (docs/metrics.md).
 
 The path from embeddings to numbers:
 
@@ -8,10 +8,10 @@ The path from embeddings to numbers:
     rerank_labels(labels, scores, k)    -> the first k labels reordered by the stage-2 scores
 
 A query whose target is not in its (truncated) list has an all-False row: a miss, never an
-error, and every query stays in the denominator (facts §9.2, §9.4).
+error, and every query stays in the denominator (docs/metrics.md, 'Recall@K', 'Re-ranked evaluation').
 
 Ties. The reference sorts distances with a non-stable argsort (ties are practically
-impossible between float similarities, facts §9.1). We use stable sorts everywhere, so ties
+impossible between float similarities, docs/metrics.md, 'Ranking the gallery'). We use stable sorts everywhere, so ties
 are deterministic: equal distances keep gallery order, equal stage-2 scores keep stage-1
 order, equal subset scores keep member order.
 """
@@ -44,11 +44,11 @@ def rank_gallery(
     top_k: int | None = None,
     chunk_size: int = 256,
 ) -> np.ndarray:
-    """Rank the gallery for every query, best first (facts §9.1): (N, K) array of names.
+    """Rank the gallery for every query, best first (docs/metrics.md, 'Ranking the gallery'): (N, K) array of names.
 
     distance = 1 − q·gᵀ (both L2-normalised), sorted ascending with a stable sort. CIRR
     deletes each query's own reference from its list (`remove_reference=True`, K ≤ M−1);
-    Fashion-IQ keeps it (facts §1.8). `top_k` truncates the lists (None: the whole gallery).
+    Fashion-IQ keeps it (docs/data_formats.md, 'Galleries'). `top_k` truncates the lists (None: the whole gallery).
     Queries are processed `chunk_size` at a time: memory is O(chunk_size·M), not O(N·M).
     The reference uses a plain argsort; with float similarities ties practically never
     happen, so both orders agree, and here equal distances keep gallery order."""
@@ -90,7 +90,7 @@ def _reference_indices(names: np.ndarray, reference_names, n: int) -> torch.Tens
     missing = [r for r in reference_names if r not in where]
     if missing:
         raise EvaluationError(f"{len(missing)} reference image(s) are not in the gallery, e.g. {missing[0]!r}; "
-                              "CIRR references are looked up in the split's gallery (facts §1.8)")
+                              "CIRR references are looked up in the split's gallery (docs/data_formats.md, 'Galleries')")
     return torch.tensor([where[r] for r in reference_names])
 
 
@@ -101,7 +101,7 @@ def _check_k(k: int, limit: int | None, what: str = "k") -> int:
 
 
 def labels_from_ranking(ranked_names, targets: Sequence[str]) -> np.ndarray:
-    """labels[n, r] = (ranked_names[n, r] == targets[n]): (N, K) bool (facts §9.1 step 5).
+    """labels[n, r] = (ranked_names[n, r] == targets[n]): (N, K) bool (docs/metrics.md, 'Ranking the gallery').
     A target outside the (truncated) list gives an all-False row: a miss."""
     ranked = np.asarray(ranked_names, dtype=str)
     targets = np.asarray(targets, dtype=str)
@@ -120,19 +120,19 @@ def _labels(labels) -> np.ndarray:
 
 
 def recall_at_k(labels, k: int) -> float:
-    """Recall@k = 100 · mean over ALL queries of any(labels[:, :k]) (facts §9.2).
+    """Recall@k = 100 · mean over ALL queries of any(labels[:, :k]) (docs/metrics.md, 'Recall@K').
     For k beyond the list length this is the recall of the whole list (capped by coverage, §9.4)."""
     return 100.0 * float(_labels(labels)[:, :_check_k(k, None)].any(axis=1).mean())
 
 
 def coverage_at_k(stage1_labels, k: int) -> float:
-    """Ground-truth coverage at K = stage-1 Recall@K: % of queries whose target is in the top-K list (facts §9.2)."""
+    """Ground-truth coverage at K = stage-1 Recall@K: % of queries whose target is in the top-K list (docs/metrics.md, 'Ground-truth coverage')."""
     labels = _labels(stage1_labels)
     return recall_at_k(labels, _check_k(k, labels.shape[1]))
 
 
 def subset_ranking(ranked_names, subsets) -> np.ndarray:
-    """Stage-1 subset order (facts §9.2): the 5 members of each query, in the order they appear
+    """Stage-1 subset order (docs/metrics.md, 'Recall_subset@K'): the 5 members of each query, in the order they appear
     in its global ranking: (N, 5) names. Every member must be in the ranking (rank the full
     gallery, as the reference does)."""
     ranked = np.asarray(ranked_names, dtype=str)          # (N, K)
@@ -149,7 +149,7 @@ def subset_ranking(ranked_names, subsets) -> np.ndarray:
 
 
 def subset_ranking_by_scores(subsets, scores) -> np.ndarray:
-    """Stage-2 subset order (facts §9.2): the members sorted by descending score, ties keep
+    """Stage-2 subset order (docs/metrics.md, 'Recall_subset@K'): the members sorted by descending score, ties keep
     member order: (N, 5) names."""
     subsets = np.asarray(subsets, dtype=str)              # (N, S)
     scores = np.asarray(scores, dtype=np.float64)         # (N, S)
@@ -159,14 +159,14 @@ def subset_ranking_by_scores(subsets, scores) -> np.ndarray:
 
 
 def recall_subset_at_k(subset_labels, k: int) -> float:
-    """Recall_subset@k (CIRR, facts §9.2): Recall@k within the 5-member subset ranking.
+    """Recall_subset@k (CIRR, docs/metrics.md, 'Recall_subset@K'): Recall@k within the 5-member subset ranking.
     `subset_labels` = labels_from_ranking(subset_ranking(...) or subset_ranking_by_scores(...), targets)."""
     labels = _labels(subset_labels)
     return recall_at_k(labels, _check_k(k, labels.shape[1]))
 
 
 def fashioniq_summary(per_category: Mapping[str, np.ndarray]) -> dict:
-    """Fashion-IQ numbers (facts §9.2, Table 1): per-category R@10/R@50, their means over the
+    """Fashion-IQ numbers (docs/metrics.md, 'Averages'; paper Table 1): per-category R@10/R@50, their means over the
     categories given, and avg = (avg R@10 + avg R@50) / 2.
 
     Returns {"per_category": {cat: {"R@10", "R@50"}}, "R@10", "R@50", "avg"}."""
@@ -178,7 +178,7 @@ def fashioniq_summary(per_category: Mapping[str, np.ndarray]) -> dict:
 
 
 def cirr_summary(labels, subset_labels) -> dict:
-    """CIRR numbers (facts §9.2, Tables 2/6): R@1/5/10/50, Rs@1/2/3 and avg = (R@5 + Rs@1) / 2."""
+    """CIRR numbers (docs/metrics.md, 'Averages'; paper Tables 2/6): R@1/5/10/50, Rs@1/2/3 and avg = (R@5 + Rs@1) / 2."""
     out = {f"R@{k}": recall_at_k(labels, k) for k in CIRR_KS}
     out.update({f"Rs@{k}": recall_subset_at_k(subset_labels, k) for k in SUBSET_KS})
     out["avg"] = (out["R@5"] + out["Rs@1"]) / 2
@@ -188,7 +188,7 @@ def cirr_summary(labels, subset_labels) -> dict:
 # ----------------------------------------------------------------------------- re-ranking
 
 def rerank_labels(stage1_labels, scores, k: int) -> np.ndarray:
-    """Stage-2 labels (facts §9.4): each query's first k stage-1 labels reordered by descending
+    """Stage-2 labels (docs/metrics.md, 'Re-ranked evaluation'): each query's first k stage-1 labels reordered by descending
     stage-2 score (ties keep stage-1 order): (N, k) bool.
 
     Only the top-k list exists after re-ranking, so R@K′ for K′ ≥ k equals coverage at k; a

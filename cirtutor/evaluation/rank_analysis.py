@@ -1,4 +1,4 @@
-"""Where the target moves when stage 2 re-ranks the list: Table 7 and Figure 8 (facts §9.6).
+"""Where the target moves when stage 2 re-ranks the list: Table 7 and Figure 8 (docs/metrics.md, 'Rank analysis').
 
 Both take the stage-1 labels of the top-K lists and the stage-2 labels of the same lists
 after re-ranking (N, K bool each; the paper uses K = 200). Ranks are 0-based positions of
@@ -34,7 +34,7 @@ def paired_positions(stage1_labels, stage2_labels) -> tuple[np.ndarray, np.ndarr
 
 
 def rank_table(stage1_labels, stage2_labels) -> dict:
-    """One row of Table 7 (facts §9.6): mean initial and re-ranked 0-based rank, their
+    """One row of Table 7 (docs/metrics.md, 'Rank analysis'): mean initial and re-ranked 0-based rank, their
     Difference (from the unrounded means) and the % decrease, which the paper computes from
     the means rounded to 2 decimals: (round(I) − round(R)) / round(I) · 100."""
     initial, reranked = paired_positions(stage1_labels, stage2_labels)
@@ -56,7 +56,7 @@ def rank_decrease(stage1_labels, stage2_labels) -> float | None:
 
 
 def rank_shift_by_initial(stage1_labels, stage2_labels) -> dict:
-    """Figure 8's data (facts §9.6), for every initial index i in [0, K): the average shift
+    """Figure 8's data (docs/metrics.md, 'Rank analysis'), for every initial index i in [0, K): the average shift
     Δ_i = i − mean(re-ranked index of the queries first ranked at i), 0 where none was, and
     the number of such queries. Returns {"initial": (K,), "mean_shift": (K,), "count": (K,)};
     the paper draws the bars at x = i + 1."""

@@ -1,7 +1,7 @@
 """Exact top-K gallery search by inner product, for galleries far larger than the datasets'.
 
 Stage 1 ranks a gallery by cosine similarity of L2-normalised embeddings (paper Eq. 1).
-Evaluation keeps `rank_gallery`'s full stable sort (facts §9.1: ties keep gallery order, and
+Evaluation keeps `rank_gallery`'s full stable sort (docs/metrics.md, 'Ranking the gallery': ties keep gallery order, and
 the datasets' galleries hold a few thousand images). For a retrieval service over 10k to 1M
 images, `top_k` returns only the best K per query:
 

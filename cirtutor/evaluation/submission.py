@@ -1,4 +1,4 @@
-"""CIRR test-server submission files, and a validator to run before uploading (facts §9.5).
+"""CIRR test-server submission files, and a validator to run before uploading (docs/data_formats.md, 'CIRR submission files').
 
 Per model, two JSON objects with sorted keys:
 

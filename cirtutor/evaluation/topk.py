@@ -1,4 +1,4 @@
-"""Top-K files: stage 1's candidate lists, the input of stage 2 (facts §9.3).
+"""Top-K files: stage 1's candidate lists, the input of stage 2 (docs/data_formats.md, 'Top-K files').
 
 A `TopK` holds, per query (caption-file order), its K best gallery names (CIRR lists
 already lack the reference), the target names and the N×K labels, plus the split and the
@@ -90,7 +90,7 @@ class TopK:
     def select(self, k: int | None = None, split: str | None = None, category: str | None = None,
                index_names: Sequence[str] | None = None, target_names: Sequence[str] | None = None) -> "TopK":
         """Check the file is the one asked for and keep its first k columns, like the authors'
-        stage-2 loader (facts §9.3): k ≤ stored K; split, category, gallery order and targets
+        stage-2 loader (docs/data_formats.md, 'Top-K files'): k ≤ stored K; split, category, gallery order and targets
         equal to the ones given."""
         if k is not None and not 1 <= k <= self.k:
             raise EvaluationError(f"asked for the top {k} candidates, but the file stores only the top {self.k}; "
@@ -111,7 +111,7 @@ class TopK:
 
 
 def authors_filename(k: int, split: str, category: str | None = None) -> str:
-    """The authors' file name (facts §9.3): fiq_top_{K}_{split}_{cat}.pt or cirr_top_{K}_{split}.pt."""
+    """The authors' file name (docs/data_formats.md, 'Top-K files'): fiq_top_{K}_{split}_{cat}.pt or cirr_top_{K}_{split}.pt."""
     return f"fiq_top_{k}_{split}_{category}.pt" if category else f"cirr_top_{k}_{split}.pt"
 
 
@@ -199,14 +199,14 @@ def _torch_load(path: Path, trust: bool):
 
 def _bool_array(t) -> np.ndarray | None:
     """A bool tensor as its own numpy array: a copy, which drops the N×gallery storage the
-    authors' label views carry (facts §11 #28)."""
+    authors' label views carry (docs/data_formats.md, 'Top-K files')."""
     return None if t is None else torch.as_tensor(t).numpy().astype(bool)
 
 
 def read_authors_topk(path, trust: bool = False, k: int | None = None, split: str | None = None,
                       category: str | None = None, index_names: Sequence[str] | None = None,
                       target_names: Sequence[str] | None = None) -> TopK:
-    """Read the authors' top-K file (facts §9.3); the keyword arguments are checked by `TopK.select`."""
+    """Read the authors' top-K file (docs/data_formats.md, 'Top-K files'); the keyword arguments are checked by `TopK.select`."""
     path = Path(path)
     return authors_topk(_torch_load(path, trust), path).select(k, split, category, index_names, target_names)
 
@@ -226,7 +226,7 @@ def authors_topk(raw, path) -> TopK:
 
 
 def write_authors_topk(path, topk: TopK) -> Path:
-    """Write `topk` as the authors' stage-1 scripts do (facts §9.3), atomically. Test splits
+    """Write `topk` as the authors' stage-1 scripts do (docs/data_formats.md, 'Top-K files'), atomically. Test splits
     (no targets) get only sorted_index_names, index_names and split."""
     obj = {"sorted_index_names": np.asarray(topk.sorted_index_names, dtype=str)}  # (N, K) <U..
     if topk.target_names is not None:

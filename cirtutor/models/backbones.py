@@ -1,4 +1,4 @@
-"""The two BLIP backbones, as transformers builds them (facts §4).
+"""The two BLIP backbones, as transformers builds them (docs/authors_code.md, 'BLIP backbones').
 
 * Image encoder: `BlipVisionModel` — ViT with a [CLS] token; at 384 px / patch 16 it turns
   an image into L_v = 577 tokens of width 768 (24 x 24 patches + [CLS]), final LayerNorm
@@ -46,7 +46,7 @@ def build_vision_encoder(cfg: ModelConfig) -> BlipVisionModel:
 
 def build_text_encoder(cfg: ModelConfig) -> BlipTextModel:
     model = BlipTextModel(text_config(cfg), add_pooling_layer=False)
-    model.supports_gradient_checkpointing = True  # transformers refuses otherwise (facts: DEPENDENCIES)
+    model.supports_gradient_checkpointing = True  # transformers refuses otherwise
     return model
 
 
@@ -73,7 +73,7 @@ def text_states(text: BlipTextModel, input_ids, text_mask, image_feats=None) -> 
 
 
 def add_drop_path(vision: BlipVisionModel, rate: float) -> list:
-    """Stochastic depth on the ViT's residual branches, as BLIP's ViT has it (facts §4.1: the
+    """Stochastic depth on the ViT's residual branches, as BLIP's ViT has it (docs/authors_code.md, 'BLIP backbones': the
     authors' stage 2 builds its ViT with drop_path_rate 0.1): block i drops each sample's
     attention and MLP updates with probability rate * i / (depth - 1) (linearly spaced 0 … rate)
     and scales kept ones by 1 / (1 - p). Active in train mode only. Returns the hook handles."""
@@ -99,7 +99,7 @@ def _drop_branch(p: float, module: torch.nn.Module, inputs, output):
 @torch.no_grad()
 def stochastic_image_tokens(vision: BlipVisionModel, images: torch.Tensor) -> torch.Tensor:
     """The frozen ViT run in train mode (drop-path on, no gradient): the authors' stage-2
-    features, a fresh sample every step (facts §8.3 step 1, quirk 2). fp32 out."""
+    features, a fresh sample every step (docs/authors_code.md, 'Drop-path on the stage-2 image tokens'). fp32 out."""
     was = vision.training
     vision.train()
     try:

@@ -1,6 +1,6 @@
 """CaLa's complementary associations as training-only losses for the candidate filter.
 
-CaLa (Jiang et al., SIGIR 2024; facts EXTENSIONS §A) treats a training triplet (reference,
+CaLa (Jiang et al., SIGIR 2024; docs/extensions.md) treats a training triplet (reference,
 text, target) as a small graph and adds two associations to the query -> target matching of
 Eq. 1, both used only in training:
 
@@ -11,10 +11,10 @@ Eq. 1, both used only in training:
   target attend each other (two untied single-head blocks, each reused 4 times with the
   original query) and their slot-0 average must pick out its own caption (S_ctr = 10 c g^T).
 
-Mapped onto our BLIP filter as facts §A.12 does: the composed query H_mm is the filter's own
+Mapped onto our BLIP filter as docs/extensions.md ('CaLa on a BLIP filter') describes: the composed query H_mm is the filter's own
 multimodal pass (z_t), the caption states H_txt a text-only pass of the same text encoder
 ([CLS] at position 0, no image), the images their ViT tokens ([CLS] first). The loss is the
-authors' code's (§A.6): w_t CE(S_tbia) + (1 - w_t) CE(w_c S_ctr + (1 - w_c) S_f), row-direction
+authors' code's (docs/extensions.md, 'The CaLa loss as coded'): w_t CE(S_tbia) + (1 - w_t) CE(w_c S_ctr + (1 - w_c) S_f), row-direction
 CE, diagonal labels; the paper's additive form L_f + alpha L_tbia + beta L_ctr is an option.
 Evaluation never calls these modules: the filter's embeddings do not change.
 """
@@ -32,7 +32,7 @@ FORMS = ("code", "paper")
 
 
 class HingeCrossAttention(nn.Module):
-    """TBIA's hinge-based cross attention (facts §A.4), one head, one layer.
+    """TBIA's hinge-based cross attention (docs/extensions.md, 'TBIA'), one head, one layer.
 
     A1 = (X_r Wq)(X_c Wkc)^T / sqrt(d)            (B, L_r, L_c)   reference -> caption
     A2 = (X_c Wkc)(X_t Wkt)^T / sqrt(d)           (B, L_c, L_t)   caption -> target
@@ -73,7 +73,7 @@ class HingeCrossAttention(nn.Module):
 
 
 class TwinAttentionCompositor(nn.Module):
-    """CTR's twin-attention compositor (facts §A.5): the two images together, no text.
+    """CTR's twin-attention compositor (docs/extensions.md, 'CTR'): the two images together, no text.
 
     Branch r: Z = M_r(Y_r, Y_t, Y_t), then Z = M_r(Y_r, Z, Z) `iters - 1` more times (the same
     block, the query always the original Y_r); branch t mirrors it with its own block M_t.
@@ -121,7 +121,7 @@ class CaLa(nn.Module):
 
     def __init__(self, text_width: int, vision_width: int, weights: CalaConfig | None = None):
         super().__init__()
-        if vision_width != text_width:       # facts §A.12: an adapter only when the widths differ
+        if vision_width != text_width:       # CaLa's CLIP path adds an adapter here (docs/extensions.md, 'CaLa on a BLIP filter')
             raise ValueError(f"CaLa maps ViT tokens ({vision_width}-d) onto text states ({text_width}-d): "
                              "the widths must match, as in BLIP")
         self.weights = weights or CalaConfig()

@@ -1,4 +1,4 @@
-"""Stage 1 — the candidate filter (paper §3.1, Eq. 1; facts §5).
+"""Stage 1 — the candidate filter (paper §3.1, Eq. 1; docs/authors_code.md, 'The filter').
 
 The query is encoded by BLIP's text encoder in *multimodal* mode: the text, with [ENC] at
 position 0, self-attends and cross-attends the reference image's tokens. Its [CLS] output,

@@ -1,4 +1,4 @@
-"""`cirtutor model-info`: parameter counts of both stages for a preset (facts §5.5, §6.7)."""
+"""`cirtutor model-info`: parameter counts of both stages for a preset (docs/authors_code.md, 'Parameter counts')."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Exact weight loading for both stages, with every source tensor accounted for (facts §6.4, §10).
+"""Exact weight loading for both stages, with every source tensor accounted for (docs/authors_code.md, 'The duplication rule'; docs/data_formats.md, 'Checkpoints').
 
 Sources understood:
 
@@ -39,7 +39,7 @@ class CheckpointError(CirtutorError):
 
 # ----------------------------------------------------------------------------- names
 
-# BLIP/timm ViT names -> transformers' BlipVisionModel names (verified numerically; facts DEPENDENCIES.md)
+# BLIP/timm ViT names -> transformers' BlipVisionModel names (verified numerically against the original BLIP ViT)
 VISION_RENAMES = [
     (r"^cls_token$", "embeddings.class_embedding"),
     (r"^pos_embed$", "embeddings.position_embedding"),
@@ -170,7 +170,7 @@ def _read_transformers_folder(folder: Path) -> Source:
 
 # ----------------------------------------------------------------------------- stage 2 duplication
 
-STREAM_SUFFIXES = {  # facts §6.4: BLIP name -> (stream A name, stream B name)
+STREAM_SUFFIXES = {  # docs/authors_code.md, 'The duplication rule': BLIP name -> (stream A name, stream B name)
     "attention.self.": ("attention.self0.", "attention.self1."),
     "attention.output.dense.": ("attention.output.dense0.", "attention.output.dense1."),
     "attention.output.LayerNorm.": ("attention.output.LayerNormA.", "attention.output.LayerNormB."),
@@ -178,7 +178,7 @@ STREAM_SUFFIXES = {  # facts §6.4: BLIP name -> (stream A name, stream B name)
 
 
 def reranker_state_from_stage1(state: dict[str, torch.Tensor], cfg: ModelConfig, ignored: dict[str, str]) -> dict:
-    """Stage-1-named BLIP tensors -> re-ranker tensors by the duplication rule (facts §6.4):
+    """Stage-1-named BLIP tensors -> re-ranker tensors by the duplication rule (docs/authors_code.md, 'The duplication rule'):
     each text layer's SA/CA weights go to both streams (suffix 0/A = Encoder-z_t, 1/B =
     Encoder-t); the FFN stays shared (and is copied to `intermediate1`/`output1` for the
     dual-FFN ablation); embeddings and the ViT keep their names."""
@@ -294,7 +294,7 @@ def to_original_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def export_authors_checkpoint(model: CandidateFilter | DualEncoderReranker, epoch: int = 0) -> dict:
-    """The authors' checkpoint layout (facts §10.2) for our model, without optimizer state."""
+    """The authors' checkpoint layout (docs/data_formats.md, 'Checkpoints') for our model, without optimizer state."""
     key = "BLIP_Retrieval" if isinstance(model, CandidateFilter) else "BLIP_NLVR"
     state = to_original_names(model.state_dict())
     state["text_encoder.embeddings.position_ids"] = torch.arange(model.cfg.max_positions).unsqueeze(0)

@@ -1,4 +1,4 @@
-"""Stage 2 — the dual multi-modal encoder re-ranker (paper §3.2, Fig. 3, Eq. 2; facts §6, §7).
+"""Stage 2 — the dual multi-modal encoder re-ranker (paper §3.2, Fig. 3, Eq. 2; docs/authors_code.md, 'The dual-encoder layer', 'Ablation variants').
 
 For one (query, candidate) pair it runs two BERT-like streams of the same length L_w:
 

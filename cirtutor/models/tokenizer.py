@@ -1,4 +1,4 @@
-"""BLIP's tokenizer (facts §3): uncased BERT WordPiece + `[DEC]` + `[ENC]`, 30,524 ids.
+"""BLIP's tokenizer (docs/data_formats.md, 'Tokenisation'): uncased BERT WordPiece + `[DEC]` + `[ENC]`, 30,524 ids.
 
 The vocabulary ships with the package (`cirtutor/assets/bert-base-uncased-vocab.txt`, the
 30,522-line uncased BERT vocabulary), so tokenisation never needs the hub. Both stages

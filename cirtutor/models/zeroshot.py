@@ -1,4 +1,4 @@
-"""Zero-shot composed retrieval with pseudo-word tokens (seed system 3; facts EXTENSIONS §B, §C.3-§C.4).
+"""Zero-shot composed retrieval with pseudo-word tokens (seed system 3; docs/extensions.md).
 
 No CIR triplets (or, in Stage II, very few): a frozen BLIP answers "a photo of $ that {text}",
 where "$" is not a word but the reference image, mapped into the text encoder's word-embedding
@@ -6,7 +6,7 @@ space. The text encoder reads the prompt in unimodal mode ([CLS] at position 0, 
 cross-attention), its [CLS] through `text_proj` is the query, and the gallery is
 `vision_proj` of each image's ViT [CLS]: BLIP's own image-text contrastive (ITC) space.
 
-* The projection baseline (Pic2Word, facts §B.5, §C.3): `PseudoWordMapper` phi maps the image's
+* The projection baseline (Pic2Word, docs/extensions.md, 'Zero-shot'): `PseudoWordMapper` phi maps the image's
   unnormalised ITC embedding to one pseudo-word embedding. Trained on images alone: the prompt
   "a photo of $" must retrieve its own image among the batch's.
 * "From Mapping to Composing" (Wang et al., 2025), as a teaching version **inspired by** the
@@ -61,7 +61,7 @@ def insert_pseudo_words(word_embeddings: nn.Embedding, input_ids: torch.Tensor, 
 
 
 class PseudoWordMapper(nn.Module):
-    """phi, Pic2Word's mapping (facts §B.5): Linear, Dropout, ReLU, Linear, Dropout, ReLU, Linear,
+    """phi, Pic2Word's mapping (docs/extensions.md, 'Zero-shot'): Linear, Dropout, ReLU, Linear, Dropout, ReLU, Linear,
     from the image's unnormalised ITC embedding (E) to one word embedding (d)."""
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float = 0.1):
@@ -95,7 +95,7 @@ class VisualInjection(nn.Module):
     """Stage I's visual semantic injection [I]: into a text layer's input, h += tanh(gate) * CA(LN(h), V)
     at the pseudo-word positions only (elsewhere h is untouched); the layer's self-attention then
     carries it to [CLS] (added *after* the last layer, it could not reach [CLS] any more). A
-    **new** cross-attention, not BLIP's grounded one (facts §C.4: reusing it turns the model into
+    **new** cross-attention, not BLIP's grounded one (docs/extensions.md, 'The tiny two-stage version': reusing it turns the model into
     the supervised filter). gate starts at 0, so at step 0 the layer's input is exactly the frozen model's."""
 
     def __init__(self, text_width: int, vision_width: int, heads: int = 1):
