@@ -171,7 +171,7 @@ def test_blip_at_224_loads_into_384_with_interpolated_positions(tmp_path):
     assert torch.equal(pos, interpolate_pos_embed(source.state_dict()["visual_encoder.embeddings.position_embedding"], 65))
 
 
-def test_model_info_paper_counts_match_the_facts(capsys):
+def test_model_info_paper_counts_match_the_documented_counts(capsys):
     assert main(["model-info", "--preset", "paper", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["stage1"]["total"], info["stage1"]["trainable"]) == (223_742_721, 137_455_361)

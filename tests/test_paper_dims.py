@@ -55,7 +55,7 @@ def test_one_optimisation_step_of_each_stage_at_paper_dims():
     assert torch.isfinite(loss) and not torch.equal(head, stage2.cls_head[0].weight)
 
 
-def test_paper_presets_match_the_facts():
+def test_paper_presets_match_the_paper_recipe():
     """The paper's recipe (docs/authors_code.md, 'Training recipe'; docs/metrics.md, 'Re-ranked evaluation'): AdamW lr 2e-5, wd 0.05, cosine per epoch to 0
     without warm-up, AMP, batch 512 / 16, 10 epochs; stage 2 50 (Fashion-IQ) / 80 (CIRR) epochs,
     K 100 / 50; the BLIP checkpoint's temperature kept; random batches; BLIP initialisation."""

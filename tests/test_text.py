@@ -4,7 +4,7 @@ import pytest
 from cirtutor.data.text import compose_captions, join_captions, sample_caption, strip_caption
 
 
-def test_join_matches_the_facts_example():
+def test_join_matches_the_documented_example():
     assert join_captions("is shiny and silver with shorter sleeves", "fit and flare") == \
         "Is shiny and silver with shorter sleeves and fit and flare"
 

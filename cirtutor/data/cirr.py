@@ -114,7 +114,7 @@ class CIRR(CIRDataset):
         return queries
 
     def query_text(self, index: int) -> str:
-        return self.queries[index]["caption"]  # verbatim: no stripping, no capitalisation (§1.7)
+        return self.queries[index]["caption"]  # verbatim: no stripping, no capitalisation (docs/data_formats.md, 'CIRR captions and subsets')
 
     def image_path(self, name: str) -> Path:
         try:

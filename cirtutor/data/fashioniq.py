@@ -6,7 +6,7 @@
         images/        <ASIN>.jpg
 
 Note the schema's naming: "candidate" is the *reference* image. Test entries have no
-"target". Validation is per category; the reference image stays in the gallery (§1.8).
+"target". Validation is per category; the reference image stays in the gallery (docs/data_formats.md, 'Galleries').
 """
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ def _labels(labels) -> np.ndarray:
 
 def recall_at_k(labels, k: int) -> float:
     """Recall@k = 100 · mean over ALL queries of any(labels[:, :k]) (docs/metrics.md, 'Recall@K').
-    For k beyond the list length this is the recall of the whole list (capped by coverage, §9.4)."""
+    For k beyond the list length this is the recall of the whole list (capped by coverage: docs/metrics.md, 'Ground-truth coverage')."""
     return 100.0 * float(_labels(labels)[:, :_check_k(k, None)].any(axis=1).mean())
 
 

@@ -5,7 +5,7 @@ needs the same starting point at tiny dims, so we pretrain one: the model *is*
 transformers' `BlipForImageTextRetrieval` (ViT `vision_model`, MED BERT `text_encoder`,
 `vision_proj`, `text_proj`, `itm_head`) built from the tiny `ModelConfig`, plus the
 learnable temperature that transformers' model lacks. It learns from the synthetic
-world's (image, scene description) pairs with two of BLIP's three objectives (§3.2;
+world's (image, scene description) pairs with two of BLIP's three objectives (BLIP paper, Sec. 3.2;
 no language-modelling loss, the paper's pipeline never generates text):
 
 * ITC, image-text contrastive: the image [CLS] (vision_proj, normalised) against the
