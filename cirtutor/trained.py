@@ -102,7 +102,11 @@ def trained_filter(cfg: Config, seed: int = 0, verbose: bool = True,
 
 def has_trained_filter(cfg: Config, seed: int = 0) -> bool:
     """Whether `trained_filter(cfg, seed)` would load rather than train: its model is in the cache or shipped."""
-    folder = trained_filter_dir(cfg, seed)
+    return _available(trained_filter_dir(cfg, seed))
+
+
+def _available(folder: Path) -> bool:
+    """A trained model's cache folder exists, or the package ships it."""
     return folder.exists() or (SHIPPED / folder.name).is_dir()
 
 
@@ -183,8 +187,7 @@ def trained_reranker_dir(cfg: Config, seed: int = 0, ablation: str | None = None
 def has_trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None) -> bool:
     """Whether `trained_reranker(cfg, seed, ablation)` would load rather than train: its model is in the
     cache or shipped with the package."""
-    folder = trained_reranker_dir(cfg, seed, ablation)
-    return folder.exists() or (SHIPPED / folder.name).is_dir()
+    return _available(trained_reranker_dir(cfg, seed, ablation))
 
 
 def reranker_out(folder: Path, seed: int, ablation: str | None) -> Path:

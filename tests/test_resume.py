@@ -123,4 +123,4 @@ def test_select_best_survives_a_resume(small_world, tmp_path, monkeypatch):
     assert load_checkpoint(out / "last.pt")["history"]["val"][0]["avg"] == 70.0
     filt, _ = run_stage1(cfg, tmp_path, 0, resume=True, **inputs)
     assert (out / "best.pt").read_bytes() == best_epoch0          # epochs 1 (40) and 2 (50) were worse
-    assert all(torch.equal(v, torch.load(out / "best.pt")[k]) for k, v in filt.state_dict().items())
+    assert all(torch.equal(v, torch.load(out / "best.pt", weights_only=True)[k]) for k, v in filt.state_dict().items())
