@@ -212,7 +212,7 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     # Small BLIP-architecture dims for CPU (docs/tiny_mode.md, 'How tiny mode was designed'): 64 px, patch 8 (64 patches + [CLS]).
     "tiny": ModelConfig(image_size=64, patch_size=8, vision_width=96, vision_layers=3, vision_heads=4,
                         vision_mlp=384, text_width=96, text_layers=4, text_heads=4, text_intermediate=384,
-                        max_positions=64, embed_dim=64, merge_init="average"),
+                        max_positions=64, embed_dim=32, merge_init="average"),
 }
 
 
@@ -263,7 +263,7 @@ TINY_STAGE1 = Stage1Config(epochs=15, batch_size=64, lr=5e-4, schedule="step", b
 # B = 5, one reference group per batch, 13.2 (Rs@1 80.6: siblings learned, the filter's other look-alikes not);
 # whole reference groups from the pool 15.8; negatives="filter_topk" 21.0 at 1.9x the time. B = 10 hard batches
 # learn as much per epoch as B = 20 at 0.6x the time; bf16 autocast is slower than fp32 at these sizes.
-TINY_STAGE2 = Stage2Config(epochs=6, batch_size=10, lr=6e-4, schedule="step", head_lr_mult=1.0,
+TINY_STAGE2 = Stage2Config(epochs=10, batch_size=10, lr=6e-4, schedule="step", head_lr_mult=1.0,
                            batch_composition="hard", k=20, eval_ks=(5, 10, 20, 50), validate_every=0, select="last",
                            init="stage1", dropout=0.0)
 

@@ -337,7 +337,7 @@ def plot_pretraining_curve(meta: dict, batch_size: int | None = None):
     """The mini-BLIP's pretraining as recorded in its cirtutor.json (`meta["curve"]`): the ITC
     and ITM losses (left; dashed: chance, ln B for ITC and the 1/3-positive prior's entropy
     for ITM), held-out retrieval and ITM accuracy (middle), the temperature (right). A dotted
-    line marks where a second phase (`curve["phase_start"]`, the grounding phase) begins."""
+    line marks where each later phase (`curve["phase_start"]`: grounding, then narrowing) begins."""
     train, val = meta["curve"]["train"], meta["curve"].get("val", [])
     batch_size = batch_size or meta.get("recipe", {}).get("batch_size", 64)
     step = [r["step"] for r in train]
@@ -362,9 +362,10 @@ def plot_pretraining_curve(meta: dict, batch_size: int | None = None):
     ax_t.set(xlabel="training step", ylabel="temperature λ (log scale)", title="Learned ITC temperature")
     for ax in (ax_l, ax_v, ax_t):
         ax.grid(alpha=0.3)
-        if meta["curve"].get("phase_start"):       # a continued recipe: where the second phase starts
-            ax.axvline(meta["curve"]["phase_start"], color="grey", ls=":", lw=1.2,
-                       label="grounding phase starts" if ax is ax_l else None)
+        starts = meta["curve"].get("phase_start") or []     # a continued recipe: where each later phase starts
+        for start, name, ls in zip(starts if isinstance(starts, list) else [starts], ("grounding", "narrowing"),
+                                   (":", "-.")):
+            ax.axvline(start, color="grey", ls=ls, lw=1.2, label=f"{name} phase starts" if ax is ax_l else None)
     ax_l.legend(fontsize=7)
     ax_v.legend(fontsize=7)
     fig.tight_layout()
