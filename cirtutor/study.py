@@ -62,6 +62,9 @@ STUDIES = {
         "tiny": ("ablations=" + ",".join(TINY_ABLATIONS), "ablation_models=train", "ablation_epochs=None"),
     },
 }
+# Tiny mode's backbone before its projections were narrowed to BLIP's ratio: the CaLa and zero-shot studies (and the
+# models the package ships for them) were measured on the 64-dim mini-BLIP, so in tiny mode they keep running on it.
+TINY_PINS = {"cala": ("model.embed_dim=64",), "zeroshot": ("model.embed_dim=64",)}
 RUNNERS = {"cala": "reproduce", "zeroshot": "zeroshot", "findings": "findings"}
 KEEPS_ABLATIONS = {"findings"}                               # the other studies switch the re-ranker variants off
 SHIPPED = Path(__file__).resolve().parent / "assets" / "studies"
@@ -79,8 +82,10 @@ def variant_config(name: str, variant: str, preset: str = "tiny"):
     overrides = variant_overrides(name)
     if variant not in overrides:
         raise CirtutorError(f"study {name!r} has no variant {variant!r}; expected one of {', '.join(overrides)}")
-    return apply_overrides(get_preset(preset), ["models=train"] + (["ablations=()"] if name not in KEEPS_ABLATIONS
-                                                                   else []) + list(overrides[variant]))
+    cfg = get_preset(preset)
+    pins = list(TINY_PINS.get(name, ())) if cfg.weights is None else []      # tiny mode: no BLIP weights file
+    return apply_overrides(cfg, ["models=train"] + pins + (["ablations=()"] if name not in KEEPS_ABLATIONS else [])
+                           + list(overrides[variant]))
 
 
 def collect(results: dict) -> list[dict]:
@@ -166,7 +171,7 @@ def _zeroshot_runner(study: dict, preset: str):
     from cirtutor.engine.zeroshot import build_zeroshot, training_free_baselines
     from cirtutor.trained import filter_data, trained_zeroshot
 
-    cfg = get_preset(preset)
+    cfg = variant_config("zeroshot", "baseline", preset)        # the study's backbone (pinned in tiny mode)
     data = filter_data(cfg)
     study["references"] = training_free_baselines(build_zeroshot(data.weights, cfg).to(data.device), data.val,
                                                   data.stores["val"], device=data.device)

@@ -209,9 +209,14 @@ def test_pretrained_mini_blip_builds_once_then_loads(cfg, tmp_path, monkeypatch,
     monkeypatch.setattr(mb, "RECIPE", dict(steps=2, stop_after=None, batch_size=8, lr=1e-3, seed=0))
     monkeypatch.setattr(mb, "GROUNDING", dict(steps=1, stop_after=None, batch_size=8, lr=1e-3, seed=0,
                                               edited_negatives=2, sincos_positions=1.0))
+    monkeypatch.setattr(mb, "NARROWING", dict(from_dim=2 * cfg.model.embed_dim, steps=1, stop_after=None, batch_size=8,
+                                              lr=1e-3, seed=0, edited_negatives=2))
     built, _, meta = mb.pretrained_mini_blip(cfg)
-    assert "building pretrained mini-BLIP" in capsys.readouterr().out and meta["step"] == 1
-    assert meta["recipe"]["init"]["recipe"]["steps"] == 2 and "--init BASE" in meta["command"]
+    out = capsys.readouterr().out
+    assert "building pretrained mini-BLIP" in out and meta["step"] == 1 and "narrowed the ITC projections" in out
+    grounded = meta["recipe"]["init"]                                  # phase 3 continued phase 2, which continued 1
+    assert grounded["recipe"]["sincos_positions"] == 1.0 and grounded["recipe"]["init"]["recipe"]["steps"] == 2
+    assert meta["model_config"]["embed_dim"] == cfg.model.embed_dim and meta["recipe"]["steps"] == 1
     loaded, _, _ = mb.pretrained_mini_blip(cfg)
     assert "found pretrained mini-BLIP" in capsys.readouterr().out
     assert same_weights(params(built), params(loaded))

@@ -130,3 +130,17 @@ def test_the_findings_runner_keeps_the_variants_and_judges_every_seed(tmp_path, 
     assert out["dataset"] == "cirr" and card["seeds"] == [0, 1, 2] and card["total"] == 8
     assert {r["id"]: r["values"] for r in card["findings"]}["F1"] == [5.0, 5.0, 5.0]
     assert set(out["variants"]["tiny"]["stats"]) == {"filter", "rerank", "rerank_max"}
+
+
+def test_tiny_cala_and_zeroshot_studies_keep_the_backbone_they_were_measured_on():
+    """In tiny mode the CaLa and zero-shot studies run on the 64-dim mini-BLIP their shipped models were trained
+    on; the findings study on the preset's own (32 dims, BLIP's ratio); paper presets are never pinned."""
+    from cirtutor.config import get_preset
+    from cirtutor.study import STUDIES, variant_config
+
+    assert get_preset("tiny").model.embed_dim == 32
+    assert variant_config("cala", "plain").model.embed_dim == 64
+    assert variant_config("zeroshot", "full").model.embed_dim == 64
+    assert variant_config("findings", "tiny").model.embed_dim == 32
+    assert variant_config("cala", "plain", "paper_cirr").model.embed_dim == get_preset("paper_cirr").model.embed_dim
+    assert all(variant_config(study, v).models == "train" for study in STUDIES for v in STUDIES[study])  # never shipped

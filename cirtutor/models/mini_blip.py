@@ -91,6 +91,9 @@ from cirtutor.models.tokenizer import enc_token_id, tokenize_text_only
 TEMP_MIN, TEMP_MAX = 0.001, 0.5  # BLIP clamps its temperature to this range during pretraining
 META_FILE = "cirtutor.json"      # written last: its presence marks a complete folder
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "mini_blip"
+# The mini-BLIP before the narrowing phase (64-dim projections), kept for the studies that pinned it (`--set
+# model.embed_dim=64` selects it): the CaLa and zero-shot studies and their shipped models were measured on it.
+SHIPPED_E64 = SHIPPED.parent / "mini_blip_e64"
 # ModelConfig fields that fix the architecture (and so the weights' shapes and meaning).
 ARCH_FIELDS = ("image_size", "patch_size", "vision_width", "vision_layers", "vision_heads", "vision_mlp",
                "vision_eps", "text_width", "text_layers", "text_heads", "text_intermediate", "text_eps",
@@ -574,8 +577,9 @@ def cache_name(cfg: Config) -> str:
 
 
 def mini_blip_folder(cfg: Config, verbose: bool = True) -> Path:
-    """The folder of the pretrained mini-BLIP for `cfg`'s model dims: the shipped copy when its
-    architecture matches, else RECIPE trained once into the cache (about an hour on 2 CPU cores).
+    """The folder of the pretrained mini-BLIP for `cfg`'s model dims: a shipped copy when its
+    architecture matches (SHIPPED, or SHIPPED_E64 at 64 dims), else the recipe (RECIPE, GROUNDING and, below
+    64 dims, NARROWING) trained once into the cache (more than an hour on 2 CPU cores).
     It is a transformers BLIP folder, so `load_filter` / `load_reranker` read it directly.
     The environment variable CIRTUTOR_MINI_BLIP=DIR picks a mini-BLIP of your own instead (e.g. one
     `cirtutor pretrain-tiny --out DIR` wrote); caches are keyed by its contents, so nothing mixes."""
@@ -585,12 +589,13 @@ def mini_blip_folder(cfg: Config, verbose: bool = True) -> Path:
         if verbose:
             print(f"found pretrained mini-BLIP ({folder}, CIRTUTOR_MINI_BLIP), loading…")
         return folder
-    if (SHIPPED / META_FILE).is_file():
-        shipped = json.loads((SHIPPED / META_FILE).read_text())
-        if all(shipped.get("model_config", {}).get(k) == getattr(cfg.model, k) for k in ARCH_FIELDS):
-            if verbose:
-                print("found pretrained mini-BLIP, loading…")
-            return SHIPPED
+    for shipped in (SHIPPED, SHIPPED_E64):
+        if (shipped / META_FILE).is_file():
+            arch = json.loads((shipped / META_FILE).read_text()).get("model_config", {})
+            if all(arch.get(k) == getattr(cfg.model, k) for k in ARCH_FIELDS):
+                if verbose:
+                    print(f"found pretrained mini-BLIP{'' if shipped == SHIPPED else ' (64-dim projections)'}, loading…")
+                return shipped
 
     log = print if verbose else (lambda _: None)
 
