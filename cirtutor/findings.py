@@ -23,6 +23,7 @@ column in the package and the notebooks reads them from this module.
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass
@@ -213,6 +214,19 @@ def _flat(metrics: dict, fiq: bool) -> dict:
     return flat_metrics(metrics, fiq)
 
 
+def make_record(seed: int, k: int, k_max: int, fiq: bool, main: dict, ablations: dict[str, dict],
+                reference: dict | None = None) -> dict:
+    """One seed's record from its metrics: `main` = the full re-ranker's {"filter", "K=k", …} (what
+    `evaluate_reranker` returns), `ablations` = {variant: its metrics at K}, `reference` = the full
+    model the shipped variants were compared with (their metrics.json's "full_model"), if any."""
+    record = {"seed": seed, "k": k, "k_max": k_max, "filter": _flat(main["filter"], fiq),
+              "rerank": _flat(main[f"K={k}"], fiq),
+              "rerank_max": _flat(main[f"K={k_max}"], fiq) if k_max > k and f"K={k_max}" in main else None,
+              "rank_decrease": main[f"K={k}"].get("rank_decrease"),
+              "ablations": {name: _flat(m, fiq) for name, m in ablations.items()}}
+    return record | ({"ablation_reference": _flat(reference, fiq)} if reference is not None else {})
+
+
 def seed_record(seed_dir: Path, k: int, k_max: int, fiq: bool) -> dict | None:
     """One seed's record from a run folder's seed<s>/ (the metrics.json each `train-stage2` or
     `evaluate` writes): F, R_K, R_K_max, every ablation evaluated, and the rank decrease at K;
@@ -221,21 +235,52 @@ def seed_record(seed_dir: Path, k: int, k_max: int, fiq: bool) -> dict | None:
     if not path.is_file():
         return None
     m = json.loads(path.read_text())
-    main = m.get(f"K={k}")
-    if main is None:
+    if f"K={k}" not in m:
         raise CirtutorError(f"{path} has no R_{k}: evaluate the run at its preset's K (stage2.k={k})")
-    record = {"seed": int(seed_dir.name[4:]), "k": k, "k_max": k_max, "filter": _flat(m["filter"], fiq),
-              "rerank": _flat(main, fiq),
-              "rerank_max": _flat(m[f"K={k_max}"], fiq) if k_max > k and f"K={k_max}" in m else None,
-              "rank_decrease": main.get("rank_decrease"), "ablations": {}}
+    ablations, reference = {}, None
+    losses = {"R_K": epoch_losses(seed_dir / "stage2" / "metrics.csv")}
     for folder in sorted(seed_dir.glob("stage2-*")):
+        losses[folder.name[len("stage2-"):]] = epoch_losses(folder / "metrics.csv")
         if (folder / "metrics.json").is_file():
             a = json.loads((folder / "metrics.json").read_text())
             if f"K={k}" in a:
-                record["ablations"][folder.name[len("stage2-"):]] = _flat(a[f"K={k}"], fiq)
+                ablations[folder.name[len("stage2-"):]] = a[f"K={k}"]
             if f"K={k}" in a.get("full_model", {}):
-                record["ablation_reference"] = _flat(a["full_model"][f"K={k}"], fiq)
-    return record
+                reference = a["full_model"][f"K={k}"]
+    record = make_record(int(seed_dir.name[4:]), k, k_max, fiq, m, ablations, reference)
+    return record | {"epoch_losses": {name: v for name, v in losses.items() if v}}
+
+
+def epoch_losses(path: Path) -> list[float]:
+    """The mean training loss of each epoch in a stage's metrics.csv (empty when there is none): how a
+    study records whether each model learned (notebook 07 draws them)."""
+    if not path.is_file():
+        return []
+    sums: dict[int, list[float]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            sums.setdefault(int(row["epoch"]), []).append(float(row["loss"]))
+    return [round(float(np.mean(v)), 4) for _, v in sorted(sums.items())]
+
+
+def evaluated_record(cfg, seed: int = 0, data=None) -> dict:
+    """Seed `seed`'s record measured now: the trained filter, re-ranker and each of `cfg.ablations`
+    (`cirtutor.trained`: cached, shipped or trained), evaluated on the validation split exactly as
+    a run evaluates them (notebook 07 and the tests compare it with the shipped findings study)."""
+    from cirtutor.engine.stage2 import evaluate_reranker
+    from cirtutor.pipeline import eval_speed, usable_ks
+    from cirtutor.trained import filter_data, trained_filter, trained_reranker
+
+    data = data or filter_data(cfg)
+    filt, _ = trained_filter(cfg, seed, data=data)
+    ks, k = usable_ks(cfg, data.val), cfg.stage2.k
+
+    def measure(ablation, at):
+        model, _ = trained_reranker(cfg, seed, ablation, data=data)
+        return evaluate_reranker(filt, model, data.val, data.stores["val"], at, device=data.device, **eval_speed(cfg))
+    main = measure(None, ks)
+    ablations = {a: measure(a, (k,))[f"K={k}"] for a in cfg.ablations}
+    return make_record(seed, k, max(ks), cfg.data.dataset == "fashioniq", main, ablations)
 
 
 def seed_records(run: str | Path) -> tuple[list[dict], str]:

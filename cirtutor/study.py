@@ -211,6 +211,24 @@ def check_seed0(study: dict, variant: str, stage: str, measured: dict, keys=("R@
                             f"here (study, measured): {off}; re-run the study or re-ship the models")
 
 
+def check_findings_seed0(study: dict, measured: dict, tol: float = 1e-6) -> None:
+    """Raise unless the findings study's seed-0 record equals `measured` (`findings.evaluated_record`
+    of the same seed-0 models): F, R_K, R_K_max, every variant and the rank decrease."""
+    run = next((r for r in study["variants"][next(iter(study["variants"]))]["runs"] if r["seed"] == 0), None)
+    if run is None:
+        raise CirtutorError("the findings study has no seed-0 run")
+    pairs = {m: (run[m], measured[m]) for m in ("filter", "rerank", "rerank_max")}
+    pairs |= {f"w. {a}": (run["ablations"].get(a), measured["ablations"].get(a))
+              for a in set(run["ablations"]) | set(measured["ablations"])}
+    off = {name: (a, b) for name, (a, b) in pairs.items()
+           if a is None or b is None or set(a) != set(b) or any(abs(a[k] - b[k]) > tol for k in a)}
+    if run.get("rank_decrease") is not None and abs(run["rank_decrease"] - measured["rank_decrease"]) > tol:
+        off["rank_decrease"] = (run["rank_decrease"], measured["rank_decrease"])
+    if off:
+        raise CirtutorError(f"the shipped findings study's seed 0 differs from the models evaluated here "
+                            f"(study, measured): {off}; re-run the study or re-ship its seed-0 models")
+
+
 def markdown(rows: dict[str, dict], keys=("R@1", "R@5", "R@10", "R@50", "Rs@1")) -> str:
     """A markdown table of {label: {metric: {"mean", "std"}}}."""
     head = "| " + " | ".join(["variant", *keys]) + " |\n|" + "---|" * (len(keys) + 1) + "\n"

@@ -92,10 +92,10 @@ def trained_filter(cfg: Config, seed: int = 0, verbose: bool = True,
                    data: FilterData | None = None) -> tuple[CandidateFilter, dict]:
     """(the trained candidate filter in eval mode on the preset's device, its validation
     metrics): loaded from the cache, or trained there first with `run_stage1` (tiny mode:
-    about 2 minutes on 2 CPU cores). Pass `data` to reuse already opened datasets and
+    about 4 minutes on 2 CPU cores). Pass `data` to reuse already opened datasets and
     features. The caller's random-number state is left as it was."""
     folder = trained_filter_dir(cfg, seed)
-    cost = "about 2 minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
+    cost = "about 4 minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
     _ensure(cfg, folder, "filter", f"stage 1, {cost}", verbose, kind="filter", seed=seed, ablation=None, data=data)
     return _load(cfg, folder, "filter", lambda: CandidateFilter(cfg.model), seed, None)
 
@@ -198,15 +198,15 @@ def trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None, ve
                      data: FilterData | None = None) -> tuple[DualEncoderReranker, dict]:
     """(the trained re-ranker in eval mode on the preset's device, its validation metrics: "filter"
     and "K=k" for each evaluated K): loaded from the cache, or trained there first with
-    `run_stage2` on `trained_filter(cfg, seed)` (tiny mode, 2 CPU cores: about 5 minutes for the
-    full model, 3 to 6 for an ablation, plus the filter's 2 if it is not cached either).
+    `run_stage2` on `trained_filter(cfg, seed)` (tiny mode, measured at one thread: 23 minutes for the
+    full model or Ref_CLS + spatial, 15 for w/o Encoder-t or w/o Encoder-z_t, plus the filter's 4).
     `ablation`: a variant of `ABLATIONS` ("no_text", "no_zt", ...). The caller's random-number
     state is left as it was."""
     if ablation is not None and ablation not in ABLATIONS:
         raise CirtutorError(f"unknown ablation {ablation!r}; expected one of {', '.join(ABLATIONS)}")
     folder = trained_reranker_dir(cfg, seed, ablation)
     name = f"re-ranker{' (' + ABLATIONS[ablation][0] + ')' if ablation else ''}"
-    cost = "about 3 to 6 minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
+    cost = "15 to 25 minutes on 2 CPU cores" if is_tiny(cfg) else "hours on one large GPU"
     _ensure(cfg, folder, name, f"stage 2, {cost}", verbose, kind="reranker", seed=seed, ablation=ablation, data=data)
     return _load(cfg, folder, "reranker", lambda: DualEncoderReranker(variant_config(cfg, ablation).model), seed,
                  ablation)

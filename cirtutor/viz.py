@@ -565,3 +565,26 @@ def plot_findings(card: dict):
     ax.legend(handles, names, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def plot_epoch_losses(runs: list[dict], labels: dict[str, str], batch_size: int):
+    """Each model's mean training loss per epoch, one panel per model and one line per seed (notebook 07),
+    from a findings study's records ("epoch_losses"). The dashed line is ln B, the loss of a model that
+    scores the B candidates of its batch alike: a curve that stays there never learned."""
+    import pandas as pd
+    import seaborn as sns
+
+    rows = pd.DataFrame([{"model": labels.get(name, name), "seed": f"seed {r['seed']}", "epoch": e + 1, "loss": v}
+                         for r in runs for name, losses in r.get("epoch_losses", {}).items()
+                         for e, v in enumerate(losses)])
+    if rows.empty:
+        raise ValueError("the study's records hold no epoch losses (record them with findings.seed_records)")
+    order = [labels.get(n, n) for n in runs[0]["epoch_losses"]]
+    grid = sns.relplot(data=rows, x="epoch", y="loss", hue="seed", col="model", col_order=order, kind="line",
+                       marker="o", palette="crest", height=2.6, aspect=0.9, facet_kws={"sharey": True})
+    for ax in grid.axes.flat:
+        ax.axhline(np.log(batch_size), color="0.4", ls="--", lw=1)
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle(f"training loss per epoch (dashed: ln {batch_size}, a model that has learned nothing)",
+                         y=1.04, fontsize=10)
+    return grid.figure

@@ -181,3 +181,49 @@ def test_rank_decrease_is_table_7s_percentage():
     assert rank_decrease(np.zeros((2, 3), bool), np.zeros((2, 3), bool)) is None
     first = np.array([[1, 0, 0], [0, 0, 0]], bool)
     assert rank_decrease(first, first) is None                  # every covered target already first
+
+
+def test_the_seed0_check_names_every_model_that_differs():
+    from cirtutor.study import check_findings_seed0
+
+    study = {"variants": {"tiny": {"runs": [record(1, r=99.0), record(0)]}}}
+    check_findings_seed0(study, record(0))
+    with pytest.raises(CirtutorError, match=r"'rerank'.*'w. no_zt'") as err:
+        check_findings_seed0(study, record(0, r=25.2, no_zt=5.4))
+    assert "filter" not in str(err.value)
+    missing = record(0)
+    del missing["ablations"]["no_text"]
+    with pytest.raises(CirtutorError, match="w. no_text"):
+        check_findings_seed0(study, missing)
+    with pytest.raises(CirtutorError, match="rank_decrease"):
+        check_findings_seed0(study, record(0, rank=20.5))
+
+
+def test_the_shipped_findings_study_is_what_the_shipped_seed0_models_measure():
+    """`cirtutor findings --study` on the shipped study must describe the models a fresh clone loads:
+    seed 0's filter, re-ranker and variants, re-evaluated now, give the study's seed-0 record
+    (the tiny world is built into the cache once; about a minute on 2 CPU cores)."""
+    from cirtutor.config import get_preset
+    from cirtutor.study import check_findings_seed0, shipped_study
+
+    study = shipped_study("findings")
+    cfg = get_preset("tiny")
+    assert tuple(study["variants"]["tiny"]["runs"][0]["ablations"]) == cfg.ablations
+    check_findings_seed0(study, fd.evaluated_record(cfg, 0))
+    card = fd.judge(*fd.study_records(study))
+    assert card == study["findings"]                      # the stored scorecard is the judge's, not edited
+
+
+def test_a_seed_record_keeps_each_models_loss_per_epoch(tmp_path):
+    from cirtutor.viz import plot_epoch_losses
+
+    run = write_run(tmp_path / "run", seeds=(0,), ablations=("no_text", "no_zt"))
+    (run / "seed0" / "stage2" / "metrics.csv").write_text("step,epoch,loss,lr\n1,0,3.0,1\n2,0,2.0,1\n3,1,0.5,1\n")
+    (run / "seed0" / "stage2-no_text" / "metrics.csv").write_text("step,epoch,loss,lr\n1,0,2.3,1\n")
+    records, _ = fd.seed_records(run)
+    assert records[0]["epoch_losses"] == {"R_K": [2.5, 0.5], "no_text": [2.3]}     # no_zt has no log: left out
+    fig = plot_epoch_losses(records, {"R_K": "R", "no_text": "w/o Encoder-t"}, batch_size=10)
+    assert [ax.get_title() for ax in fig.axes] == ["R", "w/o Encoder-t"]
+    assert fig.axes[0].lines[-1].get_ydata()[0] == pytest.approx(np.log(10))       # the chance line
+    with pytest.raises(ValueError, match="no epoch losses"):
+        plot_epoch_losses([{"seed": 0}], {}, 10)
