@@ -24,7 +24,7 @@ def test_shapes_and_normalisation(model):
     feats = model.encode_images(images)
     assert feats.shape == (3, 65, 96) and not feats.requires_grad
     query_emb, z_t = model(ids, mask, feats)
-    assert query_emb.shape == (3, 64) and z_t.shape == (3, ids.shape[1], 96)
+    assert query_emb.shape == (3, 32) and z_t.shape == (3, ids.shape[1], 96)   # embed_dim 32: a third of the width
     assert torch.allclose(query_emb.norm(dim=-1), torch.ones(3), atol=1e-6)
     assert torch.allclose(model.gallery_embed(feats).norm(dim=-1), torch.ones(3), atol=1e-6)
 
@@ -59,4 +59,4 @@ def test_frozen_parts_get_no_gradient_temp_does():
     assert all(p.grad is None for p in model.vision_proj.parameters())
     assert model.temp.grad is not None and model.text_proj.weight.grad.abs().sum() > 0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == sum(p.numel() for p in model.text_encoder.parameters()) + 64 * 96 + 64 + 1
+    assert trainable == sum(p.numel() for p in model.text_encoder.parameters()) + 32 * 96 + 32 + 1

@@ -132,9 +132,9 @@ def test_renamed_or_reshaped_key_is_named(tmp_path):
     assert "1 missing: text_encoder.encoder.layer.0.attention.self.query.weight" in str(e.value)
     assert "1 unexpected: text_encoder.encoder.layer.0.attention.self.qeury.weight" in str(e.value)
     state = to_original_names(random_filter().state_dict())
-    state["text_proj.weight"] = torch.zeros(32, 96)
+    state["text_proj.weight"] = torch.zeros(64, 96)
     torch.save({"model": state}, tmp_path / "reshaped.pth")
-    with pytest.raises(CheckpointError, match=r"text_proj.weight: checkpoint \(32, 96\) vs model \(64, 96\)"):
+    with pytest.raises(CheckpointError, match=r"text_proj.weight: checkpoint \(64, 96\) vs model \(32, 96\)"):
         load_filter(tmp_path / "reshaped.pth", TINY)
     torch.save({"weights": state}, tmp_path / "odd.pth")
     with pytest.raises(CheckpointError, match="unrecognised checkpoint"):
