@@ -330,6 +330,7 @@ def _measured(row: dict) -> str:
 
 TEST_TEXT = {GAIN: "mean > 2 SE", AT_LEAST_AS_GOOD: "mean > −2 SE", DECREASE: f"mean ≥ {DECREASE_MIN:.0f} %",
              FLAT: f"|mean| ≤ {FLAT_MAX:.1f}"}
+TEST_CELL = {test: text.replace("|", "\\|") for test, text in TEST_TEXT.items()}   # in a markdown table cell
 
 
 def summary(card: dict) -> str:
@@ -352,7 +353,7 @@ def markdown(card: dict) -> str:
         unit = " %" if r["test"] == DECREASE else ""
         paper = f"{r['paper']:.1f}{unit}" if r["test"] == DECREASE else f"{r['paper']:+.1f}"
         rows.append(f"| {r['id']} | {r['statement']} | {paper} ({r['table']}) | {_measured(r)} | "
-                    f"{TEST_TEXT[r['test']]} | {r['verdict']} |")
+                    f"{TEST_CELL[r['test']]} | {r['verdict']} |")
     value = lambda v, r: "—" if v is None else f"{v:.1f}" if r["test"] == DECREASE else f"{v:+.1f}"  # noqa: E731
     per_seed = ", ".join(f"{r['id']} " + " / ".join(value(v, r) for v in r["values"]) for r in card["findings"])
     return (head + "\n".join(rows) + f"\n\nPer seed ({', '.join(map(str, card['seeds']))}): {per_seed}."
