@@ -240,38 +240,19 @@ class Config:
                                     # R on the shipped seed-0 filter and evaluated with it), labelled so in the report
 
 
-# Tiny mode's stage 1 (docs/tiny_mode.md, 'How tiny mode was designed'): small batches of whole same-reference groups, a higher lr,
-# and the temperature reset to 0.07: the mini-BLIP's learned one sinks to ~0.005 in pre-training, and starting
-# stage 1 there measured R@1 6.8 / R@5 28.4 vs 12.8 / 42.0 after the reset (same backbone, same recipe).
+# Tiny mode's stage 1: small batches of whole same-reference groups, a higher lr, and the temperature reset to 0.07
+# (docs/tiny_mode.md, 'Recipe measurements', says why, with the numbers).
 TINY_STAGE1 = Stage1Config(epochs=15, batch_size=64, lr=5e-4, schedule="step", batch_composition="reference_groups",
                            init_temp=0.07, validate_every=0, select="last")
 
-# Tiny mode's stage 2 (docs/tiny_mode.md, 'How tiny mode was designed'): hard batches, both streams from the trained filter, no
-# dropout, and enough epochs: the paper trains stage 2 for 50-80 epochs, and here the re-ranker overtakes the
-# filter only after ~4. Measured on this CPU (synthetic CIRR val, seed 0, K = 20, R@1 / R@5 / R@10; the
-# filter: 22.8 / 58.4 / 74.2):
-#   BLIP's dropout 0.1: 4 epochs 18.0 / 58.8 / 76.6; 10 epochs 28.4 / 64.4 / 78.6 (the preset until the stage-2
-#     speed work, R - F over seeds 0-2 +3.6 / +5.5 / +4.9), but stage 2 took ~14 min;
-#   dropout 0, lr 3e-4: 4 epochs 20.0 / 57.4 / 75.4; 6 epochs 26.0 / 62.0 / 78.2, but over seeds 0-2 R@1 - F was
-#     +3.2 / -1.0 / +0.4;
-#   dropout 0, lr 6e-4, 6 epochs (this preset): 24.4 / 62.4 / 76.8; over seeds 0-2 R - F is R@1 +1.6 / +0.4 / +4.2,
-#     R@5 +4.0 / +7.0 / +5.0, R@10 +2.6 / +3.0 / +5.2 (Rs@1 -0.7 on average). The R@1 margin is thin: more epochs
-#     widen it, and cost ~50 s each.
-# Without dropout a step costs ~30 % less (no Bernoulli masks, SDPA's fused kernel) and the query's part before the
-# first cross-attention runs once per query (`bxb_logits`): ~100 ms per B = 10 step, ~5 min for 6 epochs.
-# Tried at 4 epochs, dropout 0, lr 3e-4 (R@1, seed 0): lr 6e-4 20.6; hard_pool 20 18.2; head_lr_mult 10 16.4;
-# B = 5, one reference group per batch, 13.2 (Rs@1 80.6: siblings learned, the filter's other look-alikes not);
-# whole reference groups from the pool 15.8; negatives="filter_topk" 21.0 at 1.9x the time. B = 10 hard batches
-# learn as much per epoch as B = 20 at 0.6x the time; bf16 autocast is slower than fp32 at these sizes.
+# Tiny mode's stage 2: hard batches, both streams from the trained filter, no dropout, 10 epochs (5000 steps at B = 10)
+# (docs/tiny_mode.md: 'The frozen recipe' for how it was chosen, 'Recipe measurements' for what else was tried).
 TINY_STAGE2 = Stage2Config(epochs=10, batch_size=10, lr=6e-4, schedule="step", head_lr_mult=1.0,
                            batch_composition="hard", k=20, eval_ks=(5, 10, 20, 50), validate_every=0, select="last",
                            init="stage1", dropout=0.0)
 
-# Tiny mode's zero-shot. The mini-BLIP's frozen ITC temperature is 0.0039: at it, Stage I barely fits
-# (loss 4.9 for ln 64 = 4.2 at chance) and phi reaches R@1 0.2 (untrained: 0.2). Measured on this CPU (synthetic CIRR
-# val, seed 0, R@1 / R@10 / Rs@1): temp 0.02, 20 epochs 1.6 / 10.6 / 33.8; temp 0.05 1.4 / 10.6 / 33.4; temp 0.02,
-# 5 epochs 2.0 / 9.8 / 33.8, but with the injections 4.4 / 21.6 / 39.2 at 5 epochs against 5.8 / 29.8 / 39.0 at 20.
-# Stage II at a 10 % budget: 20 epochs 6.6 / 25.4 / 40.0, 60 epochs 7.4 / 36.2 / 43.6 (small budgets need many passes).
+# Tiny mode's zero-shot: a trained-phi temperature of 0.02 instead of the backbone's frozen one, and 60 epochs of
+# Stage II for small triplet budgets (docs/tiny_mode.md, 'Recipe measurements').
 TINY_ZEROSHOT = ZeroShotConfig(temp=0.02, epochs=10, stage2_epochs=60)
 
 # The variants the findings scorecard compares with (`cirtutor.findings`: F4-F6). `make demo` loads them trained as long
