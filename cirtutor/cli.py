@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DELEGATED = {"download": ("cirtutor.download", "cli_main"),
-             "pretrain-tiny": ("cirtutor.models.mini_blip", "pretrain_tiny_main")}
+             "pretrain-tiny": ("cirtutor.engine.pretrain", "pretrain_tiny_main")}
 
 
 def main(argv: list[str] | None = None) -> int:

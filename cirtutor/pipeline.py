@@ -42,16 +42,22 @@ from cirtutor.cache import cache_dir
 from cirtutor.config import Config, result_fields, validate
 from cirtutor.config import settings_diff as config_settings_diff
 from cirtutor.data.base import check_targets
+from cirtutor.data.folder import ImageFolder
+from cirtutor.data.preprocess import ImageTransform
 from cirtutor.data.registry import dataset_root, open_dataset
 from cirtutor.engine.features import FeatureStore, encode_gallery
 from cirtutor.engine.loop import world
+from cirtutor.engine.pretrain import mini_blip_folder
 from cirtutor.engine.stage1 import encode_queries, evaluate_filter, rank_with_filter, train_stage1
 from cirtutor.engine.stage2 import check_same_vision, evaluate_reranker, filter_negatives, hard_pools, score_lists, train_stage2
+from cirtutor.engine.zeroshot import (ZEROSHOT_FILE, build_zeroshot, evaluate_zeroshot, load_zeroshot, save_zeroshot,
+                                      synthetic_captions, train_composing, train_mapping)
 from cirtutor.errors import CirtutorError
 from cirtutor.evaluation import TopK, rank_shift_by_initial, rank_table, save_topk
 from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text, torch_load
 from cirtutor.models import CandidateFilter, DualEncoderReranker
 from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
+from cirtutor.models.zeroshot import ZeroShotEncoder
 
 ABLATIONS = {  # name in config -> (label in the report, model overrides); paper Tables 3/4
     "no_text": ("w/o Encoder-t", {"streams": "z_t"}),
@@ -83,7 +89,6 @@ def is_tiny(cfg: Config) -> bool:
 def init_weights(cfg: Config, verbose: bool = True) -> Path:
     """The initial weights both stages start from: BLIP (paper) or the pretrained mini-BLIP (tiny)."""
     if is_tiny(cfg):
-        from cirtutor.models.mini_blip import mini_blip_folder
         return mini_blip_folder(cfg, verbose)
     path = Path(cfg.weights)
     if not path.exists():
@@ -441,6 +446,53 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
     metrics = evaluate_reranker(filt, model, val, stores["val"], ks, device=device, details=details, **eval_speed(cfg))
     if world()[0] == 0:
         atomic_write_json(out / "metrics.json", metrics, indent=2)
+    return model, metrics
+
+
+# ----------------------------------------------------------------------------- zero-shot (notebook 09)
+
+def folder_store(cfg: Config, weights: Path, device) -> FeatureStore:
+    """Frozen-ViT image tokens of every image under `zeroshot.images`, computed once and cached
+    (keyed by the weights' contents, the folder's files (names, sizes, modification times) and the resolution)."""
+    folder = ImageFolder(cfg.zeroshot.images, ImageTransform(cfg.data.resolution))
+    key = config_digest(weights_key(weights), str(folder.root.resolve()), image_files_key(folder), cfg.data.resolution,
+                        cfg.model.image_size, cfg.model.patch_size)
+    path = cache_dir() / "features" / f"folder-{folder.root.name}-{key}.safetensors"
+    return cached_features(cfg, path, lambda: folder, weights, device)
+
+
+def zeroshot_dir(run: Path, seed: int) -> Path:
+    return Path(run) / f"seed{seed}" / "zeroshot"
+
+
+def run_zeroshot(cfg: Config, run: Path, seed: int, *, train, val, stores, weights: Path, device,
+                 log=print) -> tuple[ZeroShotEncoder, dict]:
+    """Stage I on the training split's images (tiny mode: with the synthetic captions) or on the
+    folder `zeroshot.images`, Stage II when `zeroshot.budget` > 0, then zero-shot evaluation on
+    the validation split. Writes
+    run/seed{s}/zeroshot/{zeroshot.safetensors, metrics.json, stage1.csv[, stage2.csv]}."""
+    z, out = cfg.zeroshot, zeroshot_dir(run, seed)
+    model = build_zeroshot(weights, cfg, seed)
+    final = out / ZEROSHOT_FILE
+    if final.is_file():
+        log(f"zero-shot (seed {seed}): found trained model {final}, loading…")
+        load_zeroshot(model, final).to(device)
+    else:
+        if z.images:                                         # a plain folder has no captions: soft_weight is refused
+            store, captions = folder_store(cfg, weights, device), None
+            names = list(store.names)
+        else:
+            store, names = stores["train"], list(train.gallery)
+            captions = synthetic_captions(dataset_root(cfg.data, verbose=False), "train") if is_tiny(cfg) and z.soft_weight else None
+        history = train_mapping(model, store, names, z, captions=captions, seed=seed, device=device, log=log)
+        write_csv(out / "stage1.csv", history.train)
+        if z.budget:
+            history, used = train_composing(model, train, stores["train"], z, seed=seed, device=device, log=log)
+            write_csv(out / "stage2.csv", history.train)
+            atomic_write_json(out / "stage2_queries.json", used)
+        save_zeroshot(model, final)
+    metrics = evaluate_zeroshot(model.eval(), val, stores["val"], device=device)
+    atomic_write_json(out / "metrics.json", metrics, indent=2)
     return model, metrics
 
 

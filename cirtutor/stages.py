@@ -79,13 +79,13 @@ def train_stage1(cfg: Config, args) -> int:
 def zeroshot(cfg: Config, args) -> int:
     """Zero-shot CIR (`cirtutor.engine.zeroshot`): Stage I on the training images, Stage II when
     zeroshot.budget > 0, evaluated on the validation split."""
-    from cirtutor.engine.zeroshot import describe, run_zeroshot, zeroshot_dir
+    from cirtutor.engine.zeroshot import describe
 
     ctx = context(cfg, args)
     P.say(f"zero-shot (seed {args.seed}): {describe(cfg.zeroshot)}")
-    _, metrics = run_zeroshot(cfg, ctx["run"], args.seed, train=ctx["train"], val=ctx["val"], stores=ctx["stores"],
+    _, metrics = P.run_zeroshot(cfg, ctx["run"], args.seed, train=ctx["train"], val=ctx["val"], stores=ctx["stores"],
                               weights=ctx["weights"], device=ctx["device"], log=P.say)
-    P.say(f"zero-shot: {P.short(metrics)}  ({zeroshot_dir(ctx['run'], args.seed)})")
+    P.say(f"zero-shot: {P.short(metrics)}  ({P.zeroshot_dir(ctx['run'], args.seed)})")
     return 0
 
 

@@ -16,7 +16,7 @@ training has finished (`cirtutor.cache.cached` builds it under a temporary name)
 
 `trained_reranker(cfg, seed, ablation)` does the same for stage 2 (`run_stage2` on the cached
 filter), for the main re-ranker and each ablation, under cache_dir()/trained/{preset}-reranker-{digest}/,
-and `trained_zeroshot(cfg, seed)` for the zero-shot models (`engine.zeroshot.run_zeroshot`: the
+and `trained_zeroshot(cfg, seed)` for the zero-shot models (`pipeline.run_zeroshot`: the
 data, model and zeroshot sections) under cache_dir()/trained/{preset}-zeroshot-{digest}/.
 
 Also here: `filter_data` (what stage 1 trains and evaluates on, in one object) and
@@ -41,7 +41,7 @@ from cirtutor.config import Config, result_fields, settings_diff
 from cirtutor.data.registry import dataset_root
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.stage1 import first_batches
-from cirtutor.engine.zeroshot import ZEROSHOT_FILE, build_zeroshot, describe, load_zeroshot, run_zeroshot, zeroshot_dir
+from cirtutor.engine.zeroshot import ZEROSHOT_FILE, build_zeroshot, describe, load_zeroshot
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_bytes, atomic_write_json
 from cirtutor.models import CandidateFilter, DualEncoderReranker
@@ -49,8 +49,8 @@ from cirtutor.models.cala import CaLa
 from cirtutor.models.zeroshot import ZeroShotEncoder
 from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
 from cirtutor.pipeline import (ABLATIONS, AUX_MODULES, config_dict, config_digest, datasets, feature_stores, init_weights, is_tiny,
-                               load_weights, resolve_device, run_stage1, run_stage2, stage1_dir, state_bytes,
-                               variant_config, weights_key)
+                               load_weights, resolve_device, run_stage1, run_stage2, run_zeroshot, stage1_dir,
+                               state_bytes, variant_config, weights_key, zeroshot_dir)
 
 SHIPPED = Path(__file__).resolve().parent / "assets" / "trained"   # compact copies of the tiny models (`ship`)
 COMPACT = "model.compact.safetensors"

@@ -11,6 +11,7 @@ from transformers import BlipForImageTextRetrieval
 
 from cirtutor.config import apply_overrides, get_model_config, get_preset
 from cirtutor.errors import CirtutorError
+from cirtutor.engine import pretrain as pt
 from cirtutor.models import mini_blip as mb
 from cirtutor.models.tokenizer import tokenize_text_only
 
@@ -29,7 +30,7 @@ def cfg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pairs(cfg):
-    images, captions, _ = mb.image_caption_pairs(mb.pretraining_data(cfg.data), "train")
+    images, captions, _ = pt.image_caption_pairs(pt.pretraining_data(cfg.data), "train")
     return images, *tokenize_text_only(captions)
 
 
@@ -67,15 +68,15 @@ def test_pairs_are_preloaded_images_and_captions(cfg, pairs):
     images, input_ids, text_mask = pairs
     assert images.shape == (72, 3, 32, 32) and input_ids.shape == text_mask.shape and len(input_ids) == 72
     assert (input_ids[:, 0] == 101).all()  # unimodal mode keeps [CLS]
-    ids, mask = mb.batch_tokens(input_ids, text_mask, torch.tensor([3, 5]))
+    ids, mask = pt.batch_tokens(input_ids, text_mask, torch.tensor([3, 5]))
     assert mask[:, -1].any() and ids.shape == mask.shape
 
 
 def test_eval_pairs_are_whole_groups_with_sibling_negatives(cfg):
-    images, input_ids, text_mask, neg_text, (edited_ids, _) = mb.eval_pairs(mb.pretraining_data(cfg.data), 20)
+    images, input_ids, text_mask, neg_text, (edited_ids, _) = pt.eval_pairs(pt.pretraining_data(cfg.data), 20)
     assert len(images) == len(input_ids) == len(neg_text) == len(edited_ids) == 24  # 4 whole groups of 6 scenes
     assert (neg_text != torch.arange(24)).all() and (neg_text // 6 == torch.arange(24) // 6).all()
-    again = mb.eval_pairs(mb.pretraining_data(cfg.data), 20)
+    again = pt.eval_pairs(pt.pretraining_data(cfg.data), 20)
     assert torch.equal(again[0], images) and torch.equal(again[3], neg_text)
 
 
@@ -91,7 +92,7 @@ def test_losses_finite_and_decrease_on_a_fixed_batch(cfg, pairs):
     opt = torch.optim.AdamW([*model.parameters(), temp], lr=1e-3)
     losses = []
     for _ in range(90):
-        loss_itc, loss_itm = mb.pretrain_losses(model, temp, images[idx], *mb.batch_tokens(input_ids, text_mask, idx))
+        loss_itc, loss_itm = pt.pretrain_losses(model, temp, images[idx], *pt.batch_tokens(input_ids, text_mask, idx))
         opt.zero_grad()
         (loss_itc + loss_itm).backward()
         opt.step()
@@ -104,11 +105,11 @@ def test_losses_finite_and_decrease_on_a_fixed_batch(cfg, pairs):
 
 def test_edited_captions_are_one_edit_away(cfg):
     from cirtutor.data import synthetic as world
-    data = mb.pretraining_data(cfg.data)
-    names = mb.pair_names(data, "train")
-    _, captions, _ = mb.image_caption_pairs(data, "train")
-    variants = mb.edited_captions(names[:10], captions[:10], per_image=3)
-    assert variants == mb.edited_captions(names[:10], captions[:10], per_image=3)  # seeded
+    data = pt.pretraining_data(cfg.data)
+    names = pt.pair_names(data, "train")
+    _, captions, _ = pt.image_caption_pairs(data, "train")
+    variants = pt.edited_captions(names[:10], captions[:10], per_image=3)
+    assert variants == pt.edited_captions(names[:10], captions[:10], per_image=3)  # seeded
     for caption, row in zip(captions, variants):
         scene = world.parse_scene(caption)
         one_edit = {world.apply_edit(scene, e) for kind in world.possible_edits(scene).values() for e in kind}
@@ -116,9 +117,9 @@ def test_edited_captions_are_one_edit_away(cfg):
 
 
 def test_pretraining_continues_from_a_folder_with_edited_negatives(cfg, tmp_path):
-    base = mb.pretrain_mini_blip(cfg, **FAST, eval_every=4)
+    base = pt.pretrain_mini_blip(cfg, **FAST, eval_every=4)
     mb.save_mini_blip(base["model"], base["temp"], tmp_path / "base", base["meta"])
-    more = mb.pretrain_mini_blip(cfg, **{**FAST, "steps": 2}, eval_every=2, init=tmp_path / "base", edited_negatives=2)
+    more = pt.pretrain_mini_blip(cfg, **{**FAST, "steps": 2}, eval_every=2, init=tmp_path / "base", edited_negatives=2)
     recipe = more["meta"]["recipe"]
     assert recipe["edited_negatives"] == 2 and recipe["init"]["command"] == base["meta"]["command"]
     assert "itm_edit_acc" in more["metrics"] and not same_weights(params(base["model"]), params(more["model"]))
@@ -141,7 +142,7 @@ def test_hard_negatives_never_equal_the_positive():
     g = torch.Generator().manual_seed(0)
     sim = torch.randn(6, 6, generator=g) * 5
     sim.fill_diagonal_(100.0)  # the positive dominates the softmax and must still never be drawn
-    draws = torch.stack([mb.sample_hard_negatives(sim, g) for _ in range(300)])  # (300, 6)
+    draws = torch.stack([pt.sample_hard_negatives(sim, g) for _ in range(300)])  # (300, 6)
     assert (draws != torch.arange(6)).all()
     assert len(draws.unique()) == 6  # every column is someone's negative
 
@@ -149,7 +150,7 @@ def test_hard_negatives_never_equal_the_positive():
 def test_hard_negatives_follow_the_similarity():
     sim = torch.zeros(4, 4)
     sim[0, 2] = 10.0  # text 2 is by far the most similar wrong text for image 0
-    draws = torch.stack([mb.sample_hard_negatives(sim, torch.Generator().manual_seed(s)) for s in range(50)])
+    draws = torch.stack([pt.sample_hard_negatives(sim, torch.Generator().manual_seed(s)) for s in range(50)])
     assert (draws[:, 0] == 2).float().mean() > 0.9
 
 
@@ -158,7 +159,7 @@ def test_temperature_is_clamped_to_blips_range(cfg, pairs, start, clamped):
     images, input_ids, text_mask = pairs
     model, temp = mb.build_mini_blip(cfg.model)
     temp.data.fill_(start)
-    mb.pretrain_losses(model, temp, images[:4], *mb.batch_tokens(input_ids, text_mask, torch.arange(4)))
+    pt.pretrain_losses(model, temp, images[:4], *pt.batch_tokens(input_ids, text_mask, torch.arange(4)))
     assert temp.item() == pytest.approx(clamped)
 
 
@@ -174,7 +175,7 @@ def test_save_load_round_trip_is_exact_up_to_float16(cfg, pairs, tmp_path):
     assert loaded_temp.item() == pytest.approx(temp.item()) and loaded_meta["step"] == 7
     rounded = copy.deepcopy(model).half().float()
     assert same_weights(params(rounded), params(loaded))
-    batch = images[:6], *mb.batch_tokens(input_ids, text_mask, torch.arange(6))
+    batch = images[:6], *pt.batch_tokens(input_ids, text_mask, torch.arange(6))
     for want, got in zip(outputs(rounded, *batch), outputs(loaded, *batch)):
         assert torch.equal(want, got)
 
@@ -194,10 +195,10 @@ def test_load_explains_missing_incomplete_and_mismatched_folders(cfg, tmp_path):
 
 
 def test_pretraining_is_seeded_and_stop_after_reproduces_a_checkpoint(cfg, tmp_path):
-    a = mb.pretrain_mini_blip(cfg, **FAST, eval_every=2, save_every=2, save_dir=tmp_path)
-    b = mb.pretrain_mini_blip(cfg, **FAST, eval_every=4)
+    a = pt.pretrain_mini_blip(cfg, **FAST, eval_every=2, save_every=2, save_dir=tmp_path)
+    b = pt.pretrain_mini_blip(cfg, **FAST, eval_every=4)
     assert same_weights(params(a["model"]), params(b["model"])) and a["temp"].item() == b["temp"].item()
-    c = mb.pretrain_mini_blip(cfg, **FAST, eval_every=4, stop_after=2)
+    c = pt.pretrain_mini_blip(cfg, **FAST, eval_every=4, stop_after=2)
     checkpoint, temp, meta = mb.load_mini_blip(tmp_path / "step_0002", cfg.model)
     assert same_weights(params(c["model"].half().float()), params(checkpoint))
     assert meta["step"] == 2 and "--stop-after 2" in meta["command"] and temp.item() == pytest.approx(c["temp"].item())
@@ -205,19 +206,19 @@ def test_pretraining_is_seeded_and_stop_after_reproduces_a_checkpoint(cfg, tmp_p
 
 
 def test_pretrained_mini_blip_builds_once_then_loads(cfg, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(mb, "SHIPPED", tmp_path / "not_shipped")
-    monkeypatch.setattr(mb, "RECIPE", dict(steps=2, stop_after=None, batch_size=8, lr=1e-3, seed=0))
-    monkeypatch.setattr(mb, "GROUNDING", dict(steps=1, stop_after=None, batch_size=8, lr=1e-3, seed=0,
+    monkeypatch.setattr(pt, "SHIPPED", tmp_path / "not_shipped")
+    monkeypatch.setattr(pt, "RECIPE", dict(steps=2, stop_after=None, batch_size=8, lr=1e-3, seed=0))
+    monkeypatch.setattr(pt, "GROUNDING", dict(steps=1, stop_after=None, batch_size=8, lr=1e-3, seed=0,
                                               edited_negatives=2, sincos_positions=1.0))
-    monkeypatch.setattr(mb, "NARROWING", dict(from_dim=2 * cfg.model.embed_dim, steps=1, stop_after=None, batch_size=8,
+    monkeypatch.setattr(pt, "NARROWING", dict(from_dim=2 * cfg.model.embed_dim, steps=1, stop_after=None, batch_size=8,
                                               lr=1e-3, seed=0, edited_negatives=2))
-    built, _, meta = mb.pretrained_mini_blip(cfg)
+    built, _, meta = pt.pretrained_mini_blip(cfg)
     out = capsys.readouterr().out
     assert "building pretrained mini-BLIP" in out and meta["step"] == 1 and "narrowed the ITC projections" in out
     grounded = meta["recipe"]["init"]                                  # phase 3 continued phase 2, which continued 1
     assert grounded["recipe"]["sincos_positions"] == 1.0 and grounded["recipe"]["init"]["recipe"]["steps"] == 2
     assert meta["model_config"]["embed_dim"] == cfg.model.embed_dim and meta["recipe"]["steps"] == 1
-    loaded, _, _ = mb.pretrained_mini_blip(cfg)
+    loaded, _, _ = pt.pretrained_mini_blip(cfg)
     assert "found pretrained mini-BLIP" in capsys.readouterr().out
     assert same_weights(params(built), params(loaded))
 
@@ -225,19 +226,19 @@ def test_pretrained_mini_blip_builds_once_then_loads(cfg, tmp_path, monkeypatch,
 def test_pretrained_mini_blip_prefers_a_matching_shipped_copy(cfg, tmp_path, monkeypatch, capsys):
     model, temp = mb.build_mini_blip(cfg.model)
     mb.save_mini_blip(model, temp, tmp_path / "shipped", meta_for(cfg, step=99))
-    monkeypatch.setattr(mb, "SHIPPED", tmp_path / "shipped")
-    assert mb.pretrained_mini_blip(cfg)[2]["step"] == 99
+    monkeypatch.setattr(pt, "SHIPPED", tmp_path / "shipped")
+    assert pt.pretrained_mini_blip(cfg)[2]["step"] == 99
     assert capsys.readouterr().out == "found pretrained mini-BLIP, loading…\n"
 
 
 def test_pretrain_tiny_command(cfg, tmp_path, capsys):
     argv = ["--steps", "2", "--batch-size", "8", "--eval-every", "2", "--out", str(tmp_path / "run")]
-    assert mb.pretrain_tiny_main(argv + sum((["--set", s] for s in SMALL), [])) == 0
+    assert pt.pretrain_tiny_main(argv + sum((["--set", s] for s in SMALL), [])) == 0
     assert "i2t R@1/5/10" in capsys.readouterr().out
     _, _, meta = mb.load_mini_blip(tmp_path / "run", cfg.model)
     assert meta["command"].startswith("cirtutor pretrain-tiny --preset tiny --steps 2 --batch-size 8")
     assert json.loads((tmp_path / "run" / "history.json").read_text())["evals"][-1]["step"] == 2
-    assert mb.pretrain_tiny_main(argv + ["--set", "model.nonsense=1"]) == 2
+    assert pt.pretrain_tiny_main(argv + ["--set", "model.nonsense=1"]) == 2
 
 
 @pytest.mark.skipif(not (mb.SHIPPED / mb.META_FILE).is_file(), reason="no shipped mini-BLIP")
@@ -256,21 +257,21 @@ def test_narrowing_the_projections_keeps_the_embedding_space_it_can(cfg, pairs):
     model.eval()
     images, ids, mask = pairs
     feats = mb.image_feats_of(model, images[:20])
-    before = torch.cat(mb.itc_embeddings(model, feats, *mb.batch_tokens(ids, mask, torch.arange(20))))  # (40, e)
+    before = torch.cat(mb.itc_embeddings(model, feats, *pt.batch_tokens(ids, mask, torch.arange(20))))  # (40, e)
     rank = int(torch.linalg.matrix_rank(before))
-    p = mb.narrow_projections_(model, rank, feats, *mb.batch_tokens(ids, mask, torch.arange(20)))
-    after = torch.cat(mb.itc_embeddings(model, feats, *mb.batch_tokens(ids, mask, torch.arange(20))))   # (40, rank)
+    p = mb.narrow_projections_(model, rank, feats, *pt.batch_tokens(ids, mask, torch.arange(20)))
+    after = torch.cat(mb.itc_embeddings(model, feats, *pt.batch_tokens(ids, mask, torch.arange(20))))   # (40, rank)
     assert after.shape[1] == rank == p.shape[1] and model.config.image_text_hidden_size == rank
     norms = (before @ p).norm(dim=1, keepdim=True)                      # the kept part of each unit embedding
     torch.testing.assert_close(after, (before @ p) / norms, atol=1e-4, rtol=1e-4)
 
 
 def test_pretraining_can_narrow_a_wider_mini_blip(cfg, tmp_path):
-    base = mb.pretrain_mini_blip(cfg, **FAST, eval_every=4)
+    base = pt.pretrain_mini_blip(cfg, **FAST, eval_every=4)
     mb.save_mini_blip(base["model"], base["temp"], tmp_path / "base", base["meta"])
     narrow = apply_overrides(cfg, [f"model.embed_dim={cfg.model.embed_dim // 2}"])
     logs = []
-    more = mb.pretrain_mini_blip(narrow, **{**FAST, "steps": 2, "log": logs.append}, eval_every=2, init=tmp_path / "base")
+    more = pt.pretrain_mini_blip(narrow, **{**FAST, "steps": 2, "log": logs.append}, eval_every=2, init=tmp_path / "base")
     assert more["model"].vision_proj.out_features == cfg.model.embed_dim // 2
     assert any("narrowed the ITC projections" in line for line in logs)
     mb.save_mini_blip(more["model"], more["temp"], tmp_path / "narrow", more["meta"])
@@ -278,12 +279,12 @@ def test_pretraining_can_narrow_a_wider_mini_blip(cfg, tmp_path):
 
 
 def test_an_own_mini_blip_can_be_chosen_by_environment(cfg, tmp_path, monkeypatch, capsys):
-    base = mb.pretrain_mini_blip(cfg, **FAST, eval_every=4)
+    base = pt.pretrain_mini_blip(cfg, **FAST, eval_every=4)
     mb.save_mini_blip(base["model"], base["temp"], tmp_path / "own", base["meta"])
     monkeypatch.setenv("CIRTUTOR_MINI_BLIP", str(tmp_path / "own"))
-    assert mb.mini_blip_folder(cfg) == tmp_path / "own" and "CIRTUTOR_MINI_BLIP" in capsys.readouterr().out
+    assert pt.mini_blip_folder(cfg) == tmp_path / "own" and "CIRTUTOR_MINI_BLIP" in capsys.readouterr().out
     with pytest.raises(CirtutorError, match="other model dims"):
-        mb.mini_blip_folder(apply_overrides(cfg, ["model.embed_dim=16"]))
+        pt.mini_blip_folder(apply_overrides(cfg, ["model.embed_dim=16"]))
     monkeypatch.setenv("CIRTUTOR_MINI_BLIP", str(tmp_path / "missing"))
     with pytest.raises(CirtutorError, match="not a complete mini-BLIP folder"):
-        mb.mini_blip_folder(cfg)
+        pt.mini_blip_folder(cfg)

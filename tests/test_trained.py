@@ -251,7 +251,8 @@ def test_a_zero_shot_model_is_trained_once_then_loaded_and_ships(cfg, data, tmp_
     import shutil
 
     from cirtutor import trained as tr
-    from cirtutor.engine.zeroshot import trainable_state, zeroshot_dir
+    from cirtutor.engine.zeroshot import trainable_state
+    from cirtutor.pipeline import zeroshot_dir
 
     zcfg = apply_overrides(cfg, ["zeroshot.epochs=1", "zeroshot.batch_size=16", "zeroshot.budget=0.2",
                                  "zeroshot.stage2_epochs=1", "zeroshot.stage2_batch_size=8"])

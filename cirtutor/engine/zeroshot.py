@@ -32,13 +32,13 @@ from cirtutor.engine.loop import Schedule, fit
 from cirtutor.engine.optim import make_optimizer
 from cirtutor.engine.stage1 import evaluate_filter, rank_with_filter
 from cirtutor.errors import CirtutorError
-from cirtutor.io import atomic_write_bytes, atomic_write_json
+from cirtutor.io import atomic_write_bytes
 from cirtutor.models.loading import load_filter
 from cirtutor.models.tokenizer import tokenize_text_only
 from cirtutor.models.zeroshot import ZeroShotEncoder, prompts
 
 TRAINABLE = ("mapper.", "injections.", "adapters.")
-ZEROSHOT_FILE = "zeroshot.safetensors"             # the trained parts (`trainable_state`), in zeroshot_dir(run, seed)
+ZEROSHOT_FILE = "zeroshot.safetensors"             # the trained parts (`trainable_state`), in pipeline.zeroshot_dir(run, seed)
 
 
 def build_zeroshot(weights: Path, cfg: Config, seed: int = 0) -> ZeroShotEncoder:
@@ -275,59 +275,6 @@ def query_alignment(model: ZeroShotEncoder, dataset, store: FeatureStore, device
     to_ref, to_tgt = (q * ref).sum(1), (q * tgt).sum(1)
     return {"cos(q, reference)": to_ref.mean().item(), "cos(q, target)": to_tgt.mean().item(),
             "closer to target (%)": 100.0 * (to_tgt > to_ref).float().mean().item()}
-
-
-def folder_store(cfg: Config, weights: Path, device) -> FeatureStore:
-    """Frozen-ViT image tokens of every image under `zeroshot.images`, computed once and cached
-    (keyed by the weights' contents, the folder's files (names, sizes, modification times) and the resolution)."""
-    from cirtutor.cache import cache_dir
-    from cirtutor.data.folder import ImageFolder
-    from cirtutor.data.preprocess import ImageTransform
-    from cirtutor.pipeline import cached_features, config_digest, image_files_key, weights_key
-
-    folder = ImageFolder(cfg.zeroshot.images, ImageTransform(cfg.data.resolution))
-    key = config_digest(weights_key(weights), str(folder.root.resolve()), image_files_key(folder), cfg.data.resolution,
-                        cfg.model.image_size, cfg.model.patch_size)
-    path = cache_dir() / "features" / f"folder-{folder.root.name}-{key}.safetensors"
-    return cached_features(cfg, path, lambda: folder, weights, device)
-
-
-def zeroshot_dir(run: Path, seed: int) -> Path:
-    return Path(run) / f"seed{seed}" / "zeroshot"
-
-
-def run_zeroshot(cfg: Config, run: Path, seed: int, *, train, val, stores, weights: Path, device,
-                 log=print) -> tuple[ZeroShotEncoder, dict]:
-    """Stage I on the training split's images (tiny mode: with the synthetic captions) or on the
-    folder `zeroshot.images`, Stage II when `zeroshot.budget` > 0, then zero-shot evaluation on
-    the validation split. Writes
-    run/seed{s}/zeroshot/{zeroshot.safetensors, metrics.json, stage1.csv[, stage2.csv]}."""
-    from cirtutor.data.registry import dataset_root
-    from cirtutor.pipeline import is_tiny, write_csv
-
-    z, out = cfg.zeroshot, zeroshot_dir(run, seed)
-    model = build_zeroshot(weights, cfg, seed)
-    final = out / ZEROSHOT_FILE
-    if final.is_file():
-        log(f"zero-shot (seed {seed}): found trained model {final}, loading…")
-        load_zeroshot(model, final).to(device)
-    else:
-        if z.images:                                         # a plain folder has no captions: soft_weight is refused
-            store, captions = folder_store(cfg, weights, device), None
-            names = list(store.names)
-        else:
-            store, names = stores["train"], list(train.gallery)
-            captions = synthetic_captions(dataset_root(cfg.data, verbose=False), "train") if is_tiny(cfg) and z.soft_weight else None
-        history = train_mapping(model, store, names, z, captions=captions, seed=seed, device=device, log=log)
-        write_csv(out / "stage1.csv", history.train)
-        if z.budget:
-            history, used = train_composing(model, train, stores["train"], z, seed=seed, device=device, log=log)
-            write_csv(out / "stage2.csv", history.train)
-            atomic_write_json(out / "stage2_queries.json", used)
-        save_zeroshot(model, final)
-    metrics = evaluate_zeroshot(model.eval(), val, stores["val"], device=device)
-    atomic_write_json(out / "metrics.json", metrics, indent=2)
-    return model, metrics
 
 
 def describe(cfg: ZeroShotConfig) -> str:
