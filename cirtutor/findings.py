@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cirtutor.errors import CirtutorError
+from cirtutor.layout import seed_dirs, stage_dir, variant_dirs
 
 # ----------------------------------------------------------------------------- the paper's tables (validation splits)
 
@@ -227,27 +228,27 @@ def make_record(seed: int, k: int, k_max: int, fiq: bool, main: dict, ablations:
     return record | ({"ablation_reference": _flat(reference, fiq)} if reference is not None else {})
 
 
-def seed_record(seed_dir: Path, k: int, k_max: int, fiq: bool) -> dict | None:
-    """One seed's record from a run folder's seed<s>/ (the metrics.json each `train-stage2` or
-    `evaluate` writes): F, R_K, R_K_max, every ablation evaluated, and the rank decrease at K;
-    None when the full re-ranker was not evaluated there."""
-    path = seed_dir / "stage2" / "metrics.json"
+def seed_record(run: Path, seed: int, k: int, k_max: int, fiq: bool) -> dict | None:
+    """One seed's record from a run folder (the metrics.json each `train-stage2` or `evaluate`
+    writes): F, R_K, R_K_max, every variant evaluated, the rank decrease at K and each model's loss
+    per epoch; None when the full re-ranker was not evaluated there."""
+    path = stage_dir(run, seed, "stage2") / "metrics.json"
     if not path.is_file():
         return None
     m = json.loads(path.read_text())
     if f"K={k}" not in m:
         raise CirtutorError(f"{path} has no R_{k}: evaluate the run at its preset's K (stage2.k={k})")
     ablations, reference = {}, None
-    losses = {"R_K": epoch_losses(seed_dir / "stage2" / "metrics.csv")}
-    for folder in sorted(seed_dir.glob("stage2-*")):
-        losses[folder.name[len("stage2-"):]] = epoch_losses(folder / "metrics.csv")
+    losses = {"R_K": epoch_losses(path.parent / "metrics.csv")}
+    for name, folder in variant_dirs(run, seed).items():
+        losses[name] = epoch_losses(folder / "metrics.csv")
         if (folder / "metrics.json").is_file():
             a = json.loads((folder / "metrics.json").read_text())
             if f"K={k}" in a:
-                ablations[folder.name[len("stage2-"):]] = a[f"K={k}"]
+                ablations[name] = a[f"K={k}"]
             if f"K={k}" in a.get("full_model", {}):
                 reference = a["full_model"][f"K={k}"]
-    record = make_record(int(seed_dir.name[4:]), k, k_max, fiq, m, ablations, reference)
+    record = make_record(seed, k, k_max, fiq, m, ablations, reference)
     return record | {"epoch_losses": {name: v for name, v in losses.items() if v}}
 
 
@@ -292,8 +293,8 @@ def seed_records(run: str | Path) -> tuple[list[dict], str]:
     cfg = json.loads((run / "config.json").read_text())
     dataset, s2 = cfg["data"]["dataset"], cfg["stage2"]
     k, k_max = int(s2["k"]), max(int(x) for x in (*s2["eval_ks"], s2["k"]))
-    seeds = sorted((d for d in run.glob("seed*") if d.name[4:].isdigit()), key=lambda d: int(d.name[4:]))
-    records = [r for d in seeds if (r := seed_record(d, k, k_max, dataset == "fashioniq")) is not None]
+    seeds = [int(d.name[4:]) for d in seed_dirs(run)]
+    records = [r for seed in seeds if (r := seed_record(run, seed, k, k_max, dataset == "fashioniq")) is not None]
     if not records:
         raise CirtutorError(f"{run} holds no evaluated re-ranker (seed*/stage2/metrics.json): "
                             "run `cirtutor train-stage2` or `cirtutor evaluate` on it first")

@@ -1,7 +1,7 @@
 """The main job, stage by stage: what `cirtutor reproduce | train-stage1 | extract-topk |
 train-stage2 | evaluate` run (paper §3-§4; docs/authors_code.md, 'Training recipe'; docs/metrics.md).
 
-One run folder holds everything a run makes:
+One run folder holds everything a run makes (`cirtutor/layout.py` names its folders):
 
     RUN/config.json                      the resolved configuration
     RUN/seed{s}/stage1/last.pt           training checkpoint (resumable), best.pt / final weights
@@ -55,6 +55,7 @@ from cirtutor.engine.zeroshot import (ZEROSHOT_FILE, build_zeroshot, evaluate_ze
 from cirtutor.errors import CirtutorError
 from cirtutor.evaluation import TopK, rank_shift_by_initial, rank_table, save_topk
 from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text, torch_load
+from cirtutor.layout import stage_dir
 from cirtutor.models import CandidateFilter, DualEncoderReranker
 from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
 from cirtutor.models.zeroshot import ZeroShotEncoder
@@ -215,7 +216,7 @@ def feature_stores(cfg: Config, train, val, weights: Path, device) -> dict[str, 
 # ----------------------------------------------------------------------------- stage 1
 
 def stage1_dir(run: Path, seed: int) -> Path:
-    return Path(run) / f"seed{seed}" / "stage1"
+    return stage_dir(run, seed, "stage1")
 
 
 def run_stage1(cfg: Config, run: Path, seed: int, *, train, val, stores, weights: Path, device,
@@ -339,7 +340,7 @@ def short(metrics: dict) -> str:
 
 def extract_topk(cfg: Config, run: Path, seed: int, filt: CandidateFilter, val, stores, device, k: int = 200) -> list[Path]:
     """Stage 1's top-K lists of the validation split (docs/data_formats.md, 'Top-K files'), in our pickle-free format."""
-    out, paths = Path(run) / f"seed{seed}" / "topk", []
+    out, paths = stage_dir(run, seed, "topk"), []
     groups = {None: list(range(len(val.queries)))} if val.dataset_name == "CIRR" else {
         cat: [i for i, q in enumerate(val.queries) if q["category"] == cat] for cat in val.galleries}
     for cat, idx in groups.items():
@@ -412,7 +413,7 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
     """Train the re-ranker (Eq. 2) on the filter's z_t, then evaluate F and R_K for every K.
     `shared` (a dict) keeps the training z_t and hard pools for the next variant of the same filter."""
     cfg = variant_config(cfg, ablation)
-    out = Path(run) / f"seed{seed}" / ("stage2" + (f"-{ablation}" if ablation else ""))
+    out = stage_dir(run, seed, "stage2", ablation)
     torch.manual_seed(seed)                                   # the new head's initialisation
     if cfg.stage2.init == "stage1":
         model, report = reranker_from_filter(filt.cpu(), cfg.model)
@@ -462,7 +463,7 @@ def folder_store(cfg: Config, weights: Path, device) -> FeatureStore:
 
 
 def zeroshot_dir(run: Path, seed: int) -> Path:
-    return Path(run) / f"seed{seed}" / "zeroshot"
+    return stage_dir(run, seed, "zeroshot")
 
 
 def run_zeroshot(cfg: Config, run: Path, seed: int, *, train, val, stores, weights: Path, device,
@@ -511,7 +512,7 @@ def place_shipped(cfg: Config, run: Path, seed: int) -> bool:
         trained.trained_reranker(cfg, 0, verbose=False)           # unpacks both into the cache
     for src, dst, name in ((stage1_dir(trained.trained_filter_dir(cfg, 0), 0), stage1_dir(run, 0), "filter.pt"),
                            (trained.reranker_out(trained.trained_reranker_dir(cfg, 0), 0, None),
-                            Path(run) / "seed0" / "stage2", "reranker.pt")):
+                            stage_dir(run, 0, "stage2"), "reranker.pt")):
         if not (dst / name).is_file():
             dst.mkdir(parents=True, exist_ok=True)
             for f in (name, "metrics.json"):
@@ -539,7 +540,7 @@ def run_ablation(cfg: Config, run: Path, seed: int, filt: CandidateFilter, ablat
     with contextlib.redirect_stdout(io.StringIO()):
         _, metrics = trained_reranker(cfg, 0, ablation, verbose=False)
         _, full = trained_reranker(cfg, 0, None, verbose=False)   # its full model, on the same filter
-    out = Path(run) / f"seed{seed}" / f"stage2-{ablation}"
+    out = stage_dir(run, seed, "stage2", ablation)
     k = f"K={cfg.stage2.k}"
     metrics = {**metrics, "source": SHIPPED_SOURCE, "full_model": {k: full[k]}}
     if world()[0] == 0:
@@ -751,7 +752,7 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
                     results["ablation_reference"] = a_metrics["full_model"][f"K={cfg.stage2.k}"]
             say(f"{ABLATIONS[ablation][0]} (seed {seed}{', ' + source if source != 'trained' else ''}): "
                 f"{short(a_metrics[f'K={cfg.stage2.k}'])}")
-        records.append(findings.seed_record(run / f"seed{seed}", cfg.stage2.k, max(usable_ks(cfg, val)),
+        records.append(findings.seed_record(run, seed, cfg.stage2.k, max(usable_ks(cfg, val)),
                                             cfg.data.dataset == "fashioniq"))
     results["findings"] = findings.judge(records, cfg.data.dataset)      # the scorecard, from the run folder
     if seeds == 1:

@@ -12,6 +12,7 @@ from cirtutor import pipeline as P
 from cirtutor.config import Config
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_json
+from cirtutor.layout import stage_dir
 
 
 STARTS_AFRESH = ("train-stage1", "zeroshot")      # the commands that train from the initial weights
@@ -61,11 +62,11 @@ def trained_filter(cfg: Config, ctx: dict, seed: int):
 
 
 def filter_file(args) -> str:
-    return f"seed{args.seed}/stage1/filter.pt"
+    return (stage_dir("", args.seed, "stage1") / "filter.pt").as_posix()
 
 
 def reranker_file(args) -> str:
-    return f"seed{args.seed}/stage2{'-' + args.ablation if args.ablation else ''}/reranker.pt"
+    return (stage_dir("", args.seed, "stage2", args.ablation) / "reranker.pt").as_posix()
 
 
 def train_stage1(cfg: Config, args) -> int:
@@ -136,7 +137,7 @@ def submit(cfg: Config, args) -> int:
     test = open_dataset(cfg.data, "test1", load_images=False)
     store = P.feature_store(cfg, "test1", ctx["weights"], ctx["device"])
     cfg_v = P.variant_config(cfg, args.ablation)
-    folder = ctx["run"] / f"seed{args.seed}" / ("stage2" + (f"-{args.ablation}" if args.ablation else ""))
+    folder = stage_dir(ctx["run"], args.seed, "stage2", args.ablation)
     model, _ = P.load_reranker(ctx["weights"], cfg_v.model)
     P.load_weights(model, folder / "reranker.pt").to(ctx["device"])
     P.check_same_vision(filt, model)

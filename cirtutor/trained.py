@@ -44,6 +44,7 @@ from cirtutor.engine.stage1 import first_batches
 from cirtutor.engine.zeroshot import ZEROSHOT_FILE, build_zeroshot, describe, load_zeroshot
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_bytes, atomic_write_json
+from cirtutor.layout import stage_dir
 from cirtutor.models import CandidateFilter, DualEncoderReranker
 from cirtutor.models.cala import CaLa
 from cirtutor.models.zeroshot import ZeroShotEncoder
@@ -191,7 +192,7 @@ def has_trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None
 
 
 def reranker_out(folder: Path, seed: int, ablation: str | None) -> Path:
-    return Path(folder) / f"seed{seed}" / ("stage2" + (f"-{ablation}" if ablation else ""))
+    return stage_dir(folder, seed, "stage2", ablation)
 
 
 def trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None, verbose: bool = True,

@@ -44,3 +44,22 @@ def test_models_hold_models_only():
     below = {f"{p.relative_to(PACKAGE)}: {m}" for p in sorted((PACKAGE / "models").rglob("*.py"))
              for m in imported_modules(p) if m.startswith(("cirtutor.data", "cirtutor.cache"))}
     assert not below, f"models/ reaching into data or the cache: {sorted(below)}"
+
+
+def test_one_function_names_every_stage_folder(tmp_path):
+    """`layout.stage_dir` builds every RUN/seed{s}/<stage> path; no other module spells the layout out."""
+    from cirtutor.layout import seed_dirs, stage_dir, variant_dirs
+
+    assert stage_dir("run", 2, "stage2", "no_zt").as_posix() == "run/seed2/stage2-no_zt"
+    assert stage_dir("run", 0, "topk").as_posix() == "run/seed0/topk"
+    with pytest.raises(ValueError, match="only stage 2"):
+        stage_dir("run", 0, "stage1", "no_zt")
+    with pytest.raises(ValueError, match="unknown stage"):
+        stage_dir("run", 0, "stage3")
+    for seed, stage, ablation in ((10, "stage2", None), (2, "stage2", "no_text"), (2, "stage2", None), (2, "topk", None)):
+        stage_dir(tmp_path, seed, stage, ablation).mkdir(parents=True)
+    assert [d.name for d in seed_dirs(tmp_path)] == ["seed2", "seed10"]
+    assert list(variant_dirs(tmp_path, 2)) == ["no_text"]
+    spelled = {f"{p.relative_to(PACKAGE)}" for p in PACKAGE.rglob("*.py") if p.name != "layout.py"
+               and any(s in p.read_text() for s in ('f"seed{', '/ "stage1"', '/ "stage2"', '/ "topk"', '/ "zeroshot"'))}
+    assert not spelled, f"run-folder paths built outside cirtutor/layout.py: {sorted(spelled)}"
