@@ -138,10 +138,10 @@ def cmd_findings(args) -> int:
 
 def cmd_stage(args) -> int:
     from cirtutor import stages
-    from cirtutor.config import ABLATION_NAMES
+    from cirtutor.config import ABLATIONS
 
-    if getattr(args, "ablation", None) and args.ablation not in ABLATION_NAMES:
-        raise CirtutorError(f"unknown ablation {args.ablation!r} (--ablation); choose from {', '.join(ABLATION_NAMES)}")
+    if getattr(args, "ablation", None) and args.ablation not in ABLATIONS:
+        raise CirtutorError(f"unknown ablation {args.ablation!r} (--ablation); choose from {', '.join(ABLATIONS)}")
     if args.seed < 0 or getattr(args, "k", 1) < 1:
         raise CirtutorError(f"--seed {args.seed} / --k {getattr(args, 'k', 1)}: expected a seed of 0 or more and k of 1 or more")
     with distributed_context(preset_config(args)) as cfg:

@@ -255,6 +255,17 @@ TINY_STAGE2 = Stage2Config(epochs=10, batch_size=10, lr=6e-4, schedule="step", h
 # Stage II for small triplet budgets (docs/tiny_mode.md, 'Recipe measurements').
 TINY_ZEROSHOT = ZeroShotConfig(temp=0.02, epochs=10, stage2_epochs=60)
 
+# The re-ranker variants `--ablation` and `ablations=` name: the label the report gives each, and the model switches
+# that make it (paper Tables 3 and 4; notebook 07). `pipeline.variant_config` applies them.
+ABLATIONS = {
+    "no_text": ("w/o Encoder-t", {"streams": "z_t"}),
+    "no_zt": ("w/o Encoder-z_t", {"streams": "text"}),
+    "ref_cls": ("w. Ref_CLS", {"zt_input": "ref_cls"}),
+    "ref_cls_spatial": ("w. Ref_CLS + Spatial-6x6", {"zt_input": "ref_cls_spatial"}),
+    "full_mlp": ("Full-MLP merge", {"merge": "full_mlp"}),
+    "dual_ffn": ("Dual feed-forward", {"dual_ffn": True}),
+}
+
 # The variants the findings scorecard compares with (`cirtutor.findings`: F4-F6). `make demo` loads them trained as long
 # as R (ablation_models="shipped"), so that its ablation rows never compare training budgets.
 TINY_ABLATIONS = ("no_text", "no_zt", "ref_cls_spatial")
@@ -335,8 +346,6 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 # ----------------------------------------------------------------------------- checking a config
 
-# The re-ranker variants `--ablation` and `ablations=` name (their model switches: pipeline.ABLATIONS).
-ABLATION_NAMES = ("no_text", "no_zt", "ref_cls", "ref_cls_spatial", "full_mlp", "dual_ffn")
 
 CHOICES = {  # field -> the values it accepts
     "data.dataset": ("cirr", "fashioniq"),
@@ -416,9 +425,9 @@ def _check_lists(cfg: Config) -> None:
     if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
         raise CirtutorError(f"stage2.eval_ks={','.join(map(str, ks)) or '(empty)'}: expected positive integers, "
                             "e.g. --set stage2.eval_ks=10,20,50")
-    unknown = [a for a in cfg.ablations if a not in ABLATION_NAMES]
+    unknown = [a for a in cfg.ablations if a not in ABLATIONS]
     if unknown:
-        raise CirtutorError(f"unknown ablation {unknown[0]!r} in ablations; choose from {', '.join(ABLATION_NAMES)}")
+        raise CirtutorError(f"unknown ablation {unknown[0]!r} in ablations; choose from {', '.join(ABLATIONS)}")
 
 
 def validate(cfg: Config) -> Config:

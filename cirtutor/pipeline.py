@@ -39,7 +39,7 @@ from safetensors.torch import save as save_safetensors
 
 from cirtutor import findings
 from cirtutor.cache import cache_dir
-from cirtutor.config import Config, result_fields, validate
+from cirtutor.config import ABLATIONS, Config, result_fields, validate
 from cirtutor.config import settings_diff as config_settings_diff
 from cirtutor.data.base import check_targets
 from cirtutor.data.folder import ImageFolder
@@ -60,14 +60,6 @@ from cirtutor.models import CandidateFilter, DualEncoderReranker
 from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
 from cirtutor.models.zeroshot import ZeroShotEncoder
 
-ABLATIONS = {  # name in config -> (label in the report, model overrides); paper Tables 3/4
-    "no_text": ("w/o Encoder-t", {"streams": "z_t"}),
-    "no_zt": ("w/o Encoder-z_t", {"streams": "text"}),
-    "ref_cls": ("w. Ref_CLS", {"zt_input": "ref_cls"}),
-    "ref_cls_spatial": ("w. Ref_CLS + Spatial-6x6", {"zt_input": "ref_cls_spatial"}),
-    "full_mlp": ("Full-MLP merge", {"merge": "full_mlp"}),
-    "dual_ffn": ("Dual feed-forward", {"dual_ffn": True}),
-}
 
 
 # ----------------------------------------------------------------------------- plumbing

@@ -112,10 +112,11 @@ def test_presets_are_valid():
         validate(cfg)
 
 
-def test_ablation_names_match_the_pipelines_variants():
-    from cirtutor.config import ABLATION_NAMES
-    from cirtutor.pipeline import ABLATIONS
-    assert tuple(ABLATIONS) == ABLATION_NAMES
+def test_the_variants_are_defined_once_in_the_config():
+    import cirtutor.config
+    import cirtutor.pipeline
+    assert cirtutor.pipeline.ABLATIONS is cirtutor.config.ABLATIONS
+    assert set(cirtutor.config.TINY_ABLATIONS) <= set(cirtutor.config.ABLATIONS)
 
 
 def test_a_batch_larger_than_the_training_set_trains_nothing(place, capsys):
