@@ -184,16 +184,25 @@ OVERWRITE_HELP = ("start --run-dir afresh: remove the models, lists and reports 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cirtutor", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    pipeline_commands(sub)
+    stage_commands(sub)
+    tool_commands(sub)
+    return p
 
-    def preset_args(s, run_required: bool):
-        s.add_argument("--preset", default="tiny", help="tiny, tiny_fashioniq, paper_fashioniq or paper_cirr")
-        s.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                       help="override a preset field, e.g. --set stage2.k=50 (repeatable)")
-        s.add_argument("--subsample", metavar="SPEC",
-                       help="seeded subsets of the real data, e.g. train=0.1,val=500,gallery=2000 (not the paper's numbers)")
-        s.add_argument("--run-dir", dest="run", required=run_required, metavar="DIR",
-                       help="the run folder" + ("" if run_required else " (default: runs/<preset>-<time>)"))
 
+def preset_args(s, run_required: bool) -> None:
+    """The options every preset-driven command takes: --preset, --set, --subsample, --run-dir."""
+    s.add_argument("--preset", default="tiny", help="tiny, tiny_fashioniq, paper_fashioniq or paper_cirr")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a preset field, e.g. --set stage2.k=50 (repeatable)")
+    s.add_argument("--subsample", metavar="SPEC",
+                   help="seeded subsets of the real data, e.g. train=0.1,val=500,gallery=2000 (not the paper's numbers)")
+    s.add_argument("--run-dir", dest="run", required=run_required, metavar="DIR",
+                   help="the run folder" + ("" if run_required else " (default: runs/<preset>-<time>)"))
+
+
+def pipeline_commands(sub) -> None:
+    """reproduce, study, probe, findings: the commands that run or judge the whole pipeline."""
     s = sub.add_parser("reproduce", help="run the main job for a preset and write report.md + metrics.json")
     preset_args(s, run_required=False)
     s.add_argument("--seeds", type=int, default=1, help="train and evaluate seeds 0..N-1 (mean ± std in the report)")
@@ -224,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the scorecard as JSON")
     s.set_defaults(func=cmd_findings)
 
+
+def stage_commands(sub) -> None:
+    """One command per stage, all on one --run-dir (what `reproduce` chains)."""
     for name, text in (("train-stage1", "train the candidate filter (stage 1)"),
                        ("extract-topk", "write stage 1's top-K lists of the validation split"),
                        ("train-stage2", "train the dual-encoder re-ranker (stage 2) on the filter of --run-dir"),
@@ -244,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--k", type=int, default=200, help="list length (the authors' files: 200)")
         s.set_defaults(func=cmd_stage)
 
+
+def tool_commands(sub) -> None:
+    """analyze, model-info, make-data, data-stats; download and pretrain-tiny (their own parsers)."""
     s = sub.add_parser("analyze", help="recall rows, Table 7 and Figure 8 from stage-1 and stage-2 label arrays")
     s.add_argument("--stage1", help="stage-1 labels (N, K) bool: .npy, or a top-K file (ours or the authors')")
     s.add_argument("--stage2", help="stage-2 labels of the same lists after re-ranking (.npy or .pt); alone: its "
@@ -280,7 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; `main` hands these to their modules' own parsers.
     sub.add_parser("download", help="fetch datasets and weights (see data_scripts/README.md)")
     sub.add_parser("pretrain-tiny", help="pretrain a mini-BLIP (ITC + ITM) on the synthetic image-caption pairs")
-    return p
 
 
 DELEGATED = {"download": ("cirtutor.download", "cli_main"),

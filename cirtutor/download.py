@@ -132,15 +132,7 @@ def download_file(url: str, dest: str | os.PathLike, *, sha1: str | None = None,
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not resume:
         part.unlink(missing_ok=True)
-    for attempt in range(retries + 1):
-        try:
-            total = _fetch(url, part, timeout=timeout, progress=progress, label=dest.name)
-            break
-        except NETWORK_ERRORS as e:
-            if attempt == retries:
-                raise DownloadError(f"{url}: download failed after {retries + 1} attempt(s) "
-                                    f"({e}); {_progress_note(part)}") from e
-            time.sleep(RETRY_WAIT * (attempt + 1))
+    total = _fetch_with_retries(url, part, retries, timeout=timeout, progress=progress, label=dest.name)
     if total is None and size is None and not (sha1 or sha256 or md5):
         raise DownloadError(f"{url}: the server stated no length (no Content-Length) and no checksum was given, so "
                             f"a cut-off download cannot be told from a whole one; the {part.stat().st_size:,} bytes "
@@ -157,6 +149,20 @@ def download_file(url: str, dest: str | os.PathLike, *, sha1: str | None = None,
         pin = "" if sha256 else "  (not pinned: pass --sha256 with this digest to verify later downloads)"
         print(f"sha256 {digest}  {dest}{pin}")
     return dest
+
+
+def _fetch_with_retries(url: str, part: Path, retries: int, **fetch) -> int | None:
+    """`_fetch` into `part`, retried `retries` times on a dropped connection (each retry resumes with a Range
+    request); the server's stated length, or None."""
+    for attempt in range(retries + 1):
+        try:
+            return _fetch(url, part, **fetch)
+        except NETWORK_ERRORS as e:
+            if attempt == retries:
+                raise DownloadError(f"{url}: download failed after {retries + 1} attempt(s) "
+                                    f"({e}); {_progress_note(part)}") from e
+            time.sleep(RETRY_WAIT * (attempt + 1))
+    return None
 
 
 def _verify(path: Path, expect: dict, progress: bool) -> tuple[str | None, str]:

@@ -674,6 +674,67 @@ def record_run(cfg: Config, run: Path, overwrite: bool = False) -> None:
         torch.distributed.barrier()
 
 
+def seed0_analysis(cfg: Config, results: dict, details: dict, filt, model, val, stores, device, times: dict) -> list:
+    """Seed 0's rank analysis (Table 7, Fig. 8), coverage curve and inference timing (Fig. 7), into `results`;
+    returns the qualitative figure's items."""
+    results["rank_analysis"] = rank_analysis(details)
+    s1 = details["stage1"] if "stage1" in details else np.concatenate([d["stage1"] for d in details.values()])
+    results["coverage"] = coverage_curve(s1)
+    results["timing"] = inference_times(cfg, filt, model, val, stores, device, usable_ks(cfg, val))
+    results["timing"]["fixed_s"] = {k: round(times[k], 2) for k in ("data", "image features") if k in times}
+    return qualitative_items(val, details)
+
+
+def run_ablations(cfg: Config, run: Path, seed: int, filt, results: dict, times: dict, **inputs) -> None:
+    """Every variant of `cfg.ablations` for one seed (the scorecard's F4-F6 pair them per seed); seed 0's
+    metrics and where each model came from go into `results`."""
+    acfg = ablation_budget(cfg)
+    results["epochs"] = {"stage2": cfg.stage2.epochs, "ablations": acfg.stage2.epochs}
+    for ablation in cfg.ablations:
+        label = ABLATIONS[ablation][0]
+        with timed(times, f"ablation {ablation}"):
+            a_metrics, source = run_ablation(acfg, run, seed, filt, ablation, **inputs)
+        if seed == 0:
+            results["ablations"][label] = a_metrics[f"K={cfg.stage2.k}"]
+            results.setdefault("ablation_sources", {})[label] = source
+            if "full_model" in a_metrics:
+                results["ablation_reference"] = a_metrics["full_model"][f"K={cfg.stage2.k}"]
+        say(f"{label} (seed {seed}{', ' + source if source != 'trained' else ''}): {short(a_metrics[f'K={cfg.stage2.k}'])}")
+
+
+def reproduce_seed(cfg: Config, run: Path, seed: int, results: dict, times: dict, *, train, val, stores, weights,
+                   device, resume: bool) -> tuple[dict, list | None]:
+    """One seed of `reproduce`: stage 1, its top-K lists, stage 2 and the variants, and for seed 0 the analyses.
+    Returns the seed's findings record and (seed 0) the qualitative figure's items."""
+    qualitative = None
+    if place_shipped(cfg, run, seed):
+        results["model_source"] = "shipped"
+        say("seed 0: the shipped filter and re-ranker of this recipe, evaluated here "
+            "(--set models=train trains them in the run)")
+    with timed(times, "stage 1"):
+        filt, f_metrics = run_stage1(cfg, run, seed, train=train, val=val, stores=stores, weights=weights,
+                                     device=device, resume=resume)
+    say(f"F (seed {seed}): {short(f_metrics)}")
+    with timed(times, "top-K"):
+        extract_topk(cfg, run, seed, filt, val, stores, device)
+    with timed(times, "stage 2"):
+        details, shared = {}, {}
+        model, metrics = run_stage2(cfg, run, seed, filt, train=train, val=val, stores=stores, weights=weights,
+                                    device=device, resume=resume, details=details, shared=shared)
+    main = metrics[f"K={cfg.stage2.k}"]
+    say(f"R_{cfg.stage2.k} (seed {seed}): {short(main)}")
+    results["seed_runs"].append({"seed": seed, "filter": metrics["filter"], "rerank": main})
+    if seed == 0:
+        results["filter"] = metrics["filter"]
+        results["rerank"] = {k: v for k, v in metrics.items() if k.startswith("K=")}
+        with timed(times, "analysis"):
+            qualitative = seed0_analysis(cfg, results, details, filt, model, val, stores, device, times)
+    run_ablations(cfg, run, seed, filt, results, times, train=train, val=val, stores=stores, weights=weights,
+                  device=device, resume=resume, shared=shared)
+    record = findings.seed_record(run, seed, cfg.stage2.k, max(usable_ks(cfg, val)), cfg.data.dataset == "fashioniq")
+    return record, qualitative
+
+
 def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bool = False,
               overwrite: bool = False) -> int:
     """The whole pipeline for a preset: data, features, stage 1, top-K, stage 2 (+ ablations),
@@ -701,51 +762,13 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
                "seeds": list(range(seeds)), "k": cfg.stage2.k, "ablations": {}, "seed_runs": [],
                "device": f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device),
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "platform": platform.platform()}
-    records = []                                             # each seed's findings record (`findings.seed_record`)
+    records, qualitative = [], None                          # each seed's findings record (`findings.seed_record`)
+    inputs = dict(train=train, val=val, stores=stores, weights=weights, device=device, resume=resume)
     for seed in range(seeds):
-        if place_shipped(cfg, run, seed):
-            results["model_source"] = "shipped"
-            say("seed 0: the shipped filter and re-ranker of this recipe, evaluated here "
-                "(--set models=train trains them in the run)")
-        with timed(times, "stage 1"):
-            filt, f_metrics = run_stage1(cfg, run, seed, train=train, val=val, stores=stores, weights=weights,
-                                         device=device, resume=resume)
-        say(f"F (seed {seed}): {short(f_metrics)}")
-        with timed(times, "top-K"):
-            extract_topk(cfg, run, seed, filt, val, stores, device)
-        with timed(times, "stage 2"):
-            details, shared = {}, {}
-            model, metrics = run_stage2(cfg, run, seed, filt, train=train, val=val, stores=stores, weights=weights,
-                                        device=device, resume=resume, details=details, shared=shared)
-        main = metrics[f"K={cfg.stage2.k}"]
-        say(f"R_{cfg.stage2.k} (seed {seed}): {short(main)}")
-        results["seed_runs"].append({"seed": seed, "filter": metrics["filter"], "rerank": main})
+        record, items = reproduce_seed(cfg, run, seed, results, times, **inputs)
+        records.append(record)
         if seed == 0:
-            results["filter"] = metrics["filter"]
-            results["rerank"] = {k: v for k, v in metrics.items() if k.startswith("K=")}
-            with timed(times, "analysis"):
-                results["rank_analysis"] = rank_analysis(details)
-                s1 = details["stage1"] if "stage1" in details else np.concatenate([d["stage1"] for d in details.values()])
-                results["coverage"] = coverage_curve(s1)
-                ks = usable_ks(cfg, val)
-                results["timing"] = inference_times(cfg, filt, model, val, stores, device, ks)
-                results["timing"]["fixed_s"] = {k: round(times[k], 2) for k in ("data", "image features") if k in times}
-                qualitative = qualitative_items(val, details)
-        acfg = ablation_budget(cfg)
-        results["epochs"] = {"stage2": cfg.stage2.epochs, "ablations": acfg.stage2.epochs}
-        for ablation in cfg.ablations:                       # every seed: the scorecard's F4-F6 are paired per seed
-            with timed(times, f"ablation {ablation}"):
-                a_metrics, source = run_ablation(acfg, run, seed, filt, ablation, train=train, val=val, stores=stores,
-                                                 weights=weights, device=device, resume=resume, shared=shared)
-            if seed == 0:
-                results["ablations"][ABLATIONS[ablation][0]] = a_metrics[f"K={cfg.stage2.k}"]
-                results.setdefault("ablation_sources", {})[ABLATIONS[ablation][0]] = source
-                if "full_model" in a_metrics:
-                    results["ablation_reference"] = a_metrics["full_model"][f"K={cfg.stage2.k}"]
-            say(f"{ABLATIONS[ablation][0]} (seed {seed}{', ' + source if source != 'trained' else ''}): "
-                f"{short(a_metrics[f'K={cfg.stage2.k}'])}")
-        records.append(findings.seed_record(run, seed, cfg.stage2.k, max(usable_ks(cfg, val)),
-                                            cfg.data.dataset == "fashioniq"))
+            qualitative = items
     results["findings"] = findings.judge(records, cfg.data.dataset)      # the scorecard, from the run folder
     if seeds == 1:
         results.pop("seed_runs")

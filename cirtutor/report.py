@@ -327,6 +327,15 @@ def report_markdown(results: dict, figures: dict[str, str]) -> str:
                   f"Mean ± sample standard deviation (numpy `std(ddof={SEED_DDOF})`) over seeds "
                   f"{', '.join(map(str, stats['seeds']))}; the last row is the gain of re-ranking, taken per seed.",
                   "", seed_table(stats, k, fiq)]
+    parts += analysis_sections(results, fig, "qualitative" in figures)
+    parts += ["", PAPER_MAP, ""]
+    return "\n".join(parts)
+
+
+def analysis_sections(results: dict, fig, qualitative: bool) -> list[str]:
+    """report.md's sections after the results: coverage, where the targets move, inference time, wall time and
+    the examples (`fig(name)` adds a figure's markdown when it was written)."""
+    parts: list[str] = []
     if results.get("coverage"):
         parts += ["", "## Ground-truth coverage of the filter's top-K", "", coverage_table(results["coverage"])]
         parts += fig("coverage_vs_k")
@@ -341,12 +350,11 @@ def report_markdown(results: dict, figures: dict[str, str]) -> str:
         parts += fig("time_vs_k")
     if results.get("stage_times_s"):
         parts += ["", "## Where the wall time went", "", stage_table(results)]
-    if "qualitative" in figures:
+    if qualitative:
         parts += ["", "## Examples", "", "Each row: the reference and its text, the filter's top candidates, "
                   "then the same list after re-ranking; the target is framed in green."]
         parts += fig("qualitative")
-    parts += ["", PAPER_MAP, ""]
-    return "\n".join(parts)
+    return parts
 
 
 # ----------------------------------------------------------------------------- figures and files

@@ -356,6 +356,15 @@ def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker,
             details.update(stage1=labels[:, :k_max], stage2=reranked[k_max], ranked=ranked[:, :k_max], scores=scores,
                            indices=list(range(len(dataset.queries))))
         return results
+    return _evaluate_fashioniq(filter_model, model, dataset, store, ks, query_emb, z_ts, batch_size, device, details,
+                               share_kv)
+
+
+def _evaluate_fashioniq(filter_model, model, dataset, store, ks, query_emb, z_ts, batch_size, device, details,
+                        share_kv) -> dict:
+    """`evaluate_reranker` on Fashion-IQ: each category ranks its own gallery (reference kept) and
+    is re-ranked alone; the metrics are the categories' means, Table 7's decrease pools their queries."""
+    k_max = max(ks)
     per_f, per_r, cover = {}, {k: {} for k in ks}, {k: [] for k in ks}
     for cat, gallery in dataset.galleries.items():
         idx = [i for i, q in enumerate(dataset.queries) if q["category"] == cat]
