@@ -63,3 +63,29 @@ def test_one_function_names_every_stage_folder(tmp_path):
     spelled = {f"{p.relative_to(PACKAGE)}" for p in PACKAGE.rglob("*.py") if p.name != "layout.py"
                and any(s in p.read_text() for s in ('f"seed{', '/ "stage1"', '/ "stage2"', '/ "topk"', '/ "zeroshot"'))}
     assert not spelled, f"run-folder paths built outside cirtutor/layout.py: {sorted(spelled)}"
+
+
+# The two training loops read best whole (one epoch or step from top to bottom); they may not grow.
+LONGER = {"engine/loop.py:fit": 56, "engine/pretrain.py:pretrain_mini_blip": 58}
+MAX_LINES = 50
+
+
+def code_lines(node: ast.FunctionDef) -> int:
+    """A function's lines from `def` to its end, its docstring left out."""
+    first = node.body[0]
+    doc = (first.end_lineno - first.lineno + 1
+           if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+           else 0)
+    return node.end_lineno - node.lineno + 1 - doc
+
+
+def test_functions_stay_short():
+    """At most 50 lines of code per function, so that each reads on one screen."""
+    long = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = f"{path.relative_to(PACKAGE).as_posix()}:{node.name}"
+                if code_lines(node) > LONGER.get(name, MAX_LINES):
+                    long[name] = code_lines(node)
+    assert not long, f"functions over {MAX_LINES} lines (split them): {long}"

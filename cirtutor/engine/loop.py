@@ -154,6 +154,45 @@ def check_meta(saved: dict, current: dict, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- the loop
 
+def restore(checkpoint, objective, optimizer, scaler, meta: dict) -> tuple[Position, History]:
+    """Load a `fit` checkpoint into the objective, optimizer, scaler and random-number state; its position and
+    history. The checkpoint's settings must match `meta`."""
+    blob = load_checkpoint(checkpoint)
+    check_meta(blob["meta"], meta, Path(checkpoint))
+    unwrap(objective).load_state_dict({**{f"model.{k}": v for k, v in blob["model"].items()}, **blob.get("extra", {})})
+    optimizer.load_state_dict(blob["optimizer"])
+    scaler.load_state_dict(blob["scaler"])
+    set_rng_state(blob["rng"])
+    return Position(**blob["position"]), History(**blob["history"])
+
+
+def epoch_steps(order: list[list[int]], rank: int, size: int, grad_accum: int, desc: str) -> list[list[list[int]]]:
+    """This rank's optimisation steps of one epoch: every size-th batch of `order`, grad_accum batches per step."""
+    steps_per_epoch = len(order) // (size * grad_accum)
+    if not steps_per_epoch:
+        raise CirtutorError(f"{desc}: an epoch holds {len(order)} batch(es), fewer than the {size * grad_accum} "
+                            "one optimisation step needs (the training set is smaller than a batch); "
+                            "lower the stage's batch_size or grad_accum")
+    mine = order[rank::size]
+    return [mine[i * grad_accum:(i + 1) * grad_accum] for i in range(steps_per_epoch)]
+
+
+def step(objective, optimizer, scaler, micro_batches: list[list[int]], make_inputs: Callable[[list[int]], tuple],
+         device, amp: bool, cpu_bf16: bool) -> float:
+    """One optimisation step over `micro_batches` (each batch's inputs made just before its forward; gradients
+    summed, each loss / their number); returns the step's loss."""
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for batch in micro_batches:
+        with autocast(device, amp, cpu_bf16):
+            loss = objective(*make_inputs(batch)) / len(micro_batches)
+        scaler.scale(loss).backward()
+        total += loss.item()
+    scaler.step(optimizer)
+    scaler.update()
+    return total
+
+
 def fit(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
         batches: Callable[[torch.Generator], Sequence[Sequence[int]]],
         inputs: Callable[[Sequence[int], int], tuple], *,
@@ -179,15 +218,7 @@ def fit(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: 
     scaler = grad_scaler(device, amp)
     position, history = Position(), History()
     if resume:
-        blob = load_checkpoint(checkpoint)
-        check_meta(blob["meta"], meta, Path(checkpoint))
-        unwrap(objective).load_state_dict({**{f"model.{k}": v for k, v in blob["model"].items()},
-                                           **blob.get("extra", {})})
-        optimizer.load_state_dict(blob["optimizer"])
-        scaler.load_state_dict(blob["scaler"])
-        set_rng_state(blob["rng"])
-        position = Position(**blob["position"])
-        history = History(**blob["history"])
+        position, history = restore(checkpoint, objective, optimizer, scaler, meta)
         log(f"{desc}: resuming from {checkpoint} at epoch {position.epoch}, step {position.step}")
     else:
         torch.manual_seed(seed + rank)
@@ -202,28 +233,15 @@ def fit(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: 
     objective.train()
     while position.epoch < schedule.epochs:
         epoch = position.epoch
-        order = [list(b) for b in batches(epoch_generator(seed, epoch))]
-        steps_per_epoch = len(order) // (size * grad_accum)
-        if not steps_per_epoch:
-            raise CirtutorError(f"{desc}: an epoch holds {len(order)} batch(es), fewer than the {size * grad_accum} "
-                                "one optimisation step needs (the training set is smaller than a batch); "
-                                "lower the stage's batch_size or grad_accum")
-        mine = order[rank::size]
-        steps = [mine[i * grad_accum:(i + 1) * grad_accum] for i in range(steps_per_epoch)]
+        steps = epoch_steps([list(b) for b in batches(epoch_generator(seed, epoch))], rank, size, grad_accum, desc)
+        steps_per_epoch = len(steps)
         bar = tqdm(total=steps_per_epoch, initial=position.step_in_epoch, desc=f"{desc} epoch {epoch}",
                    disable=not progress or rank != 0, leave=False, unit="step")
         for micro_batches in steps[position.step_in_epoch:]:
             lr = schedule.lr_at(epoch, position.step, steps_per_epoch)
             set_lr(optimizer, lr)
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for batch in micro_batches:
-                with autocast(device, amp, cpu_bf16):
-                    loss = objective(*inputs(batch, epoch)) / grad_accum
-                scaler.scale(loss).backward()
-                total += loss.item()
-            scaler.step(optimizer)
-            scaler.update()
+            total = step(objective, optimizer, scaler, micro_batches, lambda batch: inputs(batch, epoch), device, amp,
+                         cpu_bf16)
             position.step += 1
             position.step_in_epoch += 1
             history.train.append({"step": position.step, "epoch": epoch, "loss": total, "lr": lr})

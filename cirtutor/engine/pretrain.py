@@ -290,6 +290,43 @@ def lr_factor(step: int, warmup: int, steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
 
 
+def continue_from(init: str | Path, cfg: ModelConfig, images, input_ids, text_mask, seed: int, log):
+    """(model, temp, its record) of the mini-BLIP folder `init`, in training mode; when its projections are wider
+    than `cfg.embed_dim`, narrowed to it on 2000 seeded training pairs (the narrowing phase)."""
+    model, temp, base = load_mini_blip(init)
+    wider = base["model_config"]["embed_dim"] > cfg.embed_dim
+    check_arch(base, dataclasses.replace(cfg, embed_dim=base["model_config"]["embed_dim"]) if wider else cfg,
+               Path(init))
+    if wider:
+        model.eval()
+        sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:2000]
+        narrow_projections_(model, cfg.embed_dim, image_feats_of(model, images[sample]),
+                            *batch_tokens(input_ids, text_mask, sample))
+        log(f"narrowed the ITC projections from {base['model_config']['embed_dim']} to {cfg.embed_dim} dims")
+    model.train()
+    return model, temp, base
+
+
+def pretrain_optimizer(model, temp, lr: float, weight_decay: float, warmup: int, steps: int):
+    """AdamW with weight decay on the model but not on `temp` or the ViT's position and [CLS] embeddings, and
+    a linear warm-up + cosine schedule over `steps`."""
+    frozen_decay = ("position_embedding", "class_embedding")
+    no_decay = [p for n, p in model.named_parameters() if n.endswith(frozen_decay)]
+    decay = [p for n, p in model.named_parameters() if not n.endswith(frozen_decay)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": [*no_decay, temp], "weight_decay": 0.0}], lr=lr)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, steps))
+
+
+def pretrain_step(loss: torch.Tensor, opt, sched, temp) -> None:
+    """Backward, one AdamW step, the schedule's step, and the temperature clamped to BLIP's range."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    clamp_temp_(temp)
+
+
 def pretrain_mini_blip(cfg: Config, *, steps: int, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05,
                        warmup: int = 30, seed: int = 0, eval_every: int = 250, eval_size: int = 500,
                        log_every: int = 50, stop_after: int | None = None, save_every: int | None = None,
@@ -316,17 +353,7 @@ def pretrain_mini_blip(cfg: Config, *, steps: int, batch_size: int = 64, lr: flo
     images, captions, _ = image_caption_pairs(data, "train")
     input_ids, text_mask = tokenize_text_only(captions)
     if init is not None:
-        model, temp, base = load_mini_blip(init)
-        wider = base["model_config"]["embed_dim"] > cfg.model.embed_dim      # narrowing to the requested embed_dim
-        check_arch(base, dataclasses.replace(cfg.model, embed_dim=base["model_config"]["embed_dim"]) if wider
-                   else cfg.model, Path(init))
-        if wider:
-            model.eval()
-            sample = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:2000]
-            narrow_projections_(model, cfg.model.embed_dim, image_feats_of(model, images[sample]),
-                                *batch_tokens(input_ids, text_mask, sample))
-            log(f"narrowed the ITC projections from {base['model_config']['embed_dim']} to {cfg.model.embed_dim} dims")
-        model.train()
+        model, temp, base = continue_from(init, cfg.model, images, input_ids, text_mask, seed, log)
     if sincos_positions:
         add_sincos_positions_(model, sincos_positions)
     if edited_negatives:
@@ -336,11 +363,7 @@ def pretrain_mini_blip(cfg: Config, *, steps: int, batch_size: int = 64, lr: flo
     log(f"mini-BLIP: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
         f"{len(images)} train pairs, {len(val[0])} val pairs")
 
-    no_decay = [p for n, p in model.named_parameters() if n.endswith(("position_embedding", "class_embedding"))]
-    decay = [p for n, p in model.named_parameters() if not n.endswith(("position_embedding", "class_embedding"))]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": [*no_decay, temp], "weight_decay": 0.0}], lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, steps))
+    opt, sched = pretrain_optimizer(model, temp, lr, weight_decay, warmup, steps)
     generator = torch.Generator().manual_seed(seed)
     recipe = dict(steps=steps, stop_after=stop_after, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                   warmup=warmup, seed=seed, edited_negatives=edited_negatives, sincos_positions=sincos_positions,
@@ -356,11 +379,7 @@ def pretrain_mini_blip(cfg: Config, *, steps: int, batch_size: int = 64, lr: flo
             edited = batch_tokens(edited_ids, edited_mask, pick)
         loss_itc, loss_itm = pretrain_losses(model, temp, images[idx], *batch_tokens(input_ids, text_mask, idx),
                                              generator=generator, edited=edited)
-        opt.zero_grad(set_to_none=True)
-        (loss_itc + loss_itm).backward()
-        opt.step()
-        sched.step()
-        clamp_temp_(temp)
+        pretrain_step(loss_itc + loss_itm, opt, sched, temp)
         train_seconds += time.perf_counter() - t0
         window.append((loss_itc.item(), loss_itm.item()))
         if step % log_every == 0 or step == last:
