@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from cirtutor.errors import CirtutorError
 
+# How cache entries and trained models are named, in one place: docs/caching.md.
 # Field metadata for switches that change how fast a result is computed, never the result (exact
 # speed paths): the digests that name trained models leave them out, so flipping one reuses them.
 SPEED_ONLY = {"speed_only": True}
