@@ -32,5 +32,5 @@ def seed_dirs(run: str | Path) -> list[Path]:
 
 def variant_dirs(run: str | Path, seed: int) -> dict[str, Path]:
     """{ablation: RUN/seed{seed}/stage2-{ablation}} for every re-ranker variant the seed holds."""
-    prefix = stage_dir(run, seed, "stage2").name + "-"
-    return {d.name[len(prefix):]: d for d in sorted(Path(run, f"seed{seed}").glob(prefix + "*")) if d.is_dir()}
+    main = stage_dir(run, seed, "stage2")
+    return {d.name[len(main.name) + 1:]: d for d in sorted(main.parent.glob(main.name + "-*")) if d.is_dir()}

@@ -503,7 +503,7 @@ def place_shipped(cfg: Config, run: Path, seed: int) -> bool:
     with contextlib.redirect_stdout(io.StringIO()):
         trained.trained_reranker(cfg, 0, verbose=False)           # unpacks both into the cache
     for src, dst, name in ((stage1_dir(trained.trained_filter_dir(cfg, 0), 0), stage1_dir(run, 0), "filter.pt"),
-                           (trained.reranker_out(trained.trained_reranker_dir(cfg, 0), 0, None),
+                           (stage_dir(trained.trained_reranker_dir(cfg, 0), 0, "stage2"),
                             stage_dir(run, 0, "stage2"), "reranker.pt")):
         if not (dst / name).is_file():
             dst.mkdir(parents=True, exist_ok=True)
@@ -702,25 +702,23 @@ def run_ablations(cfg: Config, run: Path, seed: int, filt, results: dict, times:
         say(f"{label} (seed {seed}{', ' + source if source != 'trained' else ''}): {short(a_metrics[f'K={cfg.stage2.k}'])}")
 
 
-def reproduce_seed(cfg: Config, run: Path, seed: int, results: dict, times: dict, *, train, val, stores, weights,
-                   device, resume: bool) -> tuple[dict, list | None]:
+def reproduce_seed(cfg: Config, run: Path, seed: int, results: dict, times: dict, **inputs) -> tuple[dict, list | None]:
     """One seed of `reproduce`: stage 1, its top-K lists, stage 2 and the variants, and for seed 0 the analyses.
-    Returns the seed's findings record and (seed 0) the qualitative figure's items."""
-    qualitative = None
+    `inputs`: train, val, stores, weights, device, resume. Returns the seed's findings record and (seed 0) the
+    qualitative figure's items."""
+    qualitative, val, stores, device = None, inputs["val"], inputs["stores"], inputs["device"]
     if place_shipped(cfg, run, seed):
         results["model_source"] = "shipped"
         say("seed 0: the shipped filter and re-ranker of this recipe, evaluated here "
             "(--set models=train trains them in the run)")
     with timed(times, "stage 1"):
-        filt, f_metrics = run_stage1(cfg, run, seed, train=train, val=val, stores=stores, weights=weights,
-                                     device=device, resume=resume)
+        filt, f_metrics = run_stage1(cfg, run, seed, **inputs)
     say(f"F (seed {seed}): {short(f_metrics)}")
     with timed(times, "top-K"):
         extract_topk(cfg, run, seed, filt, val, stores, device)
     with timed(times, "stage 2"):
         details, shared = {}, {}
-        model, metrics = run_stage2(cfg, run, seed, filt, train=train, val=val, stores=stores, weights=weights,
-                                    device=device, resume=resume, details=details, shared=shared)
+        model, metrics = run_stage2(cfg, run, seed, filt, **inputs, details=details, shared=shared)
     main = metrics[f"K={cfg.stage2.k}"]
     say(f"R_{cfg.stage2.k} (seed {seed}): {short(main)}")
     results["seed_runs"].append({"seed": seed, "filter": metrics["filter"], "rerank": main})
@@ -729,8 +727,7 @@ def reproduce_seed(cfg: Config, run: Path, seed: int, results: dict, times: dict
         results["rerank"] = {k: v for k, v in metrics.items() if k.startswith("K=")}
         with timed(times, "analysis"):
             qualitative = seed0_analysis(cfg, results, details, filt, model, val, stores, device, times)
-    run_ablations(cfg, run, seed, filt, results, times, train=train, val=val, stores=stores, weights=weights,
-                  device=device, resume=resume, shared=shared)
+    run_ablations(cfg, run, seed, filt, results, times, **inputs, shared=shared)
     record = findings.seed_record(run, seed, cfg.stage2.k, max(usable_ks(cfg, val)), cfg.data.dataset == "fashioniq")
     return record, qualitative
 

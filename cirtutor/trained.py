@@ -191,10 +191,6 @@ def has_trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None
     return _available(trained_reranker_dir(cfg, seed, ablation))
 
 
-def reranker_out(folder: Path, seed: int, ablation: str | None) -> Path:
-    return stage_dir(folder, seed, "stage2", ablation)
-
-
 def trained_reranker(cfg: Config, seed: int = 0, ablation: str | None = None, verbose: bool = True,
                      data: FilterData | None = None) -> tuple[DualEncoderReranker, dict]:
     """(the trained re-ranker in eval mode on the preset's device, its validation metrics: "filter"
@@ -251,10 +247,11 @@ def _start(cfg: Config, seed: int, ablation: str | None, kind: str) -> torch.nn.
         return load_reranker(weights, vcfg.model)[0]
 
 
+STAGE_OF = {"filter": "stage1", "reranker": "stage2", "zeroshot": "zeroshot"}    # a model kind's stage folder
+
+
 def _run_dir(run: Path, seed: int, ablation: str | None, kind: str) -> Path:
-    if kind == "zeroshot":
-        return zeroshot_dir(run, seed)
-    return stage1_dir(run, seed) if kind == "filter" else reranker_out(run, seed, ablation)
+    return stage_dir(run, seed, STAGE_OF[kind], ablation)
 
 
 def _model_dir(cfg: Config, seed: int, ablation: str | None, kind: str) -> Path:
