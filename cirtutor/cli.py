@@ -3,10 +3,10 @@
     cirtutor reproduce --preset tiny [--seeds 3]  the main job (tiny mode: synthetic data, CPU), report.md
     cirtutor study cala --preset tiny [--seeds 3]  each variant of a named study over seeds, study.json
     cirtutor train-stage1 --preset P --run-dir DIR [--seed S] [--resume]     the candidate filter
-    cirtutor extract-topk --preset P --run-dir DIR [--k 200]                 its top-K lists of the val split
+    cirtutor extract-topk --preset P --run-dir DIR [--k 200] [--split test1] its top-K lists: stage 2's input
     cirtutor train-stage2 --preset P --run-dir DIR [--ablation A] [--resume] the re-ranker
     cirtutor evaluate     --preset P --run-dir DIR [--ablation A]            F and R_K for the preset's K values
-    cirtutor submit       --preset P --run-dir DIR                           CIRR test1 server files + validation
+    cirtutor submit       --preset P --run-dir DIR                           CIRR test1 server files (from test1's lists)
     cirtutor zeroshot     --preset P --run-dir DIR [--set zeroshot.budget=0.05] zero-shot CIR (pseudo words)
     cirtutor analyze      [--stage1 A] --stage2 B [--out DIR]            recall rows, Table 7 / Fig. 8 from label arrays
     cirtutor findings --run-dir DIR | --study FILE   which of the paper's 8 findings a run reproduces
@@ -237,7 +237,7 @@ def pipeline_commands(sub) -> None:
 def stage_commands(sub) -> None:
     """One command per stage, all on one --run-dir (what `reproduce` chains)."""
     for name, text in (("train-stage1", "train the candidate filter (stage 1)"),
-                       ("extract-topk", "write stage 1's top-K lists of the validation split"),
+                       ("extract-topk", "write stage 1's top-K lists of a split (stage 2's input)"),
                        ("train-stage2", "train the dual-encoder re-ranker (stage 2) on the filter of --run-dir"),
                        ("evaluate", "evaluate F and R_K of --run-dir on the validation split"),
                        ("submit", "write and validate the CIRR test1 submission files of --run-dir"),
@@ -254,6 +254,8 @@ def stage_commands(sub) -> None:
                                                              "full_mlp, dual_ffn")
         if name == "extract-topk":
             s.add_argument("--k", type=int, default=200, help="list length (the authors' files: 200)")
+            s.add_argument("--split", default="val", choices=("val", "test1", "test"),
+                           help="val (stage 2's evaluation), or the test split (CIRR: test1, for `submit`)")
         s.set_defaults(func=cmd_stage)
 
 

@@ -210,25 +210,25 @@ def judge(records: list[dict], dataset: str) -> dict:
 
 # ----------------------------------------------------------------------------- reading a run
 
-def _flat(metrics: dict, fiq: bool) -> dict:
+def _flat(metrics: dict) -> dict:
     from cirtutor.report import flat_metrics     # the report module draws figures: imported only when reading a run
-    return flat_metrics(metrics, fiq)
+    return flat_metrics(metrics)
 
 
-def make_record(seed: int, k: int, k_max: int, fiq: bool, main: dict, ablations: dict[str, dict],
+def make_record(seed: int, k: int, k_max: int, main: dict, ablations: dict[str, dict],
                 reference: dict | None = None) -> dict:
     """One seed's record from its metrics: `main` = the full re-ranker's {"filter", "K=k", …} (what
     `evaluate_reranker` returns), `ablations` = {variant: its metrics at K}, `reference` = the full
     model the shipped variants were compared with (their metrics.json's "full_model"), if any."""
-    record = {"seed": seed, "k": k, "k_max": k_max, "filter": _flat(main["filter"], fiq),
-              "rerank": _flat(main[f"K={k}"], fiq),
-              "rerank_max": _flat(main[f"K={k_max}"], fiq) if k_max > k and f"K={k_max}" in main else None,
+    record = {"seed": seed, "k": k, "k_max": k_max, "filter": _flat(main["filter"]),
+              "rerank": _flat(main[f"K={k}"]),
+              "rerank_max": _flat(main[f"K={k_max}"]) if k_max > k and f"K={k_max}" in main else None,
               "rank_decrease": main[f"K={k}"].get("rank_decrease"),
-              "ablations": {name: _flat(m, fiq) for name, m in ablations.items()}}
-    return record | ({"ablation_reference": _flat(reference, fiq)} if reference is not None else {})
+              "ablations": {name: _flat(m) for name, m in ablations.items()}}
+    return record | ({"ablation_reference": _flat(reference)} if reference is not None else {})
 
 
-def seed_record(run: Path, seed: int, k: int, k_max: int, fiq: bool) -> dict | None:
+def seed_record(run: Path, seed: int, k: int, k_max: int) -> dict | None:
     """One seed's record from a run folder (the metrics.json each `train-stage2` or `evaluate`
     writes): F, R_K, R_K_max, every variant evaluated, the rank decrease at K and each model's loss
     per epoch; None when the full re-ranker was not evaluated there."""
@@ -248,7 +248,7 @@ def seed_record(run: Path, seed: int, k: int, k_max: int, fiq: bool) -> dict | N
                 ablations[name] = a[f"K={k}"]
             if f"K={k}" in a.get("full_model", {}):
                 reference = a["full_model"][f"K={k}"]
-    record = make_record(seed, k, k_max, fiq, m, ablations, reference)
+    record = make_record(seed, k, k_max, m, ablations, reference)
     return record | {"epoch_losses": {name: v for name, v in losses.items() if v}}
 
 
@@ -268,6 +268,7 @@ def evaluated_record(cfg, seed: int = 0, data=None) -> dict:
     """Seed `seed`'s record measured now: the trained filter, re-ranker and each of `cfg.ablations`
     (`cirtutor.trained`: cached, shipped or trained), evaluated on the validation split exactly as
     a run evaluates them (notebook 07 and the tests compare it with the shipped findings study)."""
+    from cirtutor.engine.stage1 import filter_topk
     from cirtutor.engine.stage2 import evaluate_reranker
     from cirtutor.pipeline import eval_speed, usable_ks
     from cirtutor.trained import filter_data, trained_filter, trained_reranker
@@ -276,12 +277,15 @@ def evaluated_record(cfg, seed: int = 0, data=None) -> dict:
     filt, _ = trained_filter(cfg, seed, data=data)
     ks, k = usable_ks(cfg, data.val), cfg.stage2.k
 
+    lists = filter_topk(filt, data.val, data.stores["val"], device=data.device)    # stage 1's lists, stage 2's input
+
     def measure(ablation, at):
         model, _ = trained_reranker(cfg, seed, ablation, data=data)
-        return evaluate_reranker(filt, model, data.val, data.stores["val"], at, device=data.device, **eval_speed(cfg))
+        return evaluate_reranker(filt, model, data.val, data.stores["val"], lists, at, device=data.device,
+                                 **eval_speed(cfg))
     main = measure(None, ks)
     ablations = {a: measure(a, (k,))[f"K={k}"] for a in cfg.ablations}
-    return make_record(seed, k, max(ks), cfg.data.dataset == "fashioniq", main, ablations)
+    return make_record(seed, k, max(ks), main, ablations)
 
 
 def seed_records(run: str | Path) -> tuple[list[dict], str]:
@@ -294,7 +298,7 @@ def seed_records(run: str | Path) -> tuple[list[dict], str]:
     dataset, s2 = cfg["data"]["dataset"], cfg["stage2"]
     k, k_max = int(s2["k"]), max(int(x) for x in (*s2["eval_ks"], s2["k"]))
     seeds = [int(d.name[4:]) for d in seed_dirs(run)]
-    records = [r for seed in seeds if (r := seed_record(run, seed, k, k_max, dataset == "fashioniq")) is not None]
+    records = [r for seed in seeds if (r := seed_record(run, seed, k, k_max)) is not None]
     if not records:
         raise CirtutorError(f"{run} holds no evaluated re-ranker (seed*/stage2/metrics.json): "
                             "run `cirtutor train-stage2` or `cirtutor evaluate` on it first")

@@ -48,12 +48,12 @@ from cirtutor.data.registry import dataset_root, open_dataset
 from cirtutor.engine.features import FeatureStore, encode_gallery
 from cirtutor.engine.loop import world
 from cirtutor.engine.pretrain import mini_blip_folder
-from cirtutor.engine.stage1 import encode_queries, evaluate_filter, rank_with_filter, train_stage1
+from cirtutor.engine.stage1 import FILTER_LIST, encode_queries, evaluate_filter, filter_topk, rank_with_filter, train_stage1
 from cirtutor.engine.stage2 import check_same_vision, evaluate_reranker, filter_negatives, hard_pools, score_lists, train_stage2
 from cirtutor.engine.zeroshot import (ZEROSHOT_FILE, build_zeroshot, evaluate_zeroshot, load_zeroshot, save_zeroshot,
                                       synthetic_captions, train_composing, train_mapping)
 from cirtutor.errors import CirtutorError
-from cirtutor.evaluation import TopK, rank_shift_by_initial, rank_table, save_topk
+from cirtutor.evaluation import TopK, authors_filename, check_lists, load_topk, rank_shift_by_initial, rank_table, save_topk
 from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text, torch_load
 from cirtutor.layout import stage_dir
 from cirtutor.models import CandidateFilter, DualEncoderReranker
@@ -330,20 +330,33 @@ def short(metrics: dict) -> str:
 
 # ----------------------------------------------------------------------------- top-K
 
-def extract_topk(cfg: Config, run: Path, seed: int, filt: CandidateFilter, val, stores, device, k: int = 200) -> list[Path]:
-    """Stage 1's top-K lists of the validation split (docs/data_formats.md, 'Top-K files'), in our pickle-free format."""
+def extract_topk(run: Path, seed: int, filt: CandidateFilter, dataset, store, device, k: int = 200) -> list[Path]:
+    """Stage 1's top-K lists of `dataset`'s split, one file per retrieval group, in our pickle-free format
+    (docs/data_formats.md, 'Top-K files'): the input of stage 2's evaluation, the rank analysis, the
+    timing and the CIRR submission. A longer list of the same split and group is left in place."""
     out, paths = stage_dir(run, seed, "topk"), []
-    groups = {None: list(range(len(val.queries)))} if val.dataset_name == "CIRR" else {
-        cat: [i for i, q in enumerate(val.queries) if q["category"] == cat] for cat in val.galleries}
-    for cat, idx in groups.items():
-        gallery = val.gallery if cat is None else val.galleries[cat]
-        ranked = rank_with_filter(filt, val, stores["val"], gallery, indices=idx, remove_reference=cat is None,
-                                  top_k=min(k, len(gallery) - (cat is None)), device=device)
-        topk = TopK(ranked, gallery, split="val", target_names=[val.queries[i]["target"] for i in idx], category=cat)
-        name = f"cirr_top_{topk.k}_val" if cat is None else f"fiq_top_{topk.k}_val_{cat}"
+    for topk in filter_topk(filt, dataset, store, k, device):
         if world()[0] == 0:
-            paths.append(save_topk(out / f"{name}.safetensors", topk))
+            paths.append(save_topk(out / authors_filename(topk.k, topk.split, topk.category, ".safetensors"), topk))
     return paths
+
+
+def _list_k(path: Path) -> int:
+    return int(path.name.split("_")[2])                     # cirr_top_{K}_... / fiq_top_{K}_...
+
+
+def run_topk(run: Path, seed: int, dataset, k: int) -> list[TopK]:
+    """The top-K lists `extract_topk` wrote for `dataset`'s split (the longest of each retrieval group),
+    checked against the split and cut to nothing: stage 2 reads these, never the filter's ranking."""
+    folder, lists = stage_dir(run, seed, "topk"), []
+    for g in dataset.retrieval_groups():
+        found = sorted(folder.glob(authors_filename("*", dataset.split, g.category, ".safetensors")), key=_list_k)
+        if not found:
+            split = "" if dataset.split == "val" else f" --split {dataset.split}"
+            raise CirtutorError(f"no top-K list of the {dataset.split} split{f' ({g.category})' if g.category else ''} "
+                                f"in {folder}: run `cirtutor extract-topk --run-dir {run} --seed {seed}{split}` first")
+        lists.append(load_topk(found[-1]))
+    return check_lists(lists, dataset, k)
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -387,7 +400,7 @@ def stage2_training_inputs(cfg: Config, filt, train, stores, device, shared: dic
 
 def usable_ks(cfg: Config, val) -> tuple[int, ...]:
     """The K values to evaluate (stage2.eval_ks and stage2.k) that fit the validation gallery."""
-    longest = len(val.gallery) - 1 if val.dataset_name == "CIRR" else min(map(len, val.galleries.values()))
+    longest = min(g.list_length for g in val.retrieval_groups())
     ks = tuple(k for k in sorted(set(cfg.stage2.eval_ks) | {cfg.stage2.k}) if k <= longest)
     if cfg.stage2.k > longest:
         raise CirtutorError(f"stage2.k={cfg.stage2.k} exceeds the validation gallery ({longest} candidates per query)")
@@ -402,10 +415,13 @@ def eval_speed(cfg: Config) -> dict:
 def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, train, val, stores, weights: Path,
                device, ablation: str | None = None, resume: bool = False, details: dict | None = None,
                shared: dict | None = None) -> tuple[DualEncoderReranker, dict]:
-    """Train the re-ranker (Eq. 2) on the filter's z_t, then evaluate F and R_K for every K.
+    """Train the re-ranker (Eq. 2) on the filter's z_t, then evaluate F and R_K for every K on stage 1's
+    top-K lists of the validation split (`extract_topk`; read and checked before any training).
     `shared` (a dict) keeps the training z_t and hard pools for the next variant of the same filter."""
     cfg = variant_config(cfg, ablation)
     out = stage_dir(run, seed, "stage2", ablation)
+    ks = usable_ks(cfg, val) if ablation is None else (cfg.stage2.k,)   # ablation tables report R_K at the main K
+    lists = run_topk(run, seed, val, max(*ks, FILTER_LIST))
     torch.manual_seed(seed)                                   # the new head's initialisation
     if cfg.stage2.init == "stage1":
         model, report = reranker_from_filter(filt.cpu(), cfg.model)
@@ -424,7 +440,7 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
         say(f"{label}: {report.summary()}")
         z_ts_train, pools, negatives = stage2_training_inputs(cfg, filt, train, stores, device, shared)
         k = cfg.stage2.k
-        validate = validator(lambda: evaluate_reranker(filt, model, val, stores["val"], (k,), device=device,
+        validate = validator(lambda: evaluate_reranker(filt, model, val, stores["val"], lists, (k,), device=device,
                                                        **eval_speed(cfg))[f"K={k}"],
                              cfg.stage2, model, out, f"{label} R_{k}",
                              earlier_validations(out / "last.pt") if resume else [])
@@ -435,8 +451,8 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
                                checkpoint=out / "last.pt", resume=resume, meta=meta)
         finish_training(model, history, cfg.stage2.select, out, final)
     model.to(device)
-    ks = usable_ks(cfg, val) if ablation is None else (cfg.stage2.k,)   # ablation tables report R_K at the main K
-    metrics = evaluate_reranker(filt, model, val, stores["val"], ks, device=device, details=details, **eval_speed(cfg))
+    metrics = evaluate_reranker(filt, model, val, stores["val"], lists, ks, device=device, details=details,
+                                **eval_speed(cfg))
     if world()[0] == 0:
         atomic_write_json(out / "metrics.json", metrics, indent=2)
     return model, metrics
@@ -551,16 +567,17 @@ def load_average() -> list[float] | None:
 
 # ----------------------------------------------------------------------------- analysis
 
-def inference_times(cfg: Config, filt, model, val, stores, device, ks, n: int = 64) -> dict:
+def inference_times(filt, model, val, stores, device, ks, lists: list[TopK], n: int = 64) -> dict:
     """Fig. 7: wall time per query of the filter (encode the query, rank the gallery) and of
-    re-ranking its top-K for each K, on the first `n` validation queries, batch 1 as the
-    authors' evaluation (no keys/values shared across queries: a single query's latency). Fixed
-    overheads (model loading, image features) are reported apart."""
-    idx = list(range(min(n, len(val.queries))))
-    gallery = val.gallery if val.dataset_name == "CIRR" else next(iter(val.galleries.values()))
+    re-ranking its top-K for each K, on the first `n` queries of the validation split's first retrieval
+    group, batch 1 as the authors' evaluation (no keys/values shared across queries: a single query's
+    latency). The filter is timed on its own row; the re-ranker re-orders stage 1's `lists` (the run's top-K
+    files). Fixed overheads (model loading, image features) are reported apart."""
+    group, topk = val.retrieval_groups()[0], check_lists(lists, val, max(ks))[0]
+    idx = group.indices[:n]
     start = time.perf_counter()
-    ranked = rank_with_filter(filt, val, stores["val"], gallery, indices=idx, remove_reference=val.dataset_name == "CIRR",
-                              top_k=max(ks), device=device)
+    rank_with_filter(filt, val, stores["val"], group.gallery, indices=idx, remove_reference=group.remove_reference,
+                     top_k=max(ks), device=device)
     filter_s = (time.perf_counter() - start) / len(idx)
     _, z_ts = encode_queries(filt, val, stores["val"], indices=idx, device=device)
     z_all = [None] * len(val.queries)
@@ -569,8 +586,8 @@ def inference_times(cfg: Config, filt, model, val, stores, device, ks, n: int = 
     per_query = {}
     for k in ks:
         start = time.perf_counter()
-        score_lists(model, val, z_all, stores["val"], ranked[:, :k], batch_size=1, device=device, indices=idx,
-                    share_kv=False)
+        score_lists(model, val, z_all, stores["val"], topk.sorted_index_names[:len(idx), :k], batch_size=1,
+                    device=device, indices=idx, share_kv=False)
         per_query[str(k)] = filter_s + (time.perf_counter() - start) / len(idx)
     return {"filter_per_query_s": filter_s, "per_query_s": per_query, "queries_timed": len(idx)}
 
@@ -674,13 +691,15 @@ def record_run(cfg: Config, run: Path, overwrite: bool = False) -> None:
         torch.distributed.barrier()
 
 
-def seed0_analysis(cfg: Config, results: dict, details: dict, filt, model, val, stores, device, times: dict) -> list:
-    """Seed 0's rank analysis (Table 7, Fig. 8), coverage curve and inference timing (Fig. 7), into `results`;
-    returns the qualitative figure's items."""
+def seed0_analysis(cfg: Config, run: Path, results: dict, details: dict, filt, model, val, stores, device,
+                   times: dict) -> list:
+    """Seed 0's rank analysis (Table 7, Fig. 8), coverage curve and inference timing (Fig. 7, on the run's
+    top-K lists), into `results`; returns the qualitative figure's items."""
     results["rank_analysis"] = rank_analysis(details)
     s1 = details["stage1"] if "stage1" in details else np.concatenate([d["stage1"] for d in details.values()])
     results["coverage"] = coverage_curve(s1)
-    results["timing"] = inference_times(cfg, filt, model, val, stores, device, usable_ks(cfg, val))
+    ks = usable_ks(cfg, val)
+    results["timing"] = inference_times(filt, model, val, stores, device, ks, run_topk(run, 0, val, max(ks)))
     results["timing"]["fixed_s"] = {k: round(times[k], 2) for k in ("data", "image features") if k in times}
     return qualitative_items(val, details)
 
@@ -715,7 +734,7 @@ def reproduce_seed(cfg: Config, run: Path, seed: int, results: dict, times: dict
         filt, f_metrics = run_stage1(cfg, run, seed, **inputs)
     say(f"F (seed {seed}): {short(f_metrics)}")
     with timed(times, "top-K"):
-        extract_topk(cfg, run, seed, filt, val, stores, device)
+        extract_topk(run, seed, filt, val, stores["val"], device)
     with timed(times, "stage 2"):
         details, shared = {}, {}
         model, metrics = run_stage2(cfg, run, seed, filt, **inputs, details=details, shared=shared)
@@ -726,9 +745,9 @@ def reproduce_seed(cfg: Config, run: Path, seed: int, results: dict, times: dict
         results["filter"] = metrics["filter"]
         results["rerank"] = {k: v for k, v in metrics.items() if k.startswith("K=")}
         with timed(times, "analysis"):
-            qualitative = seed0_analysis(cfg, results, details, filt, model, val, stores, device, times)
+            qualitative = seed0_analysis(cfg, run, results, details, filt, model, val, stores, device, times)
     run_ablations(cfg, run, seed, filt, results, times, **inputs, shared=shared)
-    record = findings.seed_record(run, seed, cfg.stage2.k, max(usable_ks(cfg, val)), cfg.data.dataset == "fashioniq")
+    record = findings.seed_record(run, seed, cfg.stage2.k, max(usable_ks(cfg, val)))
     return record, qualitative
 
 

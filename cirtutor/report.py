@@ -47,7 +47,7 @@ SUBSAMPLE_WARNING = "**These numbers come from a subsample"  # the bold warning 
 
 def is_fashioniq(results: dict) -> bool:
     """Fashion-IQ results carry per-category metrics; CIRR results the flat Table 6 keys."""
-    return results.get("dataset") == "fashioniq" or "per_category" in results["filter"]
+    return "per_category" in results["filter"]
 
 
 def categories(metrics: dict) -> list[str]:
@@ -56,11 +56,11 @@ def categories(metrics: dict) -> list[str]:
     return [c for c in FIQ_CATEGORIES if c in present] + [c for c in present if c not in FIQ_CATEGORIES]
 
 
-def flat_metrics(metrics: dict, fiq: bool) -> dict:
+def flat_metrics(metrics: dict) -> dict:
     """One flat {name: %} dict. CIRR: R@1 … Rs@3 and avg. Fashion-IQ: "dress R@10", "dress R@50",
     … for each category present, then the category means R@10, R@50 and avg (Table 5's columns).
     Anything else in `metrics` (e.g. R_K's "coverage") is left out."""
-    if not fiq:
+    if "per_category" not in metrics:
         return {key: float(metrics[key]) for key in CIRR_KEYS}
     out = {f"{cat} {key}": float(metrics["per_category"][cat][key]) for cat in categories(metrics) for key in ("R@10", "R@50")}
     return out | {key: float(metrics[key]) for key in ("R@10", "R@50", "avg")}
@@ -83,8 +83,8 @@ def seed_stats(results: dict) -> dict | None:
     if len(runs) < 2:
         return None
     fiq = is_fashioniq(results)
-    f = [flat_metrics(run["filter"], fiq) for run in runs]
-    r = [flat_metrics(run["rerank"], fiq) for run in runs]
+    f = [flat_metrics(run["filter"]) for run in runs]
+    r = [flat_metrics(run["rerank"]) for run in runs]
     return {"seeds": [run["seed"] for run in runs], "ddof": SEED_DDOF,
             "filter": {key: mean_std([m[key] for m in f]) for key in f[0]},
             "rerank": {key: mean_std([m[key] for m in r]) for key in r[0]},
@@ -96,7 +96,7 @@ def metrics_json(results: dict) -> dict:
     """What metrics.json holds: flat metrics of F, every R_K and every ablation, the wall time,
     and "fusion" / "seeds" only when the run produced them."""
     fiq = is_fashioniq(results)
-    flat = lambda m: {k: v for k, v in flat_metrics(m, fiq).items() if fiq or k != "avg"}  # noqa: E731  CIRR: the 7 recalls
+    flat = lambda m: {k: v for k, v in flat_metrics(m).items() if fiq or k != "avg"}  # noqa: E731  CIRR: the 7 recalls
     out = {"filter": flat(results["filter"]),
            "rerank": {f"K={k}": flat(m) for k, m in k_items(results["rerank"])},
            "ablations": {name: flat(m) for name, m in (results.get("ablations") or {}).items()},
@@ -373,8 +373,8 @@ def make_figures(results: dict, qualitative: list[dict] | None = None) -> dict[s
     if results.get("coverage"):
         out["coverage_vs_k"] = (viz.plot_coverage_vs_k(results["coverage"]), "GT coverage of the top-K vs K")
     if results.get("rerank"):
-        flat = {key: flat_metrics(m, fiq) for key, m in results["rerank"].items()}
-        out["recall_vs_k"] = (viz.plot_recall_vs_k(flat_metrics(results["filter"], fiq), flat,
+        flat = {key: flat_metrics(m) for key, m in results["rerank"].items()}
+        out["recall_vs_k"] = (viz.plot_recall_vs_k(flat_metrics(results["filter"]), flat,
                                                    FIQ_CURVE_KEYS if fiq else CIRR_CURVE_KEYS), "recall vs K")
     if (timing := results.get("timing")) and timing.get("per_query_s"):
         out["time_vs_k"] = (viz.plot_time_vs_k(timing), "time per query vs K")

@@ -10,7 +10,12 @@ import torch
 
 from cirtutor import pipeline as P
 from cirtutor.config import Config
+from cirtutor.data.registry import dataset_class, open_dataset
+from cirtutor.engine.stage1 import encode_queries
+from cirtutor.engine.stage2 import score_lists
 from cirtutor.errors import CirtutorError
+from cirtutor.evaluation import subset_ranking_by_scores, validate_cirr_submission, write_cirr_submission
+from cirtutor.evaluation.submission import LENGTHS
 from cirtutor.io import atomic_write_json
 from cirtutor.layout import stage_dir
 
@@ -91,9 +96,15 @@ def zeroshot(cfg: Config, args) -> int:
 
 
 def extract_topk(cfg: Config, args) -> int:
-    ctx = context(cfg, args, (filter_file(args),))
+    """Stage 1's top-K lists of --split (default val; test1 for the CIRR submission), one file per retrieval group."""
+    ctx = context(cfg, args, (filter_file(args),), data=args.split == "val")
+    if args.split == "val":
+        dataset, store = ctx["val"], ctx["stores"]["val"]
+    else:                                                   # a test split alone: no training captions needed
+        dataset = open_dataset(cfg.data, args.split, load_images=False)
+        store = P.feature_store(cfg, args.split, ctx["weights"], ctx["device"])
     filt = trained_filter(cfg, ctx, args.seed)
-    for path in P.extract_topk(cfg, ctx["run"], args.seed, filt, ctx["val"], ctx["stores"], ctx["device"], k=args.k):
+    for path in P.extract_topk(ctx["run"], args.seed, filt, dataset, store, ctx["device"], k=args.k):
         P.say(f"wrote {path}")
     return 0
 
@@ -122,29 +133,26 @@ def print_table(metrics: dict) -> None:
 
 
 def submit(cfg: Config, args) -> int:
-    """CIRR test1: the filter ranks the test gallery (reference removed), the re-ranker re-orders
-    the top-K and scores the 5 subset members; both server files are written and validated."""
-    from cirtutor.data.registry import open_dataset
-    from cirtutor.engine.stage1 import encode_queries, rank_with_filter
-    from cirtutor.engine.stage2 import score_lists
-    from cirtutor.evaluation import (subset_ranking, subset_ranking_by_scores, validate_cirr_submission,
-                                     write_cirr_submission)
-
-    if cfg.data.dataset != "cirr":
-        raise CirtutorError("submit writes CIRR test-server files; Fashion-IQ has no test server (use evaluate)")
+    """The evaluation server's split (CIRR test1): the re-ranker re-orders stage 1's top-K lists of that split
+    (`cirtutor extract-topk --split test1`) and scores each query's 5 subset members; the server files of both
+    stages are written and validated."""
+    server = dataset_class(cfg.data).server_split
+    if server is None:
+        raise CirtutorError(f"{dataset_class(cfg.data).dataset_name} has no test server (use evaluate)")
     ctx = context(cfg, args, (filter_file(args), reranker_file(args)), data=False)    # test1 alone: no train captions
-    filt = trained_filter(cfg, ctx, args.seed)
-    test = open_dataset(cfg.data, "test1", load_images=False)
-    store = P.feature_store(cfg, "test1", ctx["weights"], ctx["device"])
-    cfg_v = P.variant_config(cfg, args.ablation)
-    folder = stage_dir(ctx["run"], args.seed, "stage2", args.ablation)
-    model, _ = P.load_reranker(ctx["weights"], cfg_v.model)
-    P.load_weights(model, folder / "reranker.pt").to(ctx["device"])
-    P.check_same_vision(filt, model)
-    query_emb, z_ts = encode_queries(filt, test, store, device=ctx["device"])
-    ranked = rank_with_filter(filt, test, store, test.gallery, remove_reference=True, device=ctx["device"],
-                              query_emb=query_emb)                  # the whole gallery: subsets need every member
+    test = open_dataset(cfg.data, server, load_images=False)
     k = cfg.stage2.k
+    topk = P.run_topk(ctx["run"], args.seed, test, max(k, LENGTHS["recall"]))[0]
+    if topk.subset_names is None:
+        raise CirtutorError(f"the top-K list of {server} has no subset order: write it again with "
+                            f"`cirtutor extract-topk --run-dir {ctx['run']} --split {server}`")
+    filt = trained_filter(cfg, ctx, args.seed)
+    store = P.feature_store(cfg, server, ctx["weights"], ctx["device"])
+    model, _ = P.load_reranker(ctx["weights"], P.variant_config(cfg, args.ablation).model)
+    P.load_weights(model, ctx["run"] / reranker_file(args)).to(ctx["device"])
+    P.check_same_vision(filt, model)
+    z_ts = encode_queries(filt, test, store, device=ctx["device"])[1]
+    ranked = topk.sorted_index_names                                           # (N, K_file), best first
     scores = score_lists(model, test, z_ts, store, ranked[:, :k], device=ctx["device"])
     order = np.argsort(-scores, axis=1, kind="stable")
     reranked = np.concatenate([np.take_along_axis(ranked[:, :k], order, 1), ranked[:, k:]], axis=1)
@@ -153,9 +161,13 @@ def submit(cfg: Config, args) -> int:
                                                                   device=ctx["device"]))
     pairids = [q["pairid"] for q in test.queries]
     out = ctx["run"] / "submission"
-    paths = {"stage1": write_cirr_submission(out, f"stage1_seed{args.seed}", pairids, ranked,
-                                             subset_ranking(ranked, subsets)),
+    paths = {"stage1": write_cirr_submission(out, f"stage1_seed{args.seed}", pairids, ranked, topk.subset_names),
              "stage2": write_cirr_submission(out, f"stage2_seed{args.seed}", pairids, reranked, subset_ranked)}
+    return report_submission(paths, test)
+
+
+def report_submission(paths: dict, test) -> int:
+    """Validate every written server file against the split; 1 when any has a problem."""
     bad = 0
     for stage, files in paths.items():
         for metric, path in files.items():

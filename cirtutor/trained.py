@@ -49,7 +49,7 @@ from cirtutor.models import CandidateFilter, DualEncoderReranker
 from cirtutor.models.cala import CaLa
 from cirtutor.models.zeroshot import ZeroShotEncoder
 from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
-from cirtutor.pipeline import (ABLATIONS, AUX_MODULES, config_dict, config_digest, datasets, feature_stores, init_weights, is_tiny,
+from cirtutor.pipeline import (ABLATIONS, AUX_MODULES, config_dict, config_digest, datasets, extract_topk, feature_stores, init_weights, is_tiny,
                                load_weights, resolve_device, run_stage1, run_stage2, run_zeroshot, stage1_dir,
                                state_bytes, variant_config, weights_key, zeroshot_dir)
 
@@ -157,7 +157,9 @@ def _train(cfg: Config, seed: int, ablation: str | None, kind: str, run: Path, d
         elif kind == "zeroshot":
             run_zeroshot(cfg, run, seed, log=print, **inputs)
         else:
-            run_stage2(cfg, run, seed, trained_filter(cfg, seed, verbose, data)[0], ablation=ablation, **inputs)
+            filt = trained_filter(cfg, seed, verbose, data)[0]
+            extract_topk(run, seed, filt, data.val, data.stores["val"], data.device)     # stage 2's input
+            run_stage2(cfg, run, seed, filt, ablation=ablation, **inputs)
     for spare in ("last.pt", "best.pt"):     # the resumable checkpoint and the best-so-far copy: <kind>.pt has the result
         (_run_dir(run, seed, ablation, kind) / spare).unlink(missing_ok=True)
 

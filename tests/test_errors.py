@@ -447,7 +447,7 @@ def test_a_reranker_with_another_vit_is_refused(cirr_root):
     cfg = get_model_config("tiny")
     filt, model = CandidateFilter(cfg), DualEncoderReranker(cfg)
     with pytest.raises(CirtutorError, match="frozen ViT differs from the filter's"):
-        evaluate_reranker(filt, model, CIRR(cirr_root, "val", load_images=False), None, ks=(5,))
+        evaluate_reranker(filt, model, CIRR(cirr_root, "val", load_images=False), None, [], ks=(5,))
     model.visual_encoder.load_state_dict(filt.visual_encoder.state_dict())
     check_same_vision(filt, model)
 

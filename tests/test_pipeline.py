@@ -33,8 +33,11 @@ def test_stage_commands_chain_through_one_run_folder(cache, capsys):
     assert main(["train-stage1", "--run-dir", run, *SETS]) == 0
     stage1 = cache / "run" / "seed0" / "stage1"
     assert {"filter.pt", "last.pt", "metrics.csv", "metrics.json"} <= {p.name for p in stage1.iterdir()}
-    assert main(["extract-topk", "--run-dir", run, "--k", "20", *SETS]) == 0
-    assert (cache / "run" / "seed0" / "topk" / "cirr_top_20_val.safetensors").is_file()
+    assert main(["extract-topk", "--run-dir", run, "--k", "5", *SETS]) == 0
+    assert (cache / "run" / "seed0" / "topk" / "cirr_top_5_val.safetensors").is_file()
+    assert main(["train-stage2", "--run-dir", run, *SETS]) == 2                       # too short for R@50: refused
+    assert "--k 50" in capsys.readouterr().err
+    assert main(["extract-topk", "--run-dir", run, *SETS]) == 0                       # the whole list (K <= 200)
     assert main(["train-stage2", "--run-dir", run, *SETS]) == 0
     out = capsys.readouterr().out
     assert "filter" in out and "K=10" in out
@@ -42,9 +45,36 @@ def test_stage_commands_chain_through_one_run_folder(cache, capsys):
     metrics = json.loads((cache / "run" / "seed0" / "stage2" / "metrics.json").read_text())
     assert set(metrics) == {"filter", "K=5", "K=10"}
     assert metrics["K=10"]["R@10"] == pytest.approx(metrics["K=10"]["coverage"])  # a permutation of the top 10
+    assert main(["submit", "--run-dir", run, *SETS]) == 2                              # test1 has no lists yet
+    assert "extract-topk" in capsys.readouterr().err
+    assert main(["extract-topk", "--run-dir", run, "--split", "test1", *SETS]) == 0
     assert main(["submit", "--run-dir", run, *SETS]) == 0
     assert "ok, ready to upload" in capsys.readouterr().out
     assert len(list((cache / "run" / "submission").glob("*.json"))) == 4
+
+
+def test_stage_2_evaluates_the_top_k_file_it_finds(cache, capsys):
+    """`evaluate` re-ranks the run's top-K file, not a ranking of its own: the file rewritten with the
+    package's writer, its candidates swapped, changes the result; a file of another split is refused in one line."""
+    from cirtutor.evaluation import load_topk, save_topk
+    run = str(cache / "run")
+    for command in (["train-stage1"], ["extract-topk"], ["train-stage2"]):
+        assert main([*command, "--run-dir", run, *SETS]) == 0
+    metrics = lambda: json.loads((cache / "run" / "seed0" / "stage2" / "metrics.json").read_text())  # noqa: E731
+    before = metrics()
+    path, = (cache / "run" / "seed0" / "topk").glob("cirr_top_*_val.safetensors")
+    topk = load_topk(path)
+    swapped = dataclasses.replace(topk, sorted_index_names=topk.sorted_index_names[:, ::-1], labels=None)
+    save_topk(path, swapped)
+    assert main(["evaluate", "--run-dir", run, *SETS]) == 0
+    after = metrics()
+    assert after["K=10"] != before["K=10"] and after["filter"] != before["filter"]
+    assert after["K=10"]["coverage"] == pytest.approx(100 * swapped.labels[:, :10].any(1).mean())
+    save_topk(path, dataclasses.replace(topk, split="test1", target_names=None, labels=None, group_labels=None))
+    capsys.readouterr()
+    assert main(["evaluate", "--run-dir", run, *SETS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "split 'test1'" in err and len(err.splitlines()) == 1
 
 
 def test_reproduce_writes_the_report_and_metrics(cache):

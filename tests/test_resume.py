@@ -5,7 +5,7 @@ import torch
 
 from cirtutor.config import apply_overrides
 from cirtutor.engine.loop import ResumeError, load_checkpoint
-from cirtutor.engine.stage1 import encode_queries, evaluate_filter, train_stage1
+from cirtutor.engine.stage1 import encode_queries, evaluate_filter, filter_topk, train_stage1
 from cirtutor.engine.stage2 import evaluate_reranker, hard_pools, train_stage2
 from cirtutor.models import CandidateFilter, DualEncoderReranker
 
@@ -79,7 +79,9 @@ def test_stage2_killed_mid_epoch_resumes_to_the_same_end(world, tmp_path):
     resumed = DualEncoderReranker(cfg.model)
     h_resumed = run(resumed, checkpoint=ckpt, resume=True)
     assert h_resumed.train == h_whole.train and states_equal(resumed, whole)
-    assert evaluate_reranker(filt, resumed, val, sv, ks=(5,)) == evaluate_reranker(filt, whole, val, sv, ks=(5,))
+    lists = filter_topk(filt, val, sv)
+    assert evaluate_reranker(filt, resumed, val, sv, lists, ks=(5,)) == evaluate_reranker(filt, whole, val, sv, lists,
+                                                                                          ks=(5,))
 
 
 def test_resume_refuses_a_missing_or_foreign_checkpoint(world, tmp_path):

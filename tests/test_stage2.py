@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cirtutor.config import apply_overrides
-from cirtutor.engine.stage1 import encode_queries, rank_with_filter
+from cirtutor.engine.stage1 import encode_queries, evaluate_filter, filter_topk, rank_with_filter
 from cirtutor.engine.stage2 import (BxBObjective, batch_order, evaluate_reranker, filter_negatives, hard_pools,
                                     kv_bytes_per_candidate, make_stage2_optimizer, query_inputs, sample_negatives, score_lists, train_stage2)
 from cirtutor.models import DualEncoderReranker
@@ -154,8 +154,9 @@ def test_reranked_evaluation_keeps_the_paper_identities(world):
     torch.manual_seed(0)
     model = DualEncoderReranker(cfg.model)
     model.visual_encoder.load_state_dict(filt.visual_encoder.state_dict())    # the ViT the features came from
-    res = evaluate_reranker(filt, model, val, sv, ks=(5, 10))
+    res = evaluate_reranker(filt, model, val, sv, filter_topk(filt, val, sv), ks=(5, 10))
     f = res["filter"]
+    assert f == evaluate_filter(filt, val, sv)                # the filter's numbers, from its own lists
     assert res["K=5"]["R@5"] == pytest.approx(f["R@5"]) == pytest.approx(res["K=5"]["coverage"])  # a permutation of the top 5
     assert res["K=5"]["R@10"] == pytest.approx(f["R@5"])    # nothing beyond K in a re-ranked list
     assert res["K=10"]["R@10"] == pytest.approx(f["R@10"])
@@ -203,3 +204,19 @@ def test_bf16_scoring_stays_close_to_fp32(world):
     ranked = rank_with_filter(filt, val, sv, val.gallery, remove_reference=True, top_k=5)
     fp32, bf16 = score_lists(model, val, z_ts, sv, ranked), score_lists(model, val, z_ts, sv, ranked, bf16=True)
     assert bf16.dtype == np.float32 and 0 < np.abs(bf16 - fp32).max() < 0.05 * np.abs(fp32).max() + 1e-2
+
+
+def test_evaluation_re_ranks_the_lists_it_is_given(world):
+    """Stage 2 reads stage 1's lists and never ranks the gallery itself: the same lists give the same
+    numbers; each query's list reversed (its worst candidates first) changes both stages' numbers."""
+    cfg, filt, _, val, _, sv = world
+    torch.manual_seed(0)
+    model = DualEncoderReranker(cfg.model)
+    model.visual_encoder.load_state_dict(filt.visual_encoder.state_dict())
+    lists = filter_topk(filt, val, sv)
+    res = evaluate_reranker(filt, model, val, sv, lists, ks=(5,))
+    assert evaluate_reranker(filt, model, val, sv, filter_topk(filt, val, sv), ks=(5,)) == res
+    flipped = [dataclasses.replace(t, sorted_index_names=t.sorted_index_names[:, ::-1], labels=None) for t in lists]
+    other = evaluate_reranker(filt, model, val, sv, flipped, ks=(5,))
+    assert other["K=5"]["coverage"] == pytest.approx(100 * np.mean([t.labels[:, :5].any(1).mean() for t in flipped]))
+    assert other["K=5"]["R@5"] != res["K=5"]["R@5"] and other["filter"] != res["filter"]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cirtutor.evaluation import EvaluationError, TopK, authors_filename, load_topk, read_authors_topk, save_topk, write_authors_topk
+from cirtutor.data import RetrievalGroup
+from cirtutor.evaluation import EvaluationError, TopK, authors_filename, check_lists, load_topk, read_authors_topk, save_topk, write_authors_topk
 
 GALLERY = [f"dev-{i}-0-img{i % 2}" for i in range(12)]
 RANKED = np.array([GALLERY[1:6], GALLERY[6:11], GALLERY[0:5]])   # (3, 5), reference already removed
@@ -24,7 +25,7 @@ def cirr_topk():
 
 
 def same(a: TopK, b: TopK) -> bool:
-    arrays = ("sorted_index_names", "labels", "group_labels")
+    arrays = ("sorted_index_names", "labels", "group_labels", "subset_names")
     return all(np.array_equal(getattr(a, f), getattr(b, f)) if getattr(a, f) is not None else getattr(b, f) is None
                for f in arrays) and (a.index_names, a.target_names, a.split, a.category) == \
         (b.index_names, b.target_names, b.split, b.category)
@@ -68,6 +69,46 @@ def test_select_truncates_and_checks_like_the_authors_loader(tmp_path):
                             (dict(target_names=TARGETS[::-1]), "targets")]:
         with pytest.raises(EvaluationError, match=message):
             load_topk(path, **kwargs)
+
+
+class Split:
+    """The little a list check asks of a dataset: its split, queries and retrieval groups (CIRR-like)."""
+    dataset_name, split = "CIRR", "val"
+    queries = [{"target": t} for t in TARGETS]
+
+    def retrieval_groups(self):
+        return [RetrievalGroup(None, GALLERY, [0, 1, 2], remove_reference=True, subsets=True)]
+
+
+def test_subset_order_round_trips_and_gives_the_subset_labels(tmp_path):
+    subsets = np.array([GALLERY[3:8], GALLERY[1:6], GALLERY[0:5]])          # (3, 5) in the filter's order
+    topk = TopK(RANKED, GALLERY, "val", TARGETS, subset_names=subsets)
+    assert topk.group_labels.tolist() == [[1, 0, 0, 0, 0], [0] * 5, [1, 0, 0, 0, 0]]
+    back = load_topk(save_topk(tmp_path / "top.safetensors", topk))
+    assert back.subset_names.tolist() == subsets.tolist() and same(back, topk)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(split="test1"), ("split 'test1'",)),
+    (dict(sorted_index_names=RANKED[:, :2]), ("top 2", "--k 4")),
+    (dict(index_names=GALLERY[::-1]), ("gallery",)),
+    (dict(target_names=TARGETS[::-1]), ("targets",)),
+    (dict(target_names=None), ("no targets",)),
+    (dict(group_labels=None), ("subset labels",)),
+    (dict(category="dress"), ("one top-K list per retrieval group",)),
+])
+def test_stage_2_refuses_lists_that_are_not_the_splits(tmp_path, change, words):
+    """The authors' stage-2 loader checks split, K, names and targets; so does `check_lists`, in one line."""
+    good = TopK(RANKED, GALLERY, "val", TARGETS, group_labels=np.eye(3, 5, dtype=bool))
+    assert check_lists([good], Split(), 4) == [good]
+    fields = dict(sorted_index_names=good.sorted_index_names, index_names=GALLERY, split="val",
+                  target_names=TARGETS, group_labels=good.group_labels) | change
+    path = save_topk(tmp_path / "top.safetensors", TopK(**fields))        # written and read as a run's file is
+    with pytest.raises(EvaluationError) as e:
+        check_lists([load_topk(path)], Split(), 4)
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value)
+    with pytest.raises(EvaluationError, match="rows"):
+        check_lists([TopK(RANKED[:2], GALLERY, "val", TARGETS[:2], group_labels=np.eye(2, 5, dtype=bool))], Split(), 4)
 
 
 # ----------------------------------------------------------------------------- the authors' format

@@ -12,6 +12,7 @@ Modes
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -93,11 +94,30 @@ def check_choice(value: str, choices: Sequence[str], what: str, dataset: str) ->
     return value
 
 
+@dataclass(frozen=True)
+class RetrievalGroup:
+    """One ranking problem of a split (docs/data_formats.md, 'Galleries'): the queries `indices` each
+    rank `gallery`. Stage 1 writes one top-K file per group; stage 2 and every evaluation read it."""
+    category: str | None            # Fashion-IQ's category; None for CIRR's single gallery
+    gallery: list[str]              # the names ranked, gallery order
+    indices: list[int]              # its queries, caption-file order
+    remove_reference: bool          # CIRR drops each query's own reference from its list
+    subsets: bool                   # CIRR also ranks each query's 5 subset members (Rs@K)
+
+    @property
+    def list_length(self) -> int:
+        """How many candidates a query of this group can rank: the gallery, less its reference on CIRR."""
+        return len(self.gallery) - self.remove_reference
+
+
 class CIRDataset(torch.utils.data.Dataset):
     """Common machinery. Subclasses fill `self.queries` (list of dicts), `self.gallery`
-    (list of names, gallery order) and implement `image_path(name)`."""
+    (list of names, gallery order) and implement `image_path(name)`; a benchmark also says how its
+    queries are ranked (the retrieval protocol): `remove_reference`, `server_split` and `retrieval_groups()`."""
 
     dataset_name = "CIR"
+    remove_reference = False        # whether a query's reference is removed from the gallery it ranks
+    server_split: str | None = None  # the split an evaluation server scores (CIRR: test1); None: no server
 
     def __init__(self, split: str, mode: str, transform: Callable | None, load_images: bool | None):
         self.split = split
@@ -117,6 +137,10 @@ class CIRDataset(torch.utils.data.Dataset):
         return self.transform(load_image(self.image_path(name)))
 
     def query_text(self, index: int) -> str:
+        raise NotImplementedError
+
+    def retrieval_groups(self) -> list[RetrievalGroup]:
+        """How this split's queries are ranked: one group per gallery (the retrieval protocol)."""
         raise NotImplementedError
 
     def __len__(self) -> int:

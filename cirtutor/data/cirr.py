@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from cirtutor.data.base import CIRDataset, check_choice, read_json, require_fields, require_strings
+from cirtutor.data.base import CIRDataset, RetrievalGroup, check_choice, read_json, require_fields, require_strings
 from cirtutor.errors import DataError
 
 SPLITS = ("train", "val", "test1")
@@ -63,6 +63,8 @@ class CIRR(CIRDataset):
     """
 
     dataset_name = "CIRR"
+    remove_reference = True         # a query never retrieves its own reference (docs/data_formats.md, 'Galleries')
+    server_split = "test1"          # scored by the CIRR evaluation server
 
     def __init__(
         self,
@@ -115,6 +117,12 @@ class CIRR(CIRDataset):
 
     def query_text(self, index: int) -> str:
         return self.queries[index]["caption"]  # verbatim: no stripping, no capitalisation (docs/data_formats.md, 'CIRR captions and subsets')
+
+    def retrieval_groups(self) -> list[RetrievalGroup]:
+        """CIRR's protocol: every query ranks the split's one gallery, its reference removed, and
+        ranks its 5 subset members apart (Rs@K)."""
+        return [RetrievalGroup(None, self.gallery, list(range(len(self.queries))), remove_reference=True,
+                               subsets=True)]
 
     def image_path(self, name: str) -> Path:
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from cirtutor.data.base import CIRDataset, check_choice, read_json, require_fields, require_strings
+from cirtutor.data.base import CIRDataset, RetrievalGroup, check_choice, read_json, require_fields, require_strings
 from cirtutor.data.text import join_captions, sample_caption
 from cirtutor.errors import DataError
 
@@ -117,6 +117,11 @@ class FashionIQ(CIRDataset):
         if self.caption_mode == "join":
             return join_captions(c1, c2)
         return sample_caption(c1, c2, self.seed, self.epoch, index)
+
+    def retrieval_groups(self) -> list[RetrievalGroup]:
+        """Fashion-IQ's protocol: each category's queries rank that category's gallery, the reference kept."""
+        return [RetrievalGroup(c, self.galleries[c], [i for i, q in enumerate(self.queries) if q["category"] == c],
+                               remove_reference=False, subsets=False) for c in self.categories]
 
     def image_path(self, name: str) -> Path:
         return self.images_root / f"{name}.jpg"

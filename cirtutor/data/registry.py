@@ -29,6 +29,12 @@ def dataset_root(data: DataConfig, verbose: bool = True) -> Path:
     return Path(data.root) if data.root else synthetic_root(data, verbose)
 
 
+def dataset_class(data: DataConfig) -> type:
+    """The loader class of `data.dataset`, which also states its retrieval protocol (`retrieval_groups`,
+    `remove_reference`, `server_split`)."""
+    return CIRR if data.dataset == "cirr" else FashionIQ
+
+
 def open_dataset(data: DataConfig, split: str, mode: str = "queries", verbose: bool = False, **kwargs):
     """A FashionIQ or CIRR dataset for `split`/`mode` as the config describes it."""
     root = dataset_root(data, verbose)

@@ -19,7 +19,7 @@ from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.loop import History, Schedule, distribute, fit
 from cirtutor.engine.optim import make_optimizer
 from cirtutor.errors import CirtutorError
-from cirtutor.evaluation import cirr_summary, fashioniq_summary, labels_from_ranking, rank_gallery, subset_ranking
+from cirtutor.evaluation import TopK, rank_gallery, subset_ranking, summary
 from cirtutor.models import CandidateFilter, tokenize
 from cirtutor.models.backbones import text_states
 from cirtutor.models.cala import CaLa
@@ -203,24 +203,37 @@ def rank_with_filter(model: CandidateFilter, dataset, store: FeatureStore, galle
     return rank_gallery(query_emb, gallery_emb, gallery, refs, remove_reference=remove_reference, top_k=top_k)
 
 
+# The filter's own numbers reach R@50 (paper Tables 1-2): its lists must be at least this long to give them.
+FILTER_LIST = 50
+
+
+@torch.no_grad()
+def filter_topk(model: CandidateFilter, dataset, store: FeatureStore, k: int = 200, device="cpu",
+                embed=None) -> list[TopK]:
+    """Stage 1's output and stage 2's input (paper §3.1; docs/data_formats.md, 'Top-K files'): for each
+    retrieval group of `dataset` (`dataset.retrieval_groups()`), every query's `k` best gallery names (the
+    whole list when it is shorter), its target where the split has them and, on CIRR, its 5 subset members
+    in the filter's order (ranked on the whole gallery). `embed(indices)` -> (N, e) replaces the filter's
+    query embeddings (the zero-shot models)."""
+    lists = []
+    for g in dataset.retrieval_groups():
+        ranked = rank_with_filter(model, dataset, store, g.gallery, indices=g.indices, device=device,
+                                  remove_reference=g.remove_reference, top_k=None if g.subsets else min(k, g.list_length),
+                                  query_emb=embed(g.indices) if embed else None)         # (N_g, K) names
+        queries = [dataset.queries[i] for i in g.indices]
+        subsets = subset_ranking(ranked, [q["subset"] for q in queries]) if g.subsets else None   # (N_g, 5)
+        targets = [q["target"] for q in queries] if all("target" in q for q in queries) else None
+        lists.append(TopK(ranked[:, :k], g.gallery, dataset.split, targets, category=g.category,
+                          subset_names=subsets))
+    return lists
+
+
 def evaluate_filter(model: CandidateFilter, dataset, store: FeatureStore, device="cpu", embed=None) -> dict:
-    """The paper's stage-1 numbers for a validation split: CIRR R@1/5/10/50 + Rs@1/2/3 over
-    the split's gallery minus the reference, or Fashion-IQ R@10/R@50 per category, each
-    category ranking its own gallery with the reference kept (docs/data_formats.md, 'Galleries'; docs/metrics.md, 'Averages').
-    `embed(indices)` -> (N, e) replaces the filter's query embeddings (the zero-shot models);
-    `model.gallery_embed` embeds the gallery either way."""
-    embed = embed or (lambda indices: None)
+    """The paper's stage-1 numbers for a validation split, from the filter's own top-50 lists (`filter_topk`):
+    CIRR R@1/5/10/50 + Rs@1/2/3 over the split's gallery minus the reference, or Fashion-IQ R@10/R@50 per
+    category, each category ranking its own gallery with the reference kept (docs/data_formats.md, 'Galleries';
+    docs/metrics.md, 'Averages'). `embed(indices)` -> (N, e) replaces the filter's query embeddings (the
+    zero-shot models); `model.gallery_embed` embeds the gallery either way."""
     check_targets(dataset)
-    if dataset.dataset_name == "CIRR":
-        ranked = rank_with_filter(model, dataset, store, dataset.gallery, remove_reference=True, device=device,
-                                  query_emb=embed(range(len(dataset.queries))))
-        targets = [q["target"] for q in dataset.queries]
-        subset = subset_ranking(ranked, [q["subset"] for q in dataset.queries])
-        return cirr_summary(labels_from_ranking(ranked, targets), labels_from_ranking(subset, targets))
-    per_category = {}
-    for cat, gallery in dataset.galleries.items():
-        idx = [i for i, q in enumerate(dataset.queries) if q["category"] == cat]
-        ranked = rank_with_filter(model, dataset, store, gallery, indices=idx, remove_reference=False, top_k=min(50, len(gallery)),
-                                  device=device, query_emb=embed(idx))
-        per_category[cat] = labels_from_ranking(ranked, [dataset.queries[i]["target"] for i in idx])
-    return fashioniq_summary(per_category)
+    lists = filter_topk(model, dataset, store, FILTER_LIST, device, embed)
+    return summary({t.category: t.labels for t in lists}, lists[0].group_labels)

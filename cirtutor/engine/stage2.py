@@ -25,9 +25,9 @@ from cirtutor.engine.loop import History, distribute, fit, Schedule
 from cirtutor.engine.optim import make_optimizer
 from cirtutor.errors import CirtutorError
 from cirtutor.engine.stage1 import batch_order as stage1_batch_order
-from cirtutor.engine.stage1 import encode_queries, rank_with_filter
-from cirtutor.evaluation import (cirr_summary, fashioniq_summary, labels_from_ranking, rank_decrease, rerank_labels_for_ks,
-                                 subset_ranking, subset_ranking_by_scores)
+from cirtutor.engine.stage1 import FILTER_LIST, encode_queries, rank_with_filter
+from cirtutor.evaluation import (TopK, check_lists, labels_from_ranking, rank_decrease, rerank_labels_for_ks,
+                                 subset_ranking_by_scores, summary)
 from cirtutor.evaluation.metrics import recall_at_k
 from cirtutor.models import CandidateFilter, DualEncoderReranker, tokenize
 from cirtutor.models.backbones import add_drop_path, stochastic_image_tokens
@@ -50,11 +50,11 @@ def query_inputs(dataset, indices, z_ts: list[torch.Tensor], device) -> tuple[to
 # ----------------------------------------------------------------------------- batches
 
 def train_ranking(filter_model: CandidateFilter, train_set, store: FeatureStore, top_k: int, device="cpu") -> np.ndarray:
-    """Every training query's filter top-`top_k` on the training gallery (names (N, K); CIRR
-    without the reference, as at evaluation)."""
-    cirr = train_set.dataset_name == "CIRR"
-    return rank_with_filter(filter_model, train_set, store, train_set.gallery, remove_reference=cirr,
-                            top_k=min(top_k, len(train_set.gallery) - cirr), device=device)
+    """Every training query's filter top-`top_k` on the training gallery (names (N, K); the reference
+    removed where the dataset's protocol removes it, as at evaluation)."""
+    drop = train_set.remove_reference
+    return rank_with_filter(filter_model, train_set, store, train_set.gallery, remove_reference=drop,
+                            top_k=min(top_k, len(train_set.gallery) - drop), device=device)
 
 
 def hard_pools(filter_model: CandidateFilter, train_set, store: FeatureStore, pool: int, device="cpu") -> list[list[int]]:
@@ -324,65 +324,45 @@ def check_same_vision(filter_model: CandidateFilter, model: DualEncoderReranker)
 
 
 def evaluate_reranker(filter_model: CandidateFilter, model: DualEncoderReranker, dataset, store: FeatureStore,
-                      ks, *, batch_size: int = 8, device="cpu", details: dict | None = None,
+                      lists: list[TopK], ks, *, batch_size: int = 8, device="cpu", details: dict | None = None,
                       share_kv: bool = True) -> dict:
-    """The filter (F) and the re-ranker at each K (R_K) on a validation split, from one scoring
-    pass over max(ks) candidates per query (paper §4.2, Tables 5-6): {"filter": ..., "K=k": ... + "coverage" and
-    "rank_decrease" (Table 7's % decrease of the covered targets' mean rank in the top-k lists)}.
+    """The filter (F) and the re-ranker at each K (R_K) on a validation split, re-ranking stage 1's lists
+    (paper §4.2, Tables 5-6): {"filter": ..., "K=k": ... + "coverage" and "rank_decrease" (Table 7's %
+    decrease of the covered targets' mean rank in the top-k lists)}.
 
-    CIRR: the split's gallery minus the reference; the 5 subset members are scored directly.
-    Fashion-IQ: each category ranks its own gallery, reference kept (docs/data_formats.md, 'Galleries'). Pass a dict
-    as `details` to receive the label arrays ("stage1" (N, K_max), "stage2" (N, K_max)), the
-    ranked names and the scores, per category for Fashion-IQ (for Table 7 / Fig. 8 and figures)."""
+    `lists`: stage 1's top-K lists of the split, one per retrieval group (`filter_topk`, or a run's top-K
+    files), checked first against the split (`check_lists`: split, length, gallery, queries, targets). One
+    scoring pass over the first max(ks) candidates of every list serves every K; the filter's numbers come
+    from the lists as they are. Per group (docs/data_formats.md, 'Galleries'): CIRR's one gallery, its 5
+    subset members scored directly; Fashion-IQ's categories, averaged, Table 7's decrease pooling their
+    queries. The filter only gives z_t here (and its ViT must be the re-ranker's). Pass a dict as `details`
+    to receive the label arrays ("stage1" (N, K_max), "stage2" (N, K_max)), the ranked names and the scores
+    (per category for Fashion-IQ), for Table 7 / Fig. 8 and the figures."""
     check_targets(dataset)
     check_same_vision(filter_model, model)
-    query_emb, z_ts = encode_queries(filter_model, dataset, store, device=device)
     k_max = max(ks)
-    if dataset.dataset_name == "CIRR":
-        ranked = rank_with_filter(filter_model, dataset, store, dataset.gallery, remove_reference=True, device=device,
-                                  query_emb=query_emb)
-        targets = [q["target"] for q in dataset.queries]
-        labels = labels_from_ranking(ranked, targets)                  # (N, M-1)
-        subsets = [q["subset"] for q in dataset.queries]
-        results = {"filter": cirr_summary(labels, labels_from_ranking(subset_ranking(ranked, subsets), targets))}
-        scores = score_lists(model, dataset, z_ts, store, ranked[:, :k_max], batch_size, device, share_kv=share_kv)
-        subset_scores = score_lists(model, dataset, z_ts, store, np.asarray(subsets), batch_size, device, share_kv=share_kv)
-        subset_labels = labels_from_ranking(subset_ranking_by_scores(subsets, subset_scores), targets)
-        reranked = rerank_labels_for_ks(labels[:, :k_max], scores, ks)
-        for k in ks:
-            results[f"K={k}"] = {**cirr_summary(reranked[k], subset_labels), "coverage": recall_at_k(labels, k),
-                                 "rank_decrease": rank_decrease(labels[:, :k], reranked[k])}
+    lists = check_lists(lists, dataset, max(k_max, FILTER_LIST))
+    z_ts = encode_queries(filter_model, dataset, store, device=device)[1]
+    score = lambda names, g: score_lists(model, dataset, z_ts, store, names, batch_size, device,  # noqa: E731
+                                         indices=g.indices, share_kv=share_kv)
+    stage1, stage2, subset_labels = {}, {k: {} for k in ks}, None
+    for g, topk in zip(dataset.retrieval_groups(), lists):
+        scores = score(topk.sorted_index_names[:, :k_max], g)                   # (N_g, K_max)
+        stage1[g.category] = topk.labels                                         # (N_g, K_file)
+        for k, labels in rerank_labels_for_ks(topk.labels[:, :k_max], scores, ks).items():
+            stage2[k][g.category] = labels                                       # (N_g, k)
+        if g.subsets:
+            subsets = [dataset.queries[i]["subset"] for i in g.indices]
+            subset_labels = labels_from_ranking(subset_ranking_by_scores(subsets, score(np.asarray(subsets), g)),
+                                                topk.target_names)
         if details is not None:
-            details.update(stage1=labels[:, :k_max], stage2=reranked[k_max], ranked=ranked[:, :k_max], scores=scores,
-                           indices=list(range(len(dataset.queries))))
-        return results
-    return _evaluate_fashioniq(filter_model, model, dataset, store, ks, query_emb, z_ts, batch_size, device, details,
-                               share_kv)
-
-
-def _evaluate_fashioniq(filter_model, model, dataset, store, ks, query_emb, z_ts, batch_size, device, details,
-                        share_kv) -> dict:
-    """`evaluate_reranker` on Fashion-IQ: each category ranks its own gallery (reference kept) and
-    is re-ranked alone; the metrics are the categories' means, Table 7's decrease pools their queries."""
-    k_max = max(ks)
-    per_f, per_r, cover = {}, {k: {} for k in ks}, {k: [] for k in ks}
-    for cat, gallery in dataset.galleries.items():
-        idx = [i for i, q in enumerate(dataset.queries) if q["category"] == cat]
-        ranked = rank_with_filter(filter_model, dataset, store, gallery, indices=idx, remove_reference=False,
-                                  top_k=min(max(k_max, 50), len(gallery)), device=device, query_emb=query_emb[idx])
-        labels = labels_from_ranking(ranked, [dataset.queries[i]["target"] for i in idx])
-        per_f[cat] = labels
-        scores = score_lists(model, dataset, z_ts, store, ranked[:, :k_max], batch_size, device, indices=idx,
-                             share_kv=share_kv)
-        for k, rr in rerank_labels_for_ks(labels[:, :k_max], scores, ks).items():
-            per_r[k][cat] = rr
-            cover[k].append(recall_at_k(labels, k))
-        if details is not None:
-            details[cat] = dict(stage1=labels[:, :k_max], stage2=per_r[k_max][cat], ranked=ranked[:, :k_max],
-                                scores=scores, indices=idx)
-    results = {"filter": fashioniq_summary(per_f)}
-    for k in ks:                                   # Table 7's decrease with the categories' queries pooled
-        pooled = [np.concatenate([per_f[c][:, :k] for c in per_r[k]]), np.concatenate(list(per_r[k].values()))]
-        results[f"K={k}"] = {**fashioniq_summary(per_r[k]), "coverage": float(np.mean(cover[k])),
+            part = details if g.category is None else details.setdefault(g.category, {})
+            part.update(stage1=topk.labels[:, :k_max], stage2=stage2[k_max][g.category],
+                        ranked=topk.sorted_index_names[:, :k_max], scores=scores, indices=g.indices)
+    results = {"filter": summary(stage1, lists[0].group_labels if subset_labels is not None else None)}
+    for k in ks:
+        pooled = [np.concatenate([stage1[c][:, :k] for c in stage1]), np.concatenate(list(stage2[k].values()))]
+        results[f"K={k}"] = {**summary(stage2[k], subset_labels),
+                             "coverage": float(np.mean([recall_at_k(stage1[c], k) for c in stage1])),
                              "rank_decrease": rank_decrease(*pooled)}
     return results

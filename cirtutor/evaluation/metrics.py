@@ -185,6 +185,17 @@ def cirr_summary(labels, subset_labels) -> dict:
     return out
 
 
+def summary(labels: Mapping[str | None, np.ndarray], subset_labels=None) -> dict:
+    """A split's numbers from the labels of each of its retrieval groups (`RetrievalGroup.category` -> (N_g, K)):
+    CIRR's, one group and its subset labels (`cirr_summary`), or Fashion-IQ's, a group per category
+    (`fashioniq_summary`)."""
+    if subset_labels is not None:
+        if list(labels) != [None]:
+            raise EvaluationError(f"subset labels belong to a single gallery (CIRR), got groups {list(labels)}")
+        return cirr_summary(labels[None], subset_labels)
+    return fashioniq_summary(labels)
+
+
 # ----------------------------------------------------------------------------- re-ranking
 
 def rerank_labels(stage1_labels, scores, k: int) -> np.ndarray:

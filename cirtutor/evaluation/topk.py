@@ -2,11 +2,12 @@
 
 A `TopK` holds, per query (caption-file order), its K best gallery names (CIRR lists
 already lack the reference), the target names and the N×K labels, plus the split and the
-Fashion-IQ category. Two file formats:
+Fashion-IQ category; on CIRR also each query's 5 subset members in the filter's order (what
+Rs@K and the test server's subset file need). Two file formats:
 
 * ours, without pickles: ``NAME.safetensors`` with the tensors ``indices`` (N, K) int64
-  into ``index_names``, ``labels`` (N, K) and ``group_labels`` (N, 5) as uint8, and the
-  sidecar ``NAME.json`` with the names, split and category. The sidecar is written last and
+  into ``index_names``, ``subset_indices`` (N, 5) int64, ``labels`` (N, K) and ``group_labels``
+  (N, 5) as uint8, and the sidecar ``NAME.json`` with the names, split and category. The sidecar is written last and
   records the sha256 of the tensor file, so a pair torn apart by an interrupted run (or
   mixed from two runs) is detected on load.
 * the authors': ``torch.save`` of a dict (``fiq_top_{K}_val_{cat}.pt``, ``cirr_top_{K}_{split}.pt``)
@@ -38,7 +39,7 @@ from cirtutor.evaluation.metrics import EvaluationError, labels_from_ranking
 from cirtutor.io import atomic_open, atomic_write_bytes, atomic_write_json, torch_load
 
 FORMAT = "cirtutor.topk"
-VERSION = 1
+VERSION = 2                 # 2 added subset_indices; version 1 files (without it) still load
 
 
 @dataclass
@@ -51,15 +52,22 @@ class TopK:
     labels: np.ndarray | None = None          # (N, K) bool, sorted_index_names == target; from targets when None
     category: str | None = None               # Fashion-IQ category ("dress_types" in the authors' files); None for CIRR
     group_labels: np.ndarray | None = None    # (N, 5) bool, CIRR stage-1 subset labels
+    subset_names: np.ndarray | None = None    # (N, 5) str, CIRR: each query's subset members in the filter's order
 
     def __post_init__(self):
         self.sorted_index_names = np.asarray(self.sorted_index_names).astype(str)
         self.index_names = [str(n) for n in self.index_names]
         if self.sorted_index_names.ndim != 2:
             raise EvaluationError(f"sorted_index_names must be (N, K), got shape {self.sorted_index_names.shape}")
+        if self.subset_names is not None:
+            self.subset_names = np.asarray(self.subset_names).astype(str)
+            if self.subset_names.ndim != 2 or len(self.subset_names) != self.n:
+                raise EvaluationError(f"subset_names must be (N={self.n}, 5), got shape {self.subset_names.shape}")
         if self.target_names is not None:
             self.target_names = [str(t) for t in self.target_names]
             self._check_labels(labels_from_ranking(self.sorted_index_names, self.target_names))
+            if self.subset_names is not None and self.group_labels is None:
+                self.group_labels = labels_from_ranking(self.subset_names, self.target_names)
         elif self.labels is not None:
             raise EvaluationError("labels without target_names: the targets define the labels")
         if self.group_labels is not None:
@@ -110,9 +118,45 @@ class TopK:
                        labels=None if self.labels is None else self.labels[:, :k].copy())
 
 
-def authors_filename(k: int, split: str, category: str | None = None) -> str:
-    """The authors' file name (docs/data_formats.md, 'Top-K files'): fiq_top_{K}_{split}_{cat}.pt or cirr_top_{K}_{split}.pt."""
-    return f"fiq_top_{k}_{split}_{category}.pt" if category else f"cirr_top_{k}_{split}.pt"
+def authors_filename(k: int, split: str, category: str | None = None, suffix: str = ".pt") -> str:
+    """The authors' file name (docs/data_formats.md, 'Top-K files'): fiq_top_{K}_{split}_{cat}.pt or cirr_top_{K}_{split}.pt
+    (ours: the same name ending in .safetensors)."""
+    return (f"fiq_top_{k}_{split}_{category}" if category else f"cirr_top_{k}_{split}") + suffix
+
+
+# ----------------------------------------------------------------------------- the hand-off between the stages
+
+def check_lists(lists: Sequence[TopK], dataset, k: int) -> list[TopK]:
+    """Stage 2's checks on stage 1's lists, as the authors' stage-2 loader makes them: one list per retrieval
+    group of `dataset` (`dataset.retrieval_groups()`), each for the dataset's split and the group's category,
+    at least `k` long (or the whole gallery), over the group's gallery in its order, one row per query, with
+    the queries' targets where the split has them. Returns the lists, in group order, as they are."""
+    groups = dataset.retrieval_groups()
+    by_category = {t.category: t for t in lists}
+    if len(by_category) != len(lists) or set(by_category) != {g.category for g in groups}:
+        have = sorted(str(c) for c in by_category)
+        raise EvaluationError(f"expected one top-K list per retrieval group of {dataset.dataset_name} {dataset.split} "
+                              f"({', '.join(str(g.category) for g in groups)}), got {', '.join(have) or 'none'}")
+    out = []
+    for g in groups:
+        where = g.category or dataset.split
+        topk = by_category[g.category].select(None, dataset.split, g.category, g.gallery)   # split, category, gallery
+        targets = [dataset.queries[i]["target"] for i in g.indices] if all(
+            "target" in dataset.queries[i] for i in g.indices) else None
+        if topk.n != len(g.indices):
+            raise EvaluationError(f"the top-K list of {where} has {topk.n} rows, the split {len(g.indices)} "
+                                  "queries: was it computed from another caption file?")
+        if targets is not None and topk.target_names is None:
+            raise EvaluationError(f"the top-K list of {where} has no targets, the {dataset.split} queries do: "
+                                  "was it written for a test split?")
+        if g.subsets and targets is not None and topk.group_labels is None:
+            raise EvaluationError(f"the top-K list of {where} has no subset labels (Rs@K): write it again with "
+                                  "`cirtutor extract-topk`")
+        out.append(topk.select(target_names=targets))
+        if out[-1].k < min(k, g.list_length):
+            raise EvaluationError(f"the top-K list of {where} holds the top {out[-1].k}, stage 2 needs the top "
+                                  f"{min(k, g.list_length)}: run `cirtutor extract-topk` with --k {k} or more")
+    return out
 
 
 # ----------------------------------------------------------------------------- our format
@@ -139,6 +183,8 @@ def save_topk(path, topk: TopK) -> Path:
     """Write `path` (.safetensors: indices, labels, group_labels) and its .json sidecar, atomically."""
     tensors_path, sidecar_path = _paths(path)
     tensors = {"indices": _indices(topk.sorted_index_names, topk.index_names)}
+    if topk.subset_names is not None:
+        tensors["subset_indices"] = _indices(topk.subset_names, topk.index_names)
     for key in ("labels", "group_labels"):
         if getattr(topk, key) is not None:
             tensors[key] = getattr(topk, key).astype(np.uint8)
@@ -165,16 +211,21 @@ def load_topk(path, k: int | None = None, split: str | None = None, category: st
         raise EvaluationError(f"{sidecar_path} is not valid JSON ({e}); write the top-K file again") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise EvaluationError(f"{sidecar_path} is not a cirtutor top-K sidecar (no \"format\": {FORMAT!r})")
+    if meta.get("version", 1) > VERSION:
+        raise EvaluationError(f"{sidecar_path} was written by a newer cirtutor (top-K format version "
+                              f"{meta['version']}, this one reads up to {VERSION}): update cirtutor")
     blob = tensors_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
         raise EvaluationError(f"{tensors_path} does not match its sidecar {sidecar_path.name} (sha256 differs): "
                               "the pair comes from different runs; write the top-K file again")
     tensors = load_safetensors(blob)
     flags = {key: tensors[key].astype(bool) for key in ("labels", "group_labels") if key in tensors}
+    names = np.asarray(meta["index_names"], dtype=str)
     topk = TopK(
-        sorted_index_names=np.asarray(meta["index_names"], dtype=str)[tensors["indices"]],
-        index_names=meta["index_names"], split=meta["split"], target_names=meta["target_names"],
-        labels=flags.get("labels"), category=meta["category"], group_labels=flags.get("group_labels"),
+        sorted_index_names=names[tensors["indices"]], index_names=meta["index_names"], split=meta["split"],
+        target_names=meta["target_names"], labels=flags.get("labels"), category=meta["category"],
+        group_labels=flags.get("group_labels"),
+        subset_names=names[tensors["subset_indices"]] if "subset_indices" in tensors else None,
     )
     return topk.select(k, split, category, index_names, target_names)
 
