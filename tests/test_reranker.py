@@ -1,5 +1,6 @@
 """Stage 2, DualEncoderReranker (docs/authors_code.md, 'The dual-encoder layer', 'Ablation variants'): exactness against transformers' BLIP text
-encoder, batched == per-pair scoring, the merge rules, and every ablation switch."""
+encoder, batched == per-pair scoring, the speed paths of reranker_fast == the reference layer, the merge
+rules, and every ablation switch."""
 import dataclasses
 
 import pytest
@@ -10,10 +11,13 @@ from cirtutor.config import get_model_config
 from cirtutor.models import DualEncoderReranker, tokenize
 from cirtutor.models.backbones import build_text_encoder, text_states
 from cirtutor.models.loading import reranker_state_from_stage1
+from cirtutor.models import reranker_fast
 from cirtutor.models.reranker import DualOutput
 
 TINY = get_model_config("tiny")
 TEXTS = ["make the red circle blue", "add a square", "remove the small blue triangle at the top left"]
+VARIANTS = [{}, {"streams": "z_t"}, {"streams": "text"}, {"zt_input": "ref_cls"}, {"zt_input": "ref_cls_spatial"},
+            {"merge": "full_mlp"}, {"dual_ffn": True}]
 
 
 def variant(**kw):
@@ -66,8 +70,7 @@ def test_both_streams_with_averaging_merge_reduce_to_blip():
     assert torch.allclose(A[keep], expected[keep], atol=1e-5) and torch.allclose(B[keep], expected[keep], atol=1e-5)
 
 
-@pytest.mark.parametrize("kw", [{}, {"streams": "z_t"}, {"streams": "text"}, {"zt_input": "ref_cls"},
-                                {"zt_input": "ref_cls_spatial"}, {"merge": "full_mlp"}, {"dual_ffn": True}])
+@pytest.mark.parametrize("kw", VARIANTS)
 def test_batched_scores_equal_per_pair_scores(kw):
     model = variant(**kw)
     ids, mask, z_t, cands, ref = inputs(k=4)
@@ -94,25 +97,28 @@ def test_bxb_logits_rows_are_queries_columns_are_targets():
 @pytest.mark.parametrize("kw", [{}, {"streams": "z_t"}, {"streams": "text"}, {"zt_input": "ref_cls_spatial"}])
 def test_bxb_runs_the_query_part_once_per_query_when_no_dropout_is_sampled(kw):
     """Without dropout, embeddings and layer 1's self-attention run on B rows, not B x B: the
-    same loss and gradients as one row per pair. With dropout on, each pair gets its own sample."""
+    same loss and gradients as one row per pair (both `grid` paths), and as the reference path
+    (share_kv=False). With dropout on, each pair gets its own sample."""
     model = variant(dropout=0.0, **kw).train()
     ids, mask, z_t, targets, ref = inputs()
     rep = lambda x: x.repeat_interleave(3, dim=0)
 
-    def grads(shared):
+    def grads(path):
         model.zero_grad()
-        logits = (model.bxb_logits(ids, mask, z_t, targets, ref) if shared else
-                  model(rep(ids), rep(mask), rep(z_t), targets, rep(ref), grid=(3, 3)).view(3, 3))
+        logits = (model.bxb_logits(ids, mask, z_t, targets, ref) if path == "per query" else
+                  model(rep(ids), rep(mask), rep(z_t), targets, rep(ref), grid=(3, 3)).view(3, 3) if path == "per pair"
+                  else model.bxb_logits(ids, mask, z_t, targets, ref, share_kv=False))
         model.loss(logits).backward()
         return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     rows = []
     hook = lambda m, i, o: rows.append(len(next(h for h in o if h is not None)))
     model.text_encoder.encoder.layer[0].attention.register_forward_hook(hook)
-    (l0, g0), (l1, g1) = grads(True), grads(False)
-    assert rows == [3, 9]                                       # layer 1's self-attention: B rows, then B x B
-    assert torch.allclose(l0, l1, atol=1e-5) and g0.keys() == g1.keys() and len(g0) > 20
-    assert all(torch.allclose(g0[n], g1[n], atol=1e-5) for n in g0)
+    (l0, g0), (l1, g1), (l2, g2) = grads("per query"), grads("per pair"), grads("reference")
+    assert rows == [3, 9, 9]                                    # layer 1's self-attention: B rows, then B x B
+    for logits, g in ((l1, g1), (l2, g2)):
+        assert torch.allclose(l0, logits, atol=1e-5) and g0.keys() == g.keys() and len(g0) > 20
+        assert all(torch.allclose(g0[n], g[n], atol=1e-5) for n in g0)
     noisy = variant(**kw).train()                               # BLIP's dropout 0.1: a sample per pair
     noisy.text_encoder.encoder.layer[0].attention.register_forward_hook(hook)
     noisy.bxb_logits(ids, mask, z_t, targets, ref)
@@ -218,8 +224,31 @@ def test_the_flop_model_counts_what_torch_counts(kw):
     assert shared["candidate_kv"] == pytest.approx(pair_flops(model.cfg, ids.shape[1], 65)["candidate_kv"] / 10)
 
 
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_the_fast_paths_give_the_reference_scores(kw, monkeypatch):
+    """reranker_fast against the reference layer, pair by pair: `grid` (training's B x B, one row per
+    query or per pair) and `index` (evaluation: `candidate_kv` once, keys/values copied per pair or
+    attended one candidate at a time)."""
+    model = variant(**kw)
+    ids, mask, z_t, _, ref = inputs()
+    V = torch.randn(4, 65, 96, generator=torch.Generator().manual_seed(1))      # n_c = 4 candidates
+    rep = lambda x: x.repeat_interleave(4, dim=0)                               # query i -> rows 4i .. 4i + 3
+    index = torch.tensor([3, 0, 2, 2, 1, 0, 3, 1, 0, 2, 3, 1])                  # pair p's candidate, unsorted
+    with torch.no_grad():
+        grid_ref = model(rep(ids), rep(mask), rep(z_t), V.repeat(3, 1, 1), rep(ref))   # pair (i, j): row 4i + j
+        per_query = model(ids, mask, z_t, V, ref, grid=(3, 4))
+        per_pair = model(rep(ids), rep(mask), rep(z_t), V, rep(ref), grid=(3, 4))
+        index_ref = model(rep(ids), rep(mask), rep(z_t), V[index], rep(ref))
+        kv = model.candidate_kv(V)
+        copied = model(rep(ids), rep(mask), rep(z_t), kv, rep(ref), index=index)
+        monkeypatch.setattr(reranker_fast, "SMALL_CONTEXT", 0)
+        each = model(rep(ids), rep(mask), rep(z_t), kv, rep(ref), index=index)
+    assert torch.allclose(per_query, grid_ref, atol=1e-5) and torch.allclose(per_pair, grid_ref, atol=1e-5)
+    assert torch.allclose(copied, index_ref, atol=1e-5) and torch.allclose(each, index_ref, atol=1e-5)
+
+
 def test_attending_each_candidate_equals_copying_its_keys_per_pair():
-    from cirtutor.models.reranker import attend_each_candidate
+    from cirtutor.models.reranker_fast import attend_each_candidate
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(7, 4, 5, 8, generator=g), torch.randn(3, 4, 9, 8, generator=g), torch.randn(3, 4, 9, 8, generator=g)
     for index in (torch.tensor([0, 0, 1, 1, 1, 2, 2]), torch.tensor([2, 0, 1, 0, 2, 1, 0])):  # sorted and not

@@ -10,7 +10,7 @@ from cirtutor.engine.stage1 import encode_queries, evaluate_filter, filter_topk,
 from cirtutor.engine.stage2 import (BxBObjective, batch_order, evaluate_reranker, filter_negatives, hard_pools,
                                     kv_bytes_per_candidate, make_stage2_optimizer, query_inputs, sample_negatives, score_lists, train_stage2)
 from cirtutor.models import DualEncoderReranker
-from cirtutor.models import reranker as reranker_module
+from cirtutor.models import reranker_fast
 
 SMALL = ["data.synthetic_size=8", "data.synthetic_resolution=32", "data.resolution=32", "model.image_size=32",
          "stage2.batch_size=6", "stage2.epochs=2", "stage2.hard_pool=10"]
@@ -175,7 +175,7 @@ def test_fast_path_scores_equal_the_per_query_path(world, kw, one_by_one, monkey
     batches, blocks of candidates) gives the scores of one K-pair forward per query, whether
     the keys/values are copied per pair (small contexts) or attended one candidate at a time."""
     if one_by_one:
-        monkeypatch.setattr(reranker_module, "SMALL_CONTEXT", 0)
+        monkeypatch.setattr(reranker_fast, "SMALL_CONTEXT", 0)
     cfg, filt, _, val, _, sv = world
     torch.manual_seed(0)
     model = DualEncoderReranker(dataclasses.replace(cfg.model, **kw))

@@ -16,6 +16,12 @@ Parameter names are the authors' (`attention.self0`, `crossattention.output.merg
 `cls_head.0`, ...), so BLIP's text-layer weights and the released checkpoints load by name.
 Attention runs through `torch.nn.functional.scaled_dot_product_attention`.
 
+This file is the reference: each pair attends its own candidate's tokens, and
+`DualEncoderLayer.forward` reads as Fig. 3. The exact speed paths — training's B x B logits and
+evaluation, with each candidate's cross-attention keys and values computed once for all the
+pairs that rank it — are in `cirtutor/models/reranker_fast.py`; they run these modules' weights
+and `DualEncoderReranker.forward` takes them behind one `if`, when given `grid` or `index`.
+
 Ablations (paper Tables 3/4) are `ModelConfig` switches. Choices where the paper is silent:
 * `streams="z_t"` / `"text"` (w/o Encoder-t / w/o Encoder-z_t): one stream, no merge (its
   own cross-attention update is used); the head reads that stream's [CLS] only, so its first
@@ -38,41 +44,13 @@ from torch.utils.checkpoint import checkpoint
 from transformers.models.blip.modeling_blip_text import BlipTextEmbeddings, BlipTextIntermediate, BlipTextOutput
 
 from cirtutor.config import ModelConfig
+from cirtutor.models import reranker_fast as fast
 from cirtutor.models.backbones import build_vision_encoder, frozen_image_tokens, text_config
 
 STREAMS = ("both", "z_t", "text")
 ZT_INPUTS = ("z_t", "ref_cls", "ref_cls_spatial")
 MERGES = ("paper", "full_mlp")
 MERGE_INITS = ("bert", "average")
-
-
-# Candidates whose keys (heads x L_c x d / heads) are larger than this are attended one by one
-# on CPU rather than copied for every pair that ranks them (`attend_each_candidate`).
-SMALL_CONTEXT = 2 ** 16
-
-
-def attend_each_candidate(q, k, v, index, dropout: float = 0.0) -> torch.Tensor:
-    """q (P, heads, L, d_h) of P pairs; k, v (n_c, heads, L_c, d_h) of n_c candidates; pair p
-    attends candidate index[p] -> (P, heads, L, d_h). The pairs of one candidate are folded into
-    one SDPA call on views of its keys and values (tokens attend independently: exact), so no
-    per-pair copy of a 577-token context is made: on CPU at paper dims, copying it cost more
-    than the attention itself."""
-    P, heads, L, dh = q.shape
-    is_sorted = bool((index[1:] >= index[:-1]).all())       # score_by_candidate sends pairs sorted
-    if not is_sorted:
-        order = torch.argsort(index, stable=True)
-        q, index = q[order], index[order]
-    cands, counts = torch.unique_consecutive(index, return_counts=True)
-    out = torch.empty_like(q)
-    start = 0
-    for c, n in zip(cands.tolist(), counts.tolist()):
-        qc = q[start:start + n].transpose(0, 1).reshape(1, heads, n * L, dh)        # (1, heads, n * L, d_h)
-        oc = F.scaled_dot_product_attention(qc, k[c:c + 1], v[c:c + 1], dropout_p=dropout)
-        out[start:start + n] = oc.view(heads, n, L, dh).transpose(0, 1)
-        start += n
-    if not is_sorted:
-        out = torch.empty_like(out).index_copy_(0, order, out)
-    return out
 
 
 class Attention(nn.Module):
@@ -92,35 +70,13 @@ class Attention(nn.Module):
         """Context tokens (n, L_c, d_c) -> keys, values (n, heads, L_c, d / heads)."""
         return self.split(self.key(context)), self.split(self.value(context))
 
-    def forward(self, x: torch.Tensor, context, mask: torch.Tensor | None = None,
-                grid: tuple[int, int] | None = None, index: torch.Tensor | None = None) -> torch.Tensor:
-        """x (P, L, d) attends `context` (P, L_c, d_c); mask (P, 1, 1, L_c) bool, True = attend.
-
-        Two exact ways to compute a candidate's keys and values once for many pairs (they
-        depend on the candidate only), for unmasked context:
-        * `grid=(n_q, n_c)`: the P = n_q * n_c pairs form a grid (row i * n_c + j = query i,
-          candidate j) and `context` holds the n_c candidates once, (n_c, L_c, d_c); every
-          query's tokens attend a candidate in one SDPA call (tokens attend independently, so
-          folding the queries into the length axis is exact). Training's B x B logits.
-        * `index` (P,): `context` is the (keys, values) of n_c candidates, precomputed by
-          `keys_values`, and pair p attends candidate index[p]. Evaluation's fast path."""
-        q = self.query(x)
-        if grid is not None:
-            n_q, n_c = grid
-            L = q.shape[1]
-            q = q.view(n_q, n_c, L, -1).transpose(0, 1).flatten(1, 2)       # (n_c, n_q * L, d)
-        k, v = context if isinstance(context, tuple) else self.keys_values(context)
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (P, L, d) attends `context` (P, L_c, d_c); mask (P, 1, 1, L_c) bool, True = attend -> (P, L, d)."""
+        q = self.split(self.query(x))                                        # (P, heads, L, d / heads)
+        k, v = self.keys_values(context)                                     # (P, heads, L_c, d / heads) each
         p = self.dropout if self.training else 0.0
-        if index is not None and not q.is_cuda and k[0].numel() > SMALL_CONTEXT:
-            out = attend_each_candidate(self.split(q), k, v, index, p)        # no copies of k, v per pair
-        else:
-            if index is not None:
-                k, v = k.index_select(0, index), v.index_select(0, index)   # (P, heads, L_c, d / heads)
-            out = F.scaled_dot_product_attention(self.split(q), k, v, attn_mask=mask, dropout_p=p)
-        out = out.transpose(1, 2).flatten(-2)                                # (P, L, d) or (n_c, n_q * L, d)
-        if grid is not None:
-            out = out.view(n_c, n_q, L, -1).transpose(0, 1).flatten(0, 1)   # (P, L, d), pair order restored
-        return out
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return out.transpose(1, 2).flatten(-2)                               # (P, L, d): the heads concatenated
 
 
 class DualOutput(nn.Module):
@@ -142,19 +98,25 @@ class DualOutput(nn.Module):
             return self.merge_layer(torch.cat([a, b], dim=-1))
         return (a + b) / 2
 
-    def forward(self, a, b, A, B, merge: bool):
-        """Updates a, b of streams A, B (either may be None) -> new (A, B)."""
+    def updates(self, a, b, merge: bool):
+        """Attention outputs a (P, L_A, d), b (P, L_B, d) of streams A, B (either may be None) -> what is
+        added to each stream: its own output dense, then with `merge` one merged update for both."""
         a = self.dense0(a) if a is not None else None
         b = self.dense1(b) if b is not None else None
         if not merge or a is None or b is None:        # self-attention, or a single stream
-            ha, hb = (self.dropout(u) if u is not None else None for u in (a, b))
-        elif a.shape[1] == b.shape[1]:                  # token-wise merge, one dropout sample for both
-            ha = hb = self.dropout(self.merge(a, b))
-        else:                                           # Ref_CLS variants: merge at [CLS] only
-            m = self.dropout(self.merge(a[:, :1], b[:, :1]))
-            ha, hb = torch.cat([m, self.dropout(a[:, 1:])], 1), torch.cat([m, self.dropout(b[:, 1:])], 1)
-        A = self.LayerNormA(A + ha) if a is not None else None
-        B = self.LayerNormB(B + hb) if b is not None else None
+            return tuple(self.dropout(u) if u is not None else None for u in (a, b))
+        if a.shape[1] == b.shape[1]:                    # token-wise merge, one dropout sample for both
+            h = self.dropout(self.merge(a, b))          # (P, L, d)
+            return h, h
+        m = self.dropout(self.merge(a[:, :1], b[:, :1]))    # Ref_CLS variants: merge at [CLS] only, (P, 1, d)
+        return torch.cat([m, self.dropout(a[:, 1:])], 1), torch.cat([m, self.dropout(b[:, 1:])], 1)
+
+    def forward(self, a, b, A, B, merge: bool):
+        """Attention outputs a, b of streams A, B (either may be None) -> new (A, B): each stream's
+        residual LayerNorm of its update."""
+        ha, hb = self.updates(a, b, merge)
+        A = self.LayerNormA(A + ha) if ha is not None else None
+        B = self.LayerNormB(B + hb) if hb is not None else None
         return A, B
 
 
@@ -170,15 +132,11 @@ class DualAttention(nn.Module):
             self.self1 = Attention(d, h, kv_width, p)
         self.output = DualOutput(d, cfg.text_eps, p, cfg.streams, merge_layer)
 
-    def forward(self, A, B, ctx_A, ctx_B, mask_A, mask_B, merge: bool, grid=None, index=None):
-        a = self.self0(A, ctx_A, mask_A, grid, index) if A is not None else None
-        b = self.self1(B, ctx_B, mask_B, grid, index) if B is not None else None
+    def forward(self, A, B, ctx_A, ctx_B, mask_A, mask_B, merge: bool):
+        """Streams A (P, L_A, d), B (P, L_B, d) attend ctx_A, ctx_B (masks (P, 1, 1, L_c)) -> new (A, B)."""
+        a = self.self0(A, ctx_A, mask_A) if A is not None else None
+        b = self.self1(B, ctx_B, mask_B) if B is not None else None
         return self.output(a, b, A, B, merge)
-
-    def keys_values(self, context: torch.Tensor) -> tuple:
-        """(keys, values) of each stream's attention on `context` (None for an ablated stream)."""
-        return tuple(getattr(self, name).keys_values(context) if hasattr(self, name) else None
-                     for name in ("self0", "self1"))
 
 
 class DualEncoderLayer(nn.Module):
@@ -210,18 +168,23 @@ class DualEncoderLayer(nn.Module):
         out[keep] = output(intermediate(h), h)
         return out
 
-    def forward(self, A, B, V, mask_A, mask_B, grid=None, index=None):
-        """A (P, L_A, d), B (P, L_B, d), candidate tokens V (P, L_v, d_v) -> new (A, B).
-        With `grid=(n_q, n_c)`, V is (n_c, L_v, d_v): each candidate once (see `Attention`).
-        With `index` (P,), V is this layer's `crossattention.keys_values` of n_c candidates.
-        Masks (P, 1, 1, L) bool, True = a real token."""
-        A, B = self.attention(A, B, A, B, mask_A, mask_B, merge=False)
-        return self.attend_candidate(A, B, V, mask_A, mask_B, grid, index)
-
-    def attend_candidate(self, A, B, V, mask_A, mask_B, grid=None, index=None):
-        """The rest of the layer after self-attention: cross-attention to V, merge, feed-forward."""
-        ctx_A, ctx_B = V if index is not None else (V, V)
-        A, B = self.crossattention(A, B, ctx_A, ctx_B, None, None, merge=True, grid=grid, index=index)
+    def forward(self, A, B, V, mask_A, mask_B):
+        """Fig. 3 on P pairs. Streams A (P, L_A, d) (Encoder-z_t) and B (P, L_B, d) (Encoder-t), either
+        None when ablated; V (P, L_v, d_v), each pair's candidate image tokens; masks (P, 1, 1, L)
+        bool, True = a real token. -> the new (A, B)."""
+        # 1. self-attention, each stream with its own weights, output dense and residual LayerNorm
+        A, B = self.attention(A, B, A, B, mask_A, mask_B, merge=False)      # (P, L_A, d), (P, L_B, d)
+        # 2. cross-attention: each stream's queries attend all of the candidate's image tokens
+        ca = self.crossattention
+        c = ca.self0(A, V) if A is not None else None                       # (P, L_A, d)
+        d = ca.self1(B, V) if B is not None else None                       # (P, L_B, d)
+        # 3. each stream's output dense, then one merged update for both: their average in the
+        #    first half of the layers, Linear(concat) in the second (one dropout sample)
+        h_A, h_B = ca.output.updates(c, d, merge=True)                      # (P, L_A, d), (P, L_B, d)
+        # 4. per-stream residual LayerNorm: the same update, each stream's own residual
+        A = ca.output.LayerNormA(A + h_A) if A is not None else None
+        B = ca.output.LayerNormB(B + h_B) if B is not None else None
+        # 5. the shared feed-forward (with `dual_ffn`, stream B's own), on each stream
         A = self.feed_forward(A, "A", mask_A[:, 0, 0]) if A is not None else None
         B = self.feed_forward(B, "B", mask_B[:, 0, 0]) if B is not None else None
         return A, B
@@ -239,34 +202,27 @@ class DualEncoder(nn.Module):
         self.checkpointing = False  # activation checkpointing in training: keep each layer's inputs only and
                                     # recompute its insides in the backward pass (same RNG, so the same numbers)
 
-    def forward(self, A, input_ids, mask_A, text_mask, V, grid=None, index=None):
-        """-> final (A, B) hidden sequences (either None when its stream is ablated).
-        With `index`, V is `candidate_kv`'s list: one layer's keys and values per layer.
-        With `grid=(n_q, n_c)` and one row per query (n_q rows, not n_q * n_c), what comes before
-        the first cross-attention (embeddings, layer 1's self-attention) runs once per query, and
-        its output is repeated for the query's n_c pairs: it never sees the candidate."""
+    def stream_inputs(self, A, input_ids, mask_A, text_mask):
+        """-> stream B's input (the text embeddings (P, L_B, d); None without Encoder-t) and both
+        streams' masks (P, 1, 1, L) bool (mask_A None without Encoder-z_t)."""
         B = self.embeddings(input_ids=input_ids) if hasattr(self, "embeddings") else None
         mask_A = mask_A[:, None, None, :].bool() if A is not None else None  # (P, 1, 1, L_A)
-        mask_B = text_mask[:, None, None, :].bool()
-        layers = list(self.encoder.layer)
-        contexts = V if index is not None else [V] * len(layers)
-        if grid is not None and len(input_ids) == grid[0] != grid[0] * grid[1]:   # one row per query
-            A, B = layers[0].attention(A, B, A, B, mask_A, mask_B, merge=False)   # (n_q, L, d) each
-            per_pair = lambda x: None if x is None else x.repeat_interleave(grid[1], dim=0)  # (n_q * n_c, ...)
-            A, B, mask_A, mask_B = map(per_pair, (A, B, mask_A, mask_B))
-            A, B = layers[0].attend_candidate(A, B, contexts[0], mask_A, mask_B, grid, index)
-            layers, contexts = layers[1:], contexts[1:]
-        for layer, context in zip(layers, contexts):
-            if self.checkpointing and self.training and torch.is_grad_enabled():
-                A, B = checkpoint(layer, A, B, context, mask_A, mask_B, grid, index, use_reentrant=False)
-            else:
-                A, B = layer(A, B, context, mask_A, mask_B, grid, index)
-        return A, B
+        return B, mask_A, text_mask[:, None, None, :].bool()                 # (P, 1, 1, L_B)
 
-    def candidate_kv(self, V: torch.Tensor) -> list[tuple]:
-        """Candidate tokens V (n_c, L_v, d_v) -> per layer, each stream's cross-attention
-        (keys, values), (n_c, heads, L_v, d / heads) each."""
-        return [layer.crossattention.keys_values(V) for layer in self.encoder.layer]
+    def step(self, layer, *args):
+        """layer(*args), checkpointed in training when `checkpointing` is on."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+    def forward(self, A, input_ids, mask_A, text_mask, V):
+        """Encoder-z_t's input A (P, L_A, d) and mask (P, L_A) (None without it), the text's tokens
+        (P, L_B), each pair's candidate tokens V (P, L_v, d_v) -> final (A, B) hidden sequences
+        (either None when its stream is ablated)."""
+        B, mask_A, mask_B = self.stream_inputs(A, input_ids, mask_A, text_mask)
+        for layer in self.encoder.layer:
+            A, B = self.step(layer, A, B, V, mask_A, mask_B)
+        return A, B
 
 
 def bert_init(module: nn.Module) -> None:
@@ -338,12 +294,15 @@ class DualEncoderReranker(nn.Module):
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
 
     def forward(self, input_ids, text_mask, z_t, cand_feats, ref_feats=None, grid=None, index=None) -> torch.Tensor:
-        """Aligned pairs -> scores (P,) = column 0 of the head. With `grid=(n_q, n_c)` the pairs
-        are every query x every candidate and `cand_feats` holds each candidate once (n_c, L_v, d_v).
-        With `index` (P,), `cand_feats` is `candidate_kv(...)` of n_c candidates and pair p's
-        candidate is index[p]."""
+        """Aligned pairs -> scores (P,) = column 0 of the head. The speed paths of `reranker_fast`,
+        the same scores: with `grid=(n_q, n_c)` the pairs are every query x every candidate and
+        `cand_feats` holds each candidate once (n_c, L_v, d_v); with `index` (P,), `cand_feats` is
+        `candidate_kv(...)` of n_c candidates and pair p's candidate is index[p]."""
         A, mask_A = self.zt_stream_input(z_t, text_mask, ref_feats)
-        A, B = self.text_encoder(A, input_ids, mask_A, text_mask, cand_feats, grid, index)
+        if grid is None and index is None:             # the reference: each pair's own candidate tokens
+            A, B = self.text_encoder(A, input_ids, mask_A, text_mask, cand_feats)
+        else:                                           # each candidate's keys/values once (exact)
+            A, B = fast.encode(self.text_encoder, A, input_ids, mask_A, text_mask, cand_feats, grid, index)
         cls = torch.cat([h[:, 0] for h in (A, B) if h is not None], dim=-1)  # [CLS]_A first, then [CLS]_B
         return self.cls_head(cls)[:, 0]
 
@@ -352,7 +311,7 @@ class DualEncoderReranker(nn.Module):
         cross-attention layer and stream. They depend on the candidate alone (~70% of a pair's
         FLOPs at paper dims: 577 image tokens against ~15 text tokens), so evaluation computes
         them once per candidate and every pair that ranks it reuses them: `forward(..., index=)`."""
-        return self.text_encoder.candidate_kv(cand_feats)
+        return fast.candidate_kv(self.text_encoder, cand_feats)
 
     def score_candidates(self, input_ids, text_mask, z_t, cand_feats, ref_feats=None) -> torch.Tensor:
         """B queries x their K candidates (B, K, L_v, d_v) -> scores (B, K), in one forward."""
@@ -364,9 +323,10 @@ class DualEncoderReranker(nn.Module):
     def bxb_logits(self, input_ids, text_mask, z_t, target_feats, ref_feats=None, share_kv: bool = True) -> torch.Tensor:
         """Training logits (B, B): row i = query i against every target j of the batch, one forward.
 
-        `share_kv` (default) computes each target's cross-attention keys/values once for all B
-        queries (exact; B x fewer K/V projections), and, when no dropout is sampled, the query's
-        embeddings and layer 1's self-attention once per query; False expands the targets to B x B pairs."""
+        `share_kv` (default; `reranker_fast`'s `grid` path) computes each target's cross-attention
+        keys/values once for all B queries (exact; B x fewer K/V projections), and, when no dropout is
+        sampled, the query's embeddings and layer 1's self-attention once per query; False expands
+        the targets to B x B pairs (the reference path)."""
         Bq, Bt = len(input_ids), len(target_feats)
         if not share_kv:
             cand = target_feats[None].expand(Bq, *target_feats.shape)  # (B, B, L_v, d_v): row i holds all targets
