@@ -5,8 +5,8 @@ OVERRIDES = {
     # The real dataset in the authors' folder layout (docs/data_formats.md, 'On-disk layout'), where
     # data_scripts/download_cirr.py puts it; CIRR is the default format (data.dataset).
     "data.root": "data/cirr_dataset",
-    # Both stages start from BLIP's pretrained ViT-B/16 and MED text encoder (docs/authors_code.md, 'BLIP
-    # backbones'), where data_scripts/download_blip.py puts it.
+    # Both stages start from BLIP's pretrained ViT-B/16 and MED text encoder, where data_scripts/download_blip.py
+    # puts it (docs/authors_code.md, 'BLIP backbones').
     "weights": "models/model_base.pth",
     # Stage 2 trains 80 epochs on CIRR, 50 on Fashion-IQ (paper §4.2); it re-ranks the filter's top 50,
     # stage2.k's default (paper §4.2).

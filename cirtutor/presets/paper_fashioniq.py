@@ -6,8 +6,8 @@ OVERRIDES = {
     # data_scripts/download_fashioniq.py puts it.
     "data.dataset": "fashioniq",
     "data.root": "data/fashionIQ_dataset",
-    # Both stages start from BLIP's pretrained ViT-B/16 and MED text encoder (docs/authors_code.md, 'BLIP
-    # backbones'), where data_scripts/download_blip.py puts it.
+    # Both stages start from BLIP's pretrained ViT-B/16 and MED text encoder, where data_scripts/download_blip.py
+    # puts it (docs/authors_code.md, 'BLIP backbones').
     "weights": "models/model_base.pth",
     # Stage 2 trains 50 epochs on Fashion-IQ, stage2.epochs' default (paper §4.2), and re-ranks the
     # filter's top 100, where CIRR re-ranks 50 (paper §4.2).
