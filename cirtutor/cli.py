@@ -30,6 +30,7 @@ import sys
 
 from cirtutor.config import Config
 from cirtutor.errors import CirtutorError
+from cirtutor.presets import NAMES as PRESET_NAMES
 
 
 def cmd_data_stats(args) -> int:
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def preset_args(s, run_required: bool) -> None:
     """The options every preset-driven command takes: --preset, --set, --subsample, --run-dir."""
-    s.add_argument("--preset", default="tiny", help="tiny, tiny_fashioniq, paper_fashioniq or paper_cirr")
+    s.add_argument("--preset", default="tiny", help=f"{', '.join(PRESET_NAMES)} (cirtutor/presets/)")
     s.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a preset field, e.g. --set stage2.k=50 (repeatable)")
     s.add_argument("--subsample", metavar="SPEC",

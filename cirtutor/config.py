@@ -1,19 +1,23 @@
-"""One configuration system: dataclass presets, overridable field by field.
+"""One configuration system: dataclass sections whose defaults are the paper's settings, and named
+presets, overridable field by field.
 
 A preset is a complete, named configuration (`tiny`, `tiny_fashioniq`, `paper_fashioniq`,
-`paper_cirr`). Commands and notebooks start from a preset and override fields
+`paper_cirr`), written as a short commented override file in cirtutor/presets/ that says only how it
+differs from these defaults. Commands and notebooks start from a preset and override fields
 (`--set data.resolution=128`), never copy one. Later stages add their own sections here.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import json
 import math
 import typing
 from dataclasses import dataclass, field
 
 from cirtutor.errors import CirtutorError
+from cirtutor.presets import NAMES as PRESET_NAMES
 
 # How cache entries and trained models are named, in one place: docs/caching.md.
 # Field metadata for switches that change how fast a result is computed, never the result (exact
@@ -208,15 +212,6 @@ class Stage2Config:
                                     # over its blocks, references and targets (authors: 0.1, docs/authors_code.md, 'Drop-path on the stage-2 image tokens')
 
 
-MODEL_PRESETS: dict[str, ModelConfig] = {
-    "paper": ModelConfig(),
-    # Small BLIP-architecture dims for CPU (docs/tiny_mode.md, 'How tiny mode was designed'): 64 px, patch 8 (64 patches + [CLS]).
-    "tiny": ModelConfig(image_size=64, patch_size=8, vision_width=96, vision_layers=3, vision_heads=4,
-                        vision_mlp=384, text_width=96, text_layers=4, text_heads=4, text_intermediate=384,
-                        max_positions=64, embed_dim=32, merge_init="average"),
-}
-
-
 @dataclass
 class Config:
     name: str = "custom"            # preset name, recorded with every run
@@ -241,21 +236,6 @@ class Config:
                                     # R on the shipped seed-0 filter and evaluated with it), labelled so in the report
 
 
-# Tiny mode's stage 1: small batches of whole same-reference groups, a higher lr, and the temperature reset to 0.07
-# (docs/tiny_mode.md, 'Recipe measurements', says why, with the numbers).
-TINY_STAGE1 = Stage1Config(epochs=15, batch_size=64, lr=5e-4, schedule="step", batch_composition="reference_groups",
-                           init_temp=0.07, validate_every=0, select="last")
-
-# Tiny mode's stage 2: hard batches, both streams from the trained filter, no dropout, 10 epochs (5000 steps at B = 10)
-# (docs/tiny_mode.md: 'The frozen recipe' for how it was chosen, 'Recipe measurements' for what else was tried).
-TINY_STAGE2 = Stage2Config(epochs=10, batch_size=10, lr=6e-4, schedule="step", head_lr_mult=1.0,
-                           batch_composition="hard", k=20, eval_ks=(5, 10, 20, 50), validate_every=0, select="last",
-                           init="stage1", dropout=0.0)
-
-# Tiny mode's zero-shot: a trained-phi temperature of 0.02 instead of the backbone's frozen one, and 60 epochs of
-# Stage II for small triplet budgets (docs/tiny_mode.md, 'Recipe measurements').
-TINY_ZEROSHOT = ZeroShotConfig(temp=0.02, epochs=10, stage2_epochs=60)
-
 # The re-ranker variants `--ablation` and `ablations=` name: the label the report gives each, and the model switches
 # that make it (paper Tables 3 and 4; notebook 07). `pipeline.variant_config` applies them.
 ABLATIONS = {
@@ -267,27 +247,50 @@ ABLATIONS = {
     "dual_ffn": ("Dual feed-forward", {"dual_ffn": True}),
 }
 
-# The variants the findings scorecard compares with (`cirtutor.findings`: F4-F6). `make demo` loads them trained as long
-# as R (ablation_models="shipped"), so that its ablation rows never compare training budgets.
-TINY_ABLATIONS = ("no_text", "no_zt", "ref_cls_spatial")
+# ----------------------------------------------------------------------------- presets
 
-PRESETS: dict[str, Config] = {
-    # Tiny mode: synthetic world in CIRR's format, 64 px, CPU minutes.
-    "tiny": Config(name="tiny", data=DataConfig(dataset="cirr", resolution=64), model=MODEL_PRESETS["tiny"],
-                   stage1=TINY_STAGE1, stage2=TINY_STAGE2, zeroshot=TINY_ZEROSHOT, ablations=TINY_ABLATIONS,
-                   models="shipped", ablation_models="shipped"),
-    "tiny_fashioniq": Config(name="tiny_fashioniq", data=DataConfig(dataset="fashioniq", resolution=64),
-                             model=MODEL_PRESETS["tiny"], stage1=TINY_STAGE1, stage2=TINY_STAGE2,
-                             zeroshot=TINY_ZEROSHOT, ablations=TINY_ABLATIONS, models="shipped",
-                             ablation_models="shipped"),
-    # Paper mode: the real datasets in the authors' layout (docs/data_formats.md, 'On-disk layout'), 384 px.
-    "paper_fashioniq": Config(name="paper_fashioniq", data=DataConfig(dataset="fashioniq", root="data/fashionIQ_dataset"),
-                              weights="models/model_base.pth",
-                              stage2=Stage2Config(epochs=50, k=100, eval_ks=(50, 70, 90, 100, 150, 200))),
-    "paper_cirr": Config(name="paper_cirr", data=DataConfig(dataset="cirr", root="data/cirr_dataset"),
-                         weights="models/model_base.pth",
-                         stage2=Stage2Config(epochs=80, k=50, eval_ks=(30, 40, 50, 100, 150))),
-}
+
+def _field_of(cfg: Config, key: str):
+    """The section of `cfg` that holds `key` ("stage2.lr": cfg.stage2), the field's name and the
+    section's type hints; a CirtutorError when the key names no field."""
+    *path, leaf = key.split(".")
+    target = cfg
+    for part in path:
+        target = getattr(target, part, None)
+        if not dataclasses.is_dataclass(target):
+            raise CirtutorError(f"unknown config section {part!r} in {key!r}")
+    hints = typing.get_type_hints(type(target))
+    if leaf not in hints:
+        raise CirtutorError(f"unknown field {key!r}; {type(target).__name__} has {', '.join(hints)}")
+    return target, leaf, hints
+
+
+def _load_preset(name: str) -> Config:
+    """Preset `name` from its override file, cirtutor/presets/<name>.py: its BASE preset (or the
+    defaults, the paper's settings) with its OVERRIDES set, named `name`."""
+    module = importlib.import_module(f"cirtutor.presets.{name}")
+    base = getattr(module, "BASE", None)
+    cfg = _load_preset(base) if base else Config()
+    cfg.name = name
+    for key, value in module.OVERRIDES.items():
+        target, leaf, hints = _field_of(cfg, key)
+        if type(value) not in (typing.get_args(hints[leaf]) or (hints[leaf],)):   # 0 for 0.0 would rename trained models
+            raise CirtutorError(f"preset {name}: {key}={value!r} is not a {hints[leaf]}")
+        setattr(target, leaf, value)
+    return cfg
+
+
+# Every preset by name, in cirtutor/presets' order: short commented files, each saying how it differs from
+# the defaults or from another preset.
+PRESETS: dict[str, Config] = {name: _load_preset(name) for name in PRESET_NAMES}
+
+# Model dims by name (`cirtutor model-info --preset paper`): BLIP-base, and tiny mode's (cirtutor/presets/tiny.py).
+MODEL_PRESETS: dict[str, ModelConfig] = {"paper": ModelConfig(), "tiny": PRESETS["tiny"].model}
+
+# The variants the findings scorecard compares with (`cirtutor.findings`: F4-F6), the tiny preset's `ablations`.
+# `make demo` loads them trained as long as R (ablation_models="shipped"), so that its ablation rows never compare
+# training budgets.
+TINY_ABLATIONS: tuple = PRESETS["tiny"].ablations
 
 
 def get_preset(name: str) -> Config:
@@ -332,15 +335,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         key, sep, value = item.partition("=")
         if not sep:
             raise CirtutorError(f"override {item!r} must look like section.field=value")
-        *path, leaf = key.split(".")
-        target = cfg
-        for part in path:
-            target = getattr(target, part, None)
-            if not dataclasses.is_dataclass(target):
-                raise CirtutorError(f"unknown config section {part!r} in {key!r}")
-        hints = typing.get_type_hints(type(target))
-        if leaf not in hints:
-            raise CirtutorError(f"unknown field {key!r}; {type(target).__name__} has {', '.join(hints)}")
+        target, leaf, hints = _field_of(cfg, key)
         setattr(target, leaf, _convert(value, hints[leaf], key))
     return validate(cfg)
 

@@ -166,6 +166,27 @@ def restore(checkpoint, objective, optimizer, scaler, meta: dict) -> tuple[Posit
     return Position(**blob["position"]), History(**blob["history"])
 
 
+def begin(checkpoint, resume: bool, objective, optimizer, scaler, meta: dict, seed: int, log, desc: str
+          ) -> tuple[Position, History]:
+    """Where a `fit` run starts: resumed, the checkpoint's position and history with everything it holds restored
+    (random-number state included); otherwise at step 0, with this rank's torch random numbers seeded."""
+    if not resume:
+        torch.manual_seed(seed + world()[0])
+        return Position(), History()
+    position, history = restore(checkpoint, objective, optimizer, scaler, meta)
+    log(f"{desc}: resuming from {checkpoint} at epoch {position.epoch}, step {position.step}")
+    return position, history
+
+
+def after_epoch(on_epoch_end, epoch: int, objective, history: History) -> None:
+    """The end of epoch `epoch`: the metrics `on_epoch_end` returns, if any, kept in the history, and the objective
+    back in training mode after that validation."""
+    metrics = on_epoch_end(epoch) if on_epoch_end else None
+    if metrics:
+        history.val.append({"epoch": epoch, **metrics})
+        objective.train()
+
+
 def epoch_steps(order: list[list[int]], rank: int, size: int, grad_accum: int, desc: str) -> list[list[list[int]]]:
     """This rank's optimisation steps of one epoch: every size-th batch of `order`, grad_accum batches per step."""
     steps_per_epoch = len(order) // (size * grad_accum)
@@ -216,12 +237,7 @@ def fit(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: 
     rank, size = world()
     meta = dict(meta or {})
     scaler = grad_scaler(device, amp)
-    position, history = Position(), History()
-    if resume:
-        position, history = restore(checkpoint, objective, optimizer, scaler, meta)
-        log(f"{desc}: resuming from {checkpoint} at epoch {position.epoch}, step {position.step}")
-    else:
-        torch.manual_seed(seed + rank)
+    position, history = begin(checkpoint, resume, objective, optimizer, scaler, meta, seed, log, desc)
 
     def save() -> None:
         if checkpoint is not None and rank == 0:
@@ -254,10 +270,7 @@ def fit(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: 
             if checkpoint_every and position.step % checkpoint_every == 0 and position.step_in_epoch < steps_per_epoch:
                 save()
         bar.close()
-        metrics = on_epoch_end(epoch) if on_epoch_end else None
-        if metrics:
-            history.val.append({"epoch": epoch, **metrics})
-            objective.train()
+        after_epoch(on_epoch_end, epoch, objective, history)
         position.epoch, position.step_in_epoch = epoch + 1, 0
         save()
     return history

@@ -327,6 +327,29 @@ def pretrain_step(loss: torch.Tensor, opt, sched, temp) -> None:
     clamp_temp_(temp)
 
 
+def edited_texts(data: DataConfig, captions: list[str], per_image: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) (N * per_image, L): `per_image` edited descriptions of each train pair's scene, row i's at
+    i * per_image ... (`edited_captions`), the pool of extra ITM negatives."""
+    variants = edited_captions(pair_names(data, "train"), captions, per_image, seed)
+    return tokenize_text_only([c for row in variants for c in row])
+
+
+def edited_batch(edited, idx: torch.Tensor, per_image: int, generator: torch.Generator):
+    """(ids, mask) of one edited description per pair of batch `idx`, drawn with `generator`; None without a pool."""
+    if edited is None:
+        return None
+    pick = idx * per_image + torch.randint(per_image, (len(idx),), generator=generator)
+    return batch_tokens(*edited, pick)
+
+
+def log_losses(window: list, history: list, step: int, temp, lr: float, sec_per_step: float, log) -> None:
+    """The mean ITC and ITM losses of the steps in `window` (emptied): a row of `history` and a log line."""
+    itc, itm = (sum(v) / len(v) for v in zip(*window))
+    history.append(dict(step=step, loss_itc=itc, loss_itm=itm, temp=temp.item(), lr=lr))
+    log(f"step {step:5d}  loss_itc {itc:.3f}  loss_itm {itm:.3f}  temp {temp.item():.4f}  ({sec_per_step:.2f} s/step)")
+    window.clear()
+
+
 def pretrain_mini_blip(cfg: Config, *, steps: int, batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.05,
                        warmup: int = 30, seed: int = 0, eval_every: int = 250, eval_size: int = 500,
                        log_every: int = 50, stop_after: int | None = None, save_every: int | None = None,
@@ -356,9 +379,7 @@ def pretrain_mini_blip(cfg: Config, *, steps: int, batch_size: int = 64, lr: flo
         model, temp, base = continue_from(init, cfg.model, images, input_ids, text_mask, seed, log)
     if sincos_positions:
         add_sincos_positions_(model, sincos_positions)
-    if edited_negatives:
-        variants = edited_captions(pair_names(data, "train"), captions, edited_negatives, seed)
-        edited_ids, edited_mask = tokenize_text_only([c for row in variants for c in row])  # (N * n, L)
+    edited_pool = edited_texts(data, captions, edited_negatives, seed) if edited_negatives else None
     val = eval_pairs(data, eval_size)
     log(f"mini-BLIP: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
         f"{len(images)} train pairs, {len(val[0])} val pairs")
@@ -373,21 +394,14 @@ def pretrain_mini_blip(cfg: Config, *, steps: int, batch_size: int = 64, lr: flo
     model.train()
     for step, idx in zip(range(1, last + 1), batches(len(images), batch_size, generator)):
         t0 = time.perf_counter()
-        edited = None
-        if edited_negatives:
-            pick = idx * edited_negatives + torch.randint(edited_negatives, (len(idx),), generator=generator)
-            edited = batch_tokens(edited_ids, edited_mask, pick)
+        edited = edited_batch(edited_pool, idx, edited_negatives, generator)
         loss_itc, loss_itm = pretrain_losses(model, temp, images[idx], *batch_tokens(input_ids, text_mask, idx),
                                              generator=generator, edited=edited)
         pretrain_step(loss_itc + loss_itm, opt, sched, temp)
         train_seconds += time.perf_counter() - t0
         window.append((loss_itc.item(), loss_itm.item()))
         if step % log_every == 0 or step == last:
-            itc, itm = (sum(v) / len(v) for v in zip(*window))
-            history.append(dict(step=step, loss_itc=itc, loss_itm=itm, temp=temp.item(), lr=sched.get_last_lr()[0]))
-            log(f"step {step:5d}  loss_itc {itc:.3f}  loss_itm {itm:.3f}  temp {temp.item():.4f}  "
-                f"({train_seconds / step:.2f} s/step)")
-            window = []
+            log_losses(window, history, step, temp, sched.get_last_lr()[0], train_seconds / step, log)
         saving = bool(save_every and save_dir and step % save_every == 0)
         if step % eval_every == 0 or saving or step == last:
             evals.append(dict(step=step, **evaluate(model, *val)))
