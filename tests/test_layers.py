@@ -92,3 +92,44 @@ def test_functions_stay_short():
 def test_code_lines_leave_the_docstring_out():
     source = 'def f():\n    """A docstring\n    of two lines."""\n' + "    x = 1\n" * 50
     assert code_lines(ast.parse(source).body[0]) == 51            # over MAX_LINES: the test above would name it
+
+
+DATASET_NAMES = {"cirr", "fashioniq", "CIRR", "Fashion-IQ", "FashionIQ"}
+
+
+def dataset_branches(source: str) -> list[int]:
+    """Lines that compare something with a dataset's name (`x == "cirr"`, `ds.dataset_name != "CIRR"`, `in ("cirr", …)`)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            parts = [node.left, *node.comparators]
+            names = {c.value for p in parts for c in ast.walk(p) if isinstance(c, ast.Constant)}
+            named = any(isinstance(p, ast.Attribute) and p.attr == "dataset_name" for p in parts)
+            if names & DATASET_NAMES or named:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_the_retrieval_protocol_is_decided_in_data_only():
+    """How a dataset's queries are ranked (gallery groups, reference removed or kept, subsets) is stated once,
+    by its loader in data/ (`retrieval_groups`, `remove_reference`, `server_split`); nothing else asks for its name."""
+    found = {f"{p.relative_to(PACKAGE).as_posix()}:{line}" for p in sorted(PACKAGE.rglob("*.py"))
+             if "data" not in p.relative_to(PACKAGE).parts[:1] for line in dataset_branches(p.read_text())}
+    assert not found, f"dataset-name branches outside cirtutor/data: {sorted(found)}"
+
+
+def test_the_branch_scan_sees_dataset_names():
+    assert dataset_branches('if cfg.data.dataset == "cirr":\n    pass\n') == [1]
+    assert dataset_branches('x = ds.dataset_name != "x"\ny = k in ("fashioniq", "b")\n') == [1, 2]
+    assert dataset_branches('if group.remove_reference:\n    pass\n') == []
+
+
+def test_the_reference_layer_takes_no_speed_path_arguments():
+    """The layers a reader holds against Fig. 3 take tokens and masks only; `grid` and `index` (the exact
+    speed paths, models/reranker_fast.py) are chosen once, in DualEncoderReranker.forward."""
+    import inspect
+
+    from cirtutor.models import reranker
+    for layer in (reranker.Attention, reranker.DualAttention, reranker.DualEncoderLayer, reranker.DualEncoder):
+        params = set(inspect.signature(layer.forward).parameters)
+        assert not params & {"grid", "index"}, f"{layer.__name__}.forward takes {params & {'grid', 'index'}}"
