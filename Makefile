@@ -1,6 +1,7 @@
 # Two commands for a fresh machine with Python 3.11 and make:
 #   make demo   - set up .venv and run the main job in tiny mode
 #   make test   - set up .venv and run the tests and the notebooks (nbval)
+#   make book   - render the executed notebooks as static HTML in book/ (nothing runs)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -12,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: demo test venv notebooks clean
+.PHONY: demo test venv notebooks book clean
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -32,6 +33,10 @@ test: $(STAMP)
 # Re-execute every notebook in place (tiny mode) so the committed outputs are fresh.
 notebooks: $(STAMP)
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
+
+# The executed notebooks as static HTML (book/index.html), for reading without a kernel.
+book: $(STAMP)
+	$(BIN)/cirtutor book --out book
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

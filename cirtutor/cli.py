@@ -15,6 +15,7 @@
     cirtutor model-info --preset paper [--json]     parameter counts of both stages
     cirtutor download {fashioniq,cirr,blip,checkpoints} ...
     cirtutor pretrain-tiny --out DIR               pretrain tiny mode's mini-BLIP (ITC + ITM)
+    cirtutor book [--out book]                     the executed notebooks as static HTML, with an index.html
 
 Expected failures (bad settings, bad paths, malformed files) print one clear message and exit 2,
 before any work and without writing anything; data-stats exits 1 when it finds missing or corrupt
@@ -149,6 +150,17 @@ def cmd_stage(args) -> int:
         return getattr(stages, args.command.replace("-", "_"))(cfg, args)
 
 
+def cmd_book(args) -> int:
+    import time
+
+    from cirtutor.book import build_book
+
+    start = time.perf_counter()
+    written = build_book(args.notebooks, args.out)
+    print(f"book: {len(written) - 1} notebooks rendered in {time.perf_counter() - start:.1f} s; open {written[0]}")
+    return 0
+
+
 def cmd_analyze(args) -> int:
     from cirtutor.stages import analyze
 
@@ -261,7 +273,7 @@ def stage_commands(sub) -> None:
 
 
 def tool_commands(sub) -> None:
-    """analyze, model-info, make-data, data-stats; download and pretrain-tiny (their own parsers)."""
+    """analyze, model-info, make-data, data-stats, book; download and pretrain-tiny (their own parsers)."""
     s = sub.add_parser("analyze", help="recall rows, Table 7 and Figure 8 from stage-1 and stage-2 label arrays")
     s.add_argument("--stage1", help="stage-1 labels (N, K) bool: .npy, or a top-K file (ours or the authors')")
     s.add_argument("--stage2", help="stage-2 labels of the same lists after re-ranking (.npy or .pt); alone: its "
@@ -294,6 +306,11 @@ def tool_commands(sub) -> None:
     s.add_argument("--images", help="image root: check every referenced image exists and decodes")
     s.add_argument("--json", action="store_true", help="print the full report as JSON")
     s.set_defaults(func=cmd_data_stats)
+
+    s = sub.add_parser("book", help="render the executed notebooks as static HTML (no kernel, nothing runs)")
+    s.add_argument("--out", default="book", help="output folder: one page per notebook and index.html (default: book)")
+    s.add_argument("--notebooks", default="notebooks", metavar="DIR", help="the notebooks folder (default: notebooks)")
+    s.set_defaults(func=cmd_book)
 
     # Listed for --help; `main` hands these to their modules' own parsers.
     sub.add_parser("download", help="fetch datasets and weights (see data_scripts/README.md)")
