@@ -52,7 +52,7 @@ def _texts() -> dict[str, str]:
                   if p.name != Path(__file__).name})
     texts.update({str(p.relative_to(ROOT)): _notebook_sources(p) for p in sorted((ROOT / "notebooks").glob("*.ipynb"))})
     texts["README.md"] = (ROOT / "README.md").read_text(encoding="utf-8")
-    texts.update({str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sorted(DOCS.glob("*.md"))})
+    texts.update({str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sorted(DOCS.rglob("*.md"))})
     return texts
 
 
