@@ -2,6 +2,7 @@
 #   make demo   - set up .venv and run the main job in tiny mode
 #   make test   - set up .venv and run the tests and the notebooks (nbval)
 #   make book   - render the executed notebooks as static HTML in book/ (nothing runs)
+#   make student - regenerate the student edition in student/ (outputs cleared, self-check cells)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -13,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: demo test venv notebooks book clean
+.PHONY: demo test venv notebooks book student clean
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -40,3 +41,7 @@ book: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# The student edition: the notebooks without outputs or solutions, with the exercises' self-checks (a test keeps it current).
+student: $(STAMP)
+	$(BIN)/cirtutor student --out student

@@ -83,6 +83,9 @@ from cirtutor.study import markdown, zeroshot_rows
 from cirtutor.trained import trained_zeroshot, trained_zeroshot_history
 from cirtutor.viz import plot_zeroshot_study
 
+# ---- the student edition (student/, `make student`): the exercises' self-checks
+from cirtutor.check import check
+
 # Which notebooks use each helper.
 USED_IN = {
     "collate": ('00',),
@@ -215,4 +218,6 @@ USED_IN = {
     "zeroshot_rows": ('09',),
 }
 
-__all__ = list(USED_IN)
+STUDENT_ONLY = ("check",)            # used by the student edition's exercise cells only
+
+__all__ = list(USED_IN) + list(STUDENT_ONLY)
