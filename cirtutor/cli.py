@@ -71,7 +71,7 @@ def preset_config(args) -> Config:
 
 
 def cmd_reproduce(args) -> int:
-    from cirtutor.pipeline import reproduce
+    from cirtutor.reproduce import reproduce
 
     with distributed_context(preset_config(args)) as cfg:
         return reproduce(cfg, seeds=args.seeds, out=args.run, resume=args.resume, overwrite=args.overwrite)

@@ -8,7 +8,7 @@ the filter's top-K names of every query ("ranked", (N, K)), the re-ranker's scor
     edit_types(cfg, dataset)                  the edit kind of every query of a synthetic split
     at_k(details, k)                          the details of a longer evaluation cut to R_k
     recall_by_group(details, groups, k)       R@k of F and of R per group (an edit type, a category)
-    query_item / target_gain (pipeline)       one row as a figure item; how far re-ranking moved its target
+    query_item / target_gain (analysis)       one row as a figure item; how far re-ranking moved its target
     explorer(dataset, details)                sliders over the queries and K, drawing each one's lists
     logit_breakdown(objective, dataset, store) CaLa's logit matrices on training batches: who wins each row
 """
@@ -23,7 +23,7 @@ from cirtutor.data.base import read_json
 from cirtutor.data.registry import dataset_root
 from cirtutor.errors import CirtutorError
 from cirtutor.evaluation.metrics import rerank_labels
-from cirtutor.pipeline import query_item, target_gain
+from cirtutor.analysis import query_item, target_gain
 
 
 def edit_types(cfg: Config, dataset, split: str = "val") -> list[str]:

@@ -1,6 +1,6 @@
 """The per-stage commands (`cirtutor train-stage1 | extract-topk | train-stage2 | evaluate |
 submit | analyze`): each loads what the previous stage left in the run folder and runs one
-step of `cirtutor.pipeline`. `reproduce` runs them all in one go."""
+step of `cirtutor.pipeline`. `reproduce` (`cirtutor.reproduce`) runs them all in one go."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,15 +9,17 @@ import numpy as np
 import torch
 
 from cirtutor import pipeline as P
-from cirtutor.config import Config
+from cirtutor.config import Config, validate
 from cirtutor.data.registry import dataset_class, open_dataset
 from cirtutor.engine.stage1 import encode_queries
-from cirtutor.engine.stage2 import score_lists
+from cirtutor.engine.stage2 import check_same_vision, score_lists
 from cirtutor.errors import CirtutorError
 from cirtutor.evaluation import subset_ranking_by_scores, validate_cirr_submission, write_cirr_submission
 from cirtutor.evaluation.submission import LENGTHS
+from cirtutor.features import datasets, feature_store, feature_stores, init_weights, resolve_device
 from cirtutor.io import atomic_write_json
 from cirtutor.layout import stage_dir
+from cirtutor.models.loading import load_filter, load_reranker
 
 
 STARTS_AFRESH = ("train-stage1", "zeroshot")      # the commands that train from the initial weights
@@ -27,18 +29,18 @@ def context(cfg: Config, args, needs: tuple[str, ...] = (), data: bool = True) -
     """What a command works with (device, run folder, initial weights and, with `data`, the train and
     val datasets and their image features), after checking, before any work, the run folder and the
     files `needs` in it (relative paths); the run's config.json is written only once all of that holds."""
-    P.validate(cfg)
-    device = P.resolve_device(cfg)
+    validate(cfg)
+    device = resolve_device(cfg)
     overwrite = getattr(args, "overwrite", False)
     if overwrite and getattr(args, "resume", False):
         raise CirtutorError("--resume continues the run folder's training and --overwrite removes it: pass one")
     retrain = "pass --overwrite" if args.command in STARTS_AFRESH else "start it again with `cirtutor train-stage1 --overwrite`"
     run = P.check_run_folder(cfg, Path(args.run), overwrite, retrain)
     check_needs(run, needs, args)
-    ctx = dict(device=device, run=run, weights=P.init_weights(cfg))
+    ctx = dict(device=device, run=run, weights=init_weights(cfg))
     if data:
-        ctx["train"], ctx["val"] = P.datasets(cfg)
-        ctx["stores"] = P.feature_stores(cfg, ctx["train"], ctx["val"], ctx["weights"], device)
+        ctx["train"], ctx["val"] = datasets(cfg)
+        ctx["stores"] = feature_stores(cfg, ctx["train"], ctx["val"], ctx["weights"], device)
         if args.command in ("train-stage2", "evaluate"):
             P.usable_ks(cfg, ctx["val"])
     P.record_run(cfg, run, overwrite)
@@ -62,7 +64,7 @@ def trained_filter(cfg: Config, ctx: dict, seed: int):
     path = P.stage1_dir(ctx["run"], seed) / "filter.pt"
     if not path.is_file():
         raise CirtutorError(f"no trained filter at {path}: run `cirtutor train-stage1 --run-dir {ctx['run']}` first")
-    filt, _ = P.load_filter(ctx["weights"], cfg.model)
+    filt, _ = load_filter(ctx["weights"], cfg.model)
     return P.load_weights(filt, path).to(ctx["device"])
 
 
@@ -102,7 +104,7 @@ def extract_topk(cfg: Config, args) -> int:
         dataset, store = ctx["val"], ctx["stores"]["val"]
     else:                                                   # a test split alone: no training captions needed
         dataset = open_dataset(cfg.data, args.split, load_images=False)
-        store = P.feature_store(cfg, args.split, ctx["weights"], ctx["device"])
+        store = feature_store(cfg, args.split, ctx["weights"], ctx["device"])
     filt = trained_filter(cfg, ctx, args.seed)
     for path in P.extract_topk(ctx["run"], args.seed, filt, dataset, store, ctx["device"], k=args.k):
         P.say(f"wrote {path}")
@@ -147,10 +149,10 @@ def submit(cfg: Config, args) -> int:
         raise CirtutorError(f"the top-K list of {server} has no subset order: write it again with "
                             f"`cirtutor extract-topk --run-dir {ctx['run']} --split {server}`")
     filt = trained_filter(cfg, ctx, args.seed)
-    store = P.feature_store(cfg, server, ctx["weights"], ctx["device"])
-    model, _ = P.load_reranker(ctx["weights"], P.variant_config(cfg, args.ablation).model)
+    store = feature_store(cfg, server, ctx["weights"], ctx["device"])
+    model, _ = load_reranker(ctx["weights"], P.variant_config(cfg, args.ablation).model)
     P.load_weights(model, ctx["run"] / reranker_file(args)).to(ctx["device"])
-    P.check_same_vision(filt, model)
+    check_same_vision(filt, model)
     z_ts = encode_queries(filt, test, store, device=ctx["device"])[1]
     ranked = topk.sorted_index_names                                           # (N, K_file), best first
     scores = score_lists(model, test, z_ts, store, ranked[:, :k], device=ctx["device"])

@@ -3,7 +3,7 @@
 A study is a named set of variants, each a list of `--set` overrides on one preset (`STUDIES`),
 and a runner (`RUNNERS`) that trains and evaluates one variant for one seed:
 
-* "reproduce" (the CaLa study): the main job (`pipeline.reproduce`, without the ablations) into
+* "reproduce" (the CaLa study): the main job (`reproduce.reproduce`, without the ablations) into
   root/<variant>/; each seed's "filter" and "rerank" metrics;
 * "findings" (the findings study): the main job with the variants F4-F6 need trained as long as R
   for every seed; each seed's findings record (`findings.seed_records`) and the scorecard;
@@ -145,7 +145,7 @@ def run_study(name: str, preset: str = "tiny", seeds: int = 3, root: str | Path 
 
 def _run_reproduce(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
     """The "reproduce" runner: the main job for `seeds` seeds into `out`."""
-    from cirtutor.pipeline import reproduce
+    from cirtutor.reproduce import reproduce
 
     reproduce(cfg, seeds=seeds, out=str(out))
     results = json.loads((out / "results.json").read_text())
@@ -157,7 +157,7 @@ def _run_findings(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
     """The "findings" runner: the main job with every variant trained as long as R for every seed,
     then each seed's findings record (`findings.seed_records`) and the scorecard in study["findings"]."""
     from cirtutor import findings
-    from cirtutor.pipeline import reproduce
+    from cirtutor.reproduce import reproduce
 
     reproduce(cfg, seeds=seeds, out=str(out))
     records, dataset = findings.seed_records(out)

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save
 
 from cirtutor.cache import cache_dir, cached
 from cirtutor.compact import pack, unpack
-from cirtutor.config import Config, result_fields, settings_diff
+from cirtutor.config import ABLATIONS, Config, result_fields, settings_diff
 from cirtutor.data.registry import dataset_root
 from cirtutor.engine.features import FeatureStore
 from cirtutor.engine.stage1 import first_batches
@@ -49,9 +49,9 @@ from cirtutor.models import CandidateFilter, DualEncoderReranker
 from cirtutor.models.cala import CaLa
 from cirtutor.models.zeroshot import ZeroShotEncoder
 from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
-from cirtutor.pipeline import (ABLATIONS, AUX_MODULES, config_dict, config_digest, datasets, extract_topk, feature_stores, init_weights, is_tiny,
-                               load_weights, resolve_device, run_stage1, run_stage2, run_zeroshot, stage1_dir,
-                               state_bytes, variant_config, weights_key, zeroshot_dir)
+from cirtutor.features import config_digest, datasets, feature_stores, init_weights, is_tiny, resolve_device, weights_key
+from cirtutor.pipeline import (AUX_MODULES, config_dict, extract_topk, load_weights, run_stage1, run_stage2, run_zeroshot,
+                               stage1_dir, state_bytes, variant_config, zeroshot_dir)
 
 SHIPPED = Path(__file__).resolve().parent / "assets" / "trained"   # compact copies of the tiny models (`ship`)
 COMPACT = "model.compact.safetensors"

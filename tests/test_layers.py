@@ -1,6 +1,7 @@
 """The package's layers point down: the building blocks (models, engine, data, evaluation) never
-import the modules that orchestrate runs (pipeline, stages, trained, study, report, cli), not even
-inside a function, so a reader can follow one query from data to score without going back up."""
+import the modules that orchestrate runs (features, pipeline, analysis, reproduce, stages, trained, study,
+report, cli), not even inside a function, so a reader can follow one query from data to score without
+going back up."""
 from __future__ import annotations
 
 import ast
@@ -10,8 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cirtutor"
 LOWER = ("models", "engine", "data", "evaluation")
-UPPER = ("cirtutor.pipeline", "cirtutor.stages", "cirtutor.trained", "cirtutor.study", "cirtutor.report",
-         "cirtutor.cli")
+UPPER = ("cirtutor.features", "cirtutor.pipeline", "cirtutor.analysis", "cirtutor.reproduce", "cirtutor.stages",
+         "cirtutor.trained", "cirtutor.study", "cirtutor.report", "cirtutor.cli")
 
 
 def imported_modules(path: Path) -> set[str]:

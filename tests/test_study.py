@@ -32,10 +32,10 @@ def fake_reproduce(cfg, *, seeds, out):
 
 
 def test_run_study_runs_each_variant_and_gathers_its_seeds(tmp_path, monkeypatch):
-    import cirtutor.pipeline
+    import cirtutor.reproduce
 
     fake_reproduce.calls = []
-    monkeypatch.setattr(cirtutor.pipeline, "reproduce", fake_reproduce)
+    monkeypatch.setattr(cirtutor.reproduce, "reproduce", fake_reproduce)
     out = st.run_study("cala", seeds=3, root=tmp_path)
     assert fake_reproduce.calls == [("none", False, (), 3), ("cala", False, (), 3), ("cala", True, (), 3)]
     assert json.loads((tmp_path / "study.json").read_text()) == out
@@ -112,7 +112,7 @@ def test_the_findings_runner_keeps_the_variants_and_judges_every_seed(tmp_path, 
     study records each seed's findings record and the scorecard."""
     import sys
 
-    import cirtutor.pipeline
+    import cirtutor.reproduce
     sys.path.insert(0, str(Path(__file__).parent))
     from test_findings import write_run
 
@@ -121,7 +121,7 @@ def test_the_findings_runner_keeps_the_variants_and_judges_every_seed(tmp_path, 
     def fake(cfg, *, seeds, out):
         calls.append((cfg.ablations, cfg.ablation_models, cfg.ablation_epochs, seeds))
         write_run(Path(out), seeds=range(seeds), ablations=cfg.ablations)
-    monkeypatch.setattr(cirtutor.pipeline, "reproduce", fake)
+    monkeypatch.setattr(cirtutor.reproduce, "reproduce", fake)
     out = st.run_study("findings", seeds=3, root=tmp_path)
     assert calls == [(("no_text", "no_zt", "ref_cls_spatial"), "train", None, 3)]
     runs = out["variants"]["tiny"]["runs"]
