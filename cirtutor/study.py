@@ -36,6 +36,7 @@ import torch
 from cirtutor.config import TINY_ABLATIONS, apply_overrides, get_preset
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_json
+from cirtutor.layout import SHIPPED_STUDIES
 
 # The stage-2 recipe the shipped CaLa study ran with: the tiny preset's until the stage-2 speed work made it shorter (10 epochs
 # at BLIP's dropout 0.1, now 6 without dropout). Pinned, so that the study's re-ranker rows stay reproducible.
@@ -67,7 +68,7 @@ STUDIES = {
 TINY_PINS = {"cala": ("model.embed_dim=64",), "zeroshot": ("model.embed_dim=64",)}
 RUNNERS = {"cala": "reproduce", "zeroshot": "zeroshot", "findings": "findings"}
 KEEPS_ABLATIONS = {"findings"}                               # the other studies switch the re-ranker variants off
-SHIPPED = Path(__file__).resolve().parent / "assets" / "studies"
+SHIPPED = SHIPPED_STUDIES                                    # assets/studies/<study>-<preset>.json (`ship_study`)
 
 
 def variant_overrides(name: str) -> dict[str, tuple[str, ...]]:
@@ -212,7 +213,7 @@ def check_seed0(study: dict, variant: str, stage: str, measured: dict, keys=("R@
 
 
 def check_findings_seed0(study: dict, measured: dict, tol: float = 1e-6) -> None:
-    """Raise unless the findings study's seed-0 record equals `measured` (`findings.evaluated_record`
+    """Raise unless the findings study's seed-0 record equals `measured` (`trained.evaluated_record`
     of the same seed-0 models): F, R_K, R_K_max, every variant and the rank decrease."""
     run = next((r for r in study["variants"][next(iter(study["variants"]))]["runs"] if r["seed"] == 0), None)
     if run is None:

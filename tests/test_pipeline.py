@@ -11,7 +11,7 @@ import pytest
 
 from cirtutor.cli import main
 from cirtutor.config import get_preset
-from cirtutor.data.subsample import parse_spec
+from cirtutor.config import parse_spec
 from cirtutor.errors import CirtutorError
 
 SMALL = ["data.synthetic_size=20", "stage1.batch_size=10", "stage1.epochs=2", "stage2.batch_size=6", "stage2.epochs=1",
