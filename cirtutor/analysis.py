@@ -11,7 +11,7 @@ import numpy as np
 
 from cirtutor.engine.stage1 import encode_queries, rank_with_filter
 from cirtutor.engine.stage2 import score_lists
-from cirtutor.evaluation import TopK, check_lists, rank_shift_by_initial, rank_table
+from cirtutor.evaluation import TopK, check_lists, coverage_at_k, rank_shift_by_initial, rank_table
 
 
 def inference_times(filt, model, val, stores, device, ks, lists: list[TopK], n: int = 64) -> dict:
@@ -83,6 +83,5 @@ def rank_analysis(details: dict) -> dict:
 
 
 def coverage_curve(filter_metrics_labels: np.ndarray, ks=(1, 5, 10, 20, 50, 100, 200)) -> dict:
-    from cirtutor.evaluation import coverage_at_k
     width = filter_metrics_labels.shape[1]
     return {str(k): coverage_at_k(filter_metrics_labels, k) for k in ks if k <= width}

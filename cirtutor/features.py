@@ -27,6 +27,7 @@ from cirtutor.data.base import check_targets
 from cirtutor.data.folder import ImageFolder
 from cirtutor.data.preprocess import ImageTransform
 from cirtutor.data.registry import open_dataset
+from cirtutor.data.subsample import subsample
 from cirtutor.engine.features import FeatureStore, encode_gallery
 from cirtutor.engine.loop import world
 from cirtutor.engine.pretrain import mini_blip_folder
@@ -96,7 +97,6 @@ def datasets(cfg: Config):
     train = open_dataset(cfg.data, "train", load_images=False)
     val = open_dataset(cfg.data, "val", load_images=False)
     if cfg.subsample:
-        from cirtutor.data.subsample import subsample
         train, val = subsample(train, val, cfg.subsample, seed=cfg.data.seed)
     check_targets(val)                                       # a target that can never be found is no miss to count
     return train, val

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cirtutor import findings
+from cirtutor import findings, trained
 from cirtutor.analysis import coverage_curve, inference_times, qualitative_items, rank_analysis
 from cirtutor.config import ABLATIONS, Config, validate
 from cirtutor.data.registry import dataset_root
@@ -34,6 +34,7 @@ from cirtutor.layout import stage_dir
 from cirtutor.models import CandidateFilter
 from cirtutor.pipeline import (ablation_budget, check_run_folder, extract_topk, new_run_folder, record_run, run_stage1,
                                run_stage2, run_topk, say, short, stage1_dir, usable_ks)
+from cirtutor.report import write_report
 
 
 # ----------------------------------------------------------------------------- timing
@@ -62,8 +63,6 @@ def place_shipped(cfg: Config, run: Path, seed: int) -> bool:
     the run evaluates them. False (they are then trained in the run) for other seeds or when either is missing."""
     if cfg.models not in ("train", "shipped"):
         raise CirtutorError(f"models={cfg.models!r}; expected 'train' or 'shipped'")
-    from cirtutor import trained                                  # trained.py builds on this module
-
     if cfg.models == "train" or seed != 0 or not (trained.has_trained_filter(cfg, 0)
                                                  and trained.has_trained_reranker(cfg, 0, None)):
         return False
@@ -90,15 +89,13 @@ def run_ablation(cfg: Config, run: Path, seed: int, filt: CandidateFilter, ablat
     seed0/stage2-<ablation>/metrics.json with the full model's ("full_model"): the scorecard pairs them."""
     if cfg.ablation_models not in ("train", "shipped"):
         raise CirtutorError(f"ablation_models={cfg.ablation_models!r}; expected 'train' or 'shipped'")
-    from cirtutor.trained import has_trained_reranker, trained_reranker   # trained.py builds on this module
-
     if (cfg.ablation_models == "train" or seed != 0
-            or not (has_trained_reranker(cfg, 0, ablation) and has_trained_reranker(cfg, 0, None))):
+            or not (trained.has_trained_reranker(cfg, 0, ablation) and trained.has_trained_reranker(cfg, 0, None))):
         return run_stage2(cfg, run, seed, filt, ablation=ablation, **inputs)[1], "trained"
 
     with contextlib.redirect_stdout(io.StringIO()):
-        _, metrics = trained_reranker(cfg, 0, ablation, verbose=False)
-        _, full = trained_reranker(cfg, 0, None, verbose=False)   # its full model, on the same filter
+        _, metrics = trained.trained_reranker(cfg, 0, ablation, verbose=False)
+        _, full = trained.trained_reranker(cfg, 0, None, verbose=False)   # its full model, on the same filter
     out = stage_dir(run, seed, "stage2", ablation)
     k = f"K={cfg.stage2.k}"
     metrics = {**metrics, "source": SHIPPED_SOURCE, "full_model": {k: full[k]}}
@@ -210,7 +207,6 @@ def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bo
     results["wall_time_s"] = round(time.perf_counter() - t0, 1)
     results["load_average"] = load_average()
     if world()[0] == 0:
-        from cirtutor.report import write_report
         path = write_report(results, run, qualitative)
         atomic_write_json(run / "results.json", results, indent=2)
         say(f"done in {results['wall_time_s']:.0f} s: {path} and {run / 'metrics.json'}")

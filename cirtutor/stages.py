@@ -13,13 +13,19 @@ from cirtutor.config import Config, validate
 from cirtutor.data.registry import dataset_class, open_dataset
 from cirtutor.engine.stage1 import encode_queries
 from cirtutor.engine.stage2 import check_same_vision, score_lists
+from cirtutor.engine.zeroshot import describe
 from cirtutor.errors import CirtutorError
-from cirtutor.evaluation import subset_ranking_by_scores, validate_cirr_submission, write_cirr_submission
+from cirtutor.evaluation import (load_topk, rank_shift_by_initial, rank_table, recall_at_k, subset_ranking_by_scores,
+                                 target_positions, validate_cirr_submission, write_cirr_submission)
+from cirtutor.evaluation.rank_analysis import paired_positions
 from cirtutor.evaluation.submission import LENGTHS
+from cirtutor.evaluation.topk import _torch_load, authors_topk
 from cirtutor.features import datasets, feature_store, feature_stores, init_weights, resolve_device
-from cirtutor.io import atomic_write_json
+from cirtutor.io import atomic_write_json, plain_text
 from cirtutor.layout import stage_dir
 from cirtutor.models.loading import load_filter, load_reranker
+from cirtutor.report import save_figure
+from cirtutor.viz import plot_rank_shift
 
 
 STARTS_AFRESH = ("train-stage1", "zeroshot")      # the commands that train from the initial weights
@@ -87,8 +93,6 @@ def train_stage1(cfg: Config, args) -> int:
 def zeroshot(cfg: Config, args) -> int:
     """Zero-shot CIR (`cirtutor.engine.zeroshot`): Stage I on the training images, Stage II when
     zeroshot.budget > 0, evaluated on the validation split."""
-    from cirtutor.engine.zeroshot import describe
-
     ctx = context(cfg, args)
     P.say(f"zero-shot (seed {args.seed}): {describe(cfg.zeroshot)}")
     _, metrics = P.run_zeroshot(cfg, ctx["run"], args.seed, train=ctx["train"], val=ctx["val"], stores=ctx["stores"],
@@ -188,8 +192,6 @@ def _read_array(p: Path, trust: bool):
         except (ValueError, OSError, EOFError) as e:
             raise CirtutorError(f"{p} is not a readable .npy array ({plain(e)}): was it truncated? "
                                 "Write it again with numpy.save") from None
-    from cirtutor.evaluation import load_topk
-    from cirtutor.evaluation.topk import _torch_load, authors_topk
     if p.suffix in (".safetensors", ".json"):
         return load_topk(p).labels
     obj = _torch_load(p, trust)
@@ -224,7 +226,6 @@ def _labels(path: str, trust: bool) -> np.ndarray:
 
 def plain(error) -> str:
     """An error's first line without terminal escape codes (torch colours some of its messages)."""
-    from cirtutor.io import plain_text
     return plain_text(str(error)).splitlines()[0] if str(error) else type(error).__name__
 
 
@@ -233,7 +234,6 @@ RECALL_KS = (1, 5, 10, 20, 50, 100, 200)
 
 def recall_rows(labels: dict[str, np.ndarray]) -> list[str]:
     """Tables 5/6's recall rows: R@k of each label array (columns) for the k its lists are long enough for."""
-    from cirtutor.evaluation import recall_at_k
     width = min(a.shape[1] for a in labels.values())
     rows = [f"  {'':6}" + "".join(f"{name:>12}" for name in labels)]
     rows += [f"  R@{k:<4}" + "".join(f"{recall_at_k(a, k):12.2f}" for a in labels.values())
@@ -242,7 +242,6 @@ def recall_rows(labels: dict[str, np.ndarray]) -> list[str]:
 
 
 def mean_rank_line(labels: np.ndarray, name: str) -> str:
-    from cirtutor.evaluation import target_positions
     found = target_positions(labels)
     found = found[found >= 0]
     if not len(found):
@@ -260,8 +259,6 @@ def table7_line(table: dict) -> str:
 def analyze(args) -> int:
     """Table 7 and Figure 8 from both stages' label arrays; from the stage-2 array alone (the authors'
     released files), its recall rows and the re-ranked mean rank."""
-    from cirtutor.evaluation import rank_shift_by_initial, rank_table
-
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise CirtutorError(f"--out {args.out} is a file, not a folder: choose a folder for the figure and the table")
     if not (args.stage1 or args.stage2):
@@ -286,7 +283,6 @@ def analyze(args) -> int:
 
 def safe_rank_table(rank_table, s1: np.ndarray, s2: np.ndarray) -> dict:
     """Table 7's row; its % decrease is None when every target is already first (no rank to decrease)."""
-    from cirtutor.evaluation.rank_analysis import paired_positions
     initial, reranked = paired_positions(s1, s2)
     if not len(initial):
         raise CirtutorError("no query has its target in the stage-1 lists: Table 7 is undefined")
@@ -298,8 +294,6 @@ def safe_rank_table(rank_table, s1: np.ndarray, s2: np.ndarray) -> dict:
 
 
 def write_rank_analysis(out: Path, table: dict, shift: dict) -> None:
-    from cirtutor.report import save_figure
-    from cirtutor.viz import plot_rank_shift
     shift = {key: np.asarray(v).tolist() for key, v in shift.items()}
     save_figure(plot_rank_shift(shift), out / "rank_shift.png")
     atomic_write_json(out / "rank_analysis.json", {"table": table, "shift": shift}, indent=2)

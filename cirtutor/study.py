@@ -33,10 +33,15 @@ from pathlib import Path
 
 import torch
 
+from cirtutor import findings
 from cirtutor.config import TINY_ABLATIONS, apply_overrides, get_preset
+from cirtutor.engine.zeroshot import build_zeroshot, training_free_baselines
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_json
 from cirtutor.layout import SHIPPED_STUDIES
+from cirtutor.report import mean_std
+from cirtutor.reproduce import reproduce
+from cirtutor.trained import filter_data, trained_zeroshot
 
 # The stage-2 recipe the shipped CaLa study ran with: the tiny preset's until the stage-2 speed work made it shorter (10 epochs
 # at BLIP's dropout 0.1, now 6 without dropout). Pinned, so that the study's re-ranker rows stay reproducible.
@@ -99,8 +104,6 @@ def collect(results: dict) -> list[dict]:
 def stats(runs: list[dict]) -> dict:
     """{stage: {metric: {"mean", "std"}}} over the runs (sample std, as the report's seed table;
     0 for a single run)."""
-    from cirtutor.report import mean_std
-
     out = {}
     for stage in (k for k, v in runs[0].items() if k != "seed" and isinstance(v, dict)):
         keys = [k for k, v in runs[0][stage].items() if isinstance(v, (int, float))]
@@ -146,8 +149,6 @@ def run_study(name: str, preset: str = "tiny", seeds: int = 3, root: str | Path 
 
 def _run_reproduce(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
     """The "reproduce" runner: the main job for `seeds` seeds into `out`."""
-    from cirtutor.reproduce import reproduce
-
     reproduce(cfg, seeds=seeds, out=str(out))
     results = json.loads((out / "results.json").read_text())
     study["k"] = results["k"]
@@ -157,9 +158,6 @@ def _run_reproduce(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
 def _run_findings(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
     """The "findings" runner: the main job with every variant trained as long as R for every seed,
     then each seed's findings record (`findings.seed_records`) and the scorecard in study["findings"]."""
-    from cirtutor import findings
-    from cirtutor.reproduce import reproduce
-
     reproduce(cfg, seeds=seeds, out=str(out))
     records, dataset = findings.seed_records(out)
     study |= {"k": cfg.stage2.k, "dataset": dataset, "findings": findings.judge(records, dataset)}
@@ -169,9 +167,6 @@ def _run_findings(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
 def _zeroshot_runner(study: dict, preset: str):
     """The "zeroshot" runner (the models go to the cache, `trained_zeroshot`); it first records the
     training-free reference rows of the preset's frozen backbone in study["references"]."""
-    from cirtutor.engine.zeroshot import build_zeroshot, training_free_baselines
-    from cirtutor.trained import filter_data, trained_zeroshot
-
     cfg = variant_config("zeroshot", "baseline", preset)        # the study's backbone (pinned in tiny mode)
     data = filter_data(cfg)
     study["references"] = training_free_baselines(build_zeroshot(data.weights, cfg).to(data.device), data.val,
