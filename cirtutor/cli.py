@@ -20,6 +20,10 @@
 Expected failures (bad settings, bad paths, malformed files) print one clear message and exit 2,
 before any work and without writing anything; data-stats exits 1 when it finds missing or corrupt
 files, a missing validation split or queries whose target is their own reference.
+
+Each command imports its module (and with it torch, the models, matplotlib) inside its `cmd_*` function,
+only when it runs, so that `cirtutor --help` and a mistyped option answer at once; this is the one place
+where the package imports inside functions on purpose (`tests/test_layers.py` holds the list).
 """
 from __future__ import annotations
 
@@ -27,9 +31,10 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import sys
 
-from cirtutor.config import Config
+from cirtutor.config import ABLATIONS, Config, apply_overrides, get_model_config, get_preset, validate
 from cirtutor.errors import CirtutorError
 from cirtutor.presets import NAMES as PRESET_NAMES
 
@@ -53,7 +58,6 @@ def cmd_make_data(args) -> int:
 
 
 def cmd_model_info(args) -> int:
-    from cirtutor.config import apply_overrides, get_model_config
     from cirtutor.models.info import format_info, model_info
 
     cfg = apply_overrides(Config(model=get_model_config(args.preset)), args.set).model
@@ -63,8 +67,6 @@ def cmd_model_info(args) -> int:
 
 
 def preset_config(args) -> Config:
-    from cirtutor.config import apply_overrides, get_preset, validate
-
     cfg = apply_overrides(get_preset(args.preset), args.set)
     if getattr(args, "subsample", None):
         cfg.subsample = args.subsample
@@ -72,7 +74,7 @@ def preset_config(args) -> Config:
 
 
 def cmd_reproduce(args) -> int:
-    from cirtutor.pipeline import reproduce
+    from cirtutor.reproduce import reproduce
 
     with distributed_context(preset_config(args)) as cfg:
         return reproduce(cfg, seeds=args.seeds, out=args.run, resume=args.resume, overwrite=args.overwrite)
@@ -140,7 +142,6 @@ def cmd_findings(args) -> int:
 
 def cmd_stage(args) -> int:
     from cirtutor import stages
-    from cirtutor.config import ABLATIONS
 
     if getattr(args, "ablation", None) and args.ablation not in ABLATIONS:
         raise CirtutorError(f"unknown ablation {args.ablation!r} (--ablation); choose from {', '.join(ABLATIONS)}")
@@ -171,9 +172,7 @@ def cmd_analyze(args) -> int:
 def distributed_context(cfg: Config):
     """Under torchrun (RANK / WORLD_SIZE set): one process group (nccl on GPUs, gloo on CPU),
     each rank on its own GPU; torn down at the end. Otherwise nothing."""
-    import os
-
-    import torch
+    import torch                          # lazy, as the commands' modules: only the training commands need it
     import torch.distributed as dist
 
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:

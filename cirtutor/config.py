@@ -426,6 +426,26 @@ def _check_lists(cfg: Config) -> None:
         raise CirtutorError(f"unknown ablation {unknown[0]!r} in ablations; choose from {', '.join(ABLATIONS)}")
 
 
+SUBSAMPLE_KEYS = ("train", "val", "gallery")
+
+
+def parse_spec(spec: str) -> dict[str, float]:
+    """"train=0.1,val=500" -> {"train": 0.1, "val": 500.0}: the --subsample spec (`cirtutor.data.subsample`)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in SUBSAMPLE_KEYS:
+            raise CirtutorError(f"--subsample part {part!r}: expected KEY=N with KEY in {', '.join(SUBSAMPLE_KEYS)}, "
+                                "e.g. train=0.1,val=500,gallery=2000")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise CirtutorError(f"--subsample {key}={value!r}: expected a fraction (< 1) or a count") from None
+        if out[key] <= 0:
+            raise CirtutorError(f"--subsample {key}={value}: must be positive")
+    return out
+
+
 def validate(cfg: Config) -> Config:
     """Check every setting of `cfg` before any work: a CirtutorError naming the first bad field
     and what it accepts. Returns `cfg`."""
@@ -442,7 +462,6 @@ def validate(cfg: Config) -> Config:
         raise CirtutorError(f"data.synthetic_size={cfg.data.synthetic_size}, data.synthetic_resolution="
                             f"{cfg.data.synthetic_resolution}: expected at least 2 references and 8 pixels")
     if cfg.subsample:
-        from cirtutor.data.subsample import parse_spec
         parse_spec(cfg.subsample)
     device = str(cfg.device)
     if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:") and device[5:].isdigit()):

@@ -8,7 +8,7 @@ the filter's top-K names of every query ("ranked", (N, K)), the re-ranker's scor
     edit_types(cfg, dataset)                  the edit kind of every query of a synthetic split
     at_k(details, k)                          the details of a longer evaluation cut to R_k
     recall_by_group(details, groups, k)       R@k of F and of R per group (an edit type, a category)
-    query_item / target_gain (pipeline)       one row as a figure item; how far re-ranking moved its target
+    query_item / target_gain (analysis)       one row as a figure item; how far re-ranking moved its target
     explorer(dataset, details)                sliders over the queries and K, drawing each one's lists
     logit_breakdown(objective, dataset, store) CaLa's logit matrices on training batches: who wins each row
 """
@@ -16,14 +16,18 @@ from __future__ import annotations
 
 from collections import Counter
 
+import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
+from cirtutor.analysis import query_item, target_gain
 from cirtutor.config import Config
 from cirtutor.data.base import read_json
 from cirtutor.data.registry import dataset_root
+from cirtutor.engine.stage1 import first_batches
 from cirtutor.errors import CirtutorError
 from cirtutor.evaluation.metrics import rerank_labels
-from cirtutor.pipeline import query_item, target_gain
+from cirtutor.viz import plot_qualitative
 
 
 def edit_types(cfg: Config, dataset, split: str = "val") -> list[str]:
@@ -86,10 +90,7 @@ def explorer(dataset, details: dict, n: int = 6):
     at the longest K), slide through them, and slide K, the number of the filter's candidates
     the re-ranker re-orders; each shows the reference and text, the filter's top `n` and the
     re-ranked top `n` of R_K, the target framed (`viz.plot_qualitative`)."""
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-
-    from cirtutor.viz import plot_qualitative
+    import ipywidgets as widgets          # optional: the notebooks' extra (pip install 'cirtutor[notebooks]')
 
     groups = gain_groups(details)
     subsets = {"all": np.arange(len(details["stage1"])), **{k: groups[k] for k in ("moved up", "moved down", "unchanged")}}
@@ -132,10 +133,6 @@ def logit_breakdown(objective, dataset, store, n_batches: int = 8, batch_size: i
     {"top-1": % of rows whose own column wins, "mean |S|": mean absolute logit,
      "margin": mean diagonal minus mean off-diagonal}, averaged over the batches.
     "top-1" of S_f is what evaluation uses; of S_mix, what the authors' loss trains."""
-    import torch
-
-    from cirtutor.engine.stage1 import first_batches
-
     objective.eval()
     sums: dict[str, np.ndarray] = {}
     with torch.no_grad():

@@ -18,6 +18,8 @@ no standard error, so F1-F6 show their sign only ("1 seed") and are not counted.
     card = judge(records, dataset)
     print(markdown(card))                    the table `cirtutor findings` prints and report.md holds
 
+A record holds each model's metrics flat (`flat_metrics`: the tables' columns, as report.md prints them).
+
 The paper's numbers are stored here once (`PAPER`), copied from its tables; every "paper"
 column in the package and the notebooks reads them from this module.
 """
@@ -33,6 +35,28 @@ import numpy as np
 
 from cirtutor.errors import CirtutorError
 from cirtutor.layout import seed_dirs, stage_dir, variant_dirs
+
+# ----------------------------------------------------------------------------- a metrics dict as the tables' columns
+
+CIRR_KEYS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "avg")  # Table 6 columns, avg = (R@5 + Rs@1) / 2
+FIQ_CATEGORIES = ("dress", "shirt", "toptee")                             # the paper's column order (Table 5)
+
+
+def categories(metrics: dict) -> list[str]:
+    """The Fashion-IQ categories present, in the paper's order first."""
+    present = list(metrics["per_category"])
+    return [c for c in FIQ_CATEGORIES if c in present] + [c for c in present if c not in FIQ_CATEGORIES]
+
+
+def flat_metrics(metrics: dict) -> dict:
+    """One flat {name: %} dict. CIRR: R@1 … Rs@3 and avg. Fashion-IQ: "dress R@10", "dress R@50",
+    … for each category present, then the category means R@10, R@50 and avg (Table 5's columns).
+    Anything else in `metrics` (e.g. R_K's "coverage") is left out."""
+    if "per_category" not in metrics:
+        return {key: float(metrics[key]) for key in CIRR_KEYS}
+    out = {f"{cat} {key}": float(metrics["per_category"][cat][key]) for cat in categories(metrics) for key in ("R@10", "R@50")}
+    return out | {key: float(metrics[key]) for key in ("R@10", "R@50", "avg")}
+
 
 # ----------------------------------------------------------------------------- the paper's tables (validation splits)
 
@@ -210,22 +234,17 @@ def judge(records: list[dict], dataset: str) -> dict:
 
 # ----------------------------------------------------------------------------- reading a run
 
-def _flat(metrics: dict) -> dict:
-    from cirtutor.report import flat_metrics     # the report module draws figures: imported only when reading a run
-    return flat_metrics(metrics)
-
-
 def make_record(seed: int, k: int, k_max: int, main: dict, ablations: dict[str, dict],
                 reference: dict | None = None) -> dict:
     """One seed's record from its metrics: `main` = the full re-ranker's {"filter", "K=k", …} (what
     `evaluate_reranker` returns), `ablations` = {variant: its metrics at K}, `reference` = the full
     model the shipped variants were compared with (their metrics.json's "full_model"), if any."""
-    record = {"seed": seed, "k": k, "k_max": k_max, "filter": _flat(main["filter"]),
-              "rerank": _flat(main[f"K={k}"]),
-              "rerank_max": _flat(main[f"K={k_max}"]) if k_max > k and f"K={k_max}" in main else None,
+    record = {"seed": seed, "k": k, "k_max": k_max, "filter": flat_metrics(main["filter"]),
+              "rerank": flat_metrics(main[f"K={k}"]),
+              "rerank_max": flat_metrics(main[f"K={k_max}"]) if k_max > k and f"K={k_max}" in main else None,
               "rank_decrease": main[f"K={k}"].get("rank_decrease"),
-              "ablations": {name: _flat(m) for name, m in ablations.items()}}
-    return record | ({"ablation_reference": _flat(reference)} if reference is not None else {})
+              "ablations": {name: flat_metrics(m) for name, m in ablations.items()}}
+    return record | ({"ablation_reference": flat_metrics(reference)} if reference is not None else {})
 
 
 def seed_record(run: Path, seed: int, k: int, k_max: int) -> dict | None:
@@ -262,30 +281,6 @@ def epoch_losses(path: Path) -> list[float]:
         for row in csv.DictReader(f):
             sums.setdefault(int(row["epoch"]), []).append(float(row["loss"]))
     return [round(float(np.mean(v)), 4) for _, v in sorted(sums.items())]
-
-
-def evaluated_record(cfg, seed: int = 0, data=None) -> dict:
-    """Seed `seed`'s record measured now: the trained filter, re-ranker and each of `cfg.ablations`
-    (`cirtutor.trained`: cached, shipped or trained), evaluated on the validation split exactly as
-    a run evaluates them (notebook 07 and the tests compare it with the shipped findings study)."""
-    from cirtutor.engine.stage1 import filter_topk
-    from cirtutor.engine.stage2 import evaluate_reranker
-    from cirtutor.pipeline import eval_speed, usable_ks
-    from cirtutor.trained import filter_data, trained_filter, trained_reranker
-
-    data = data or filter_data(cfg)
-    filt, _ = trained_filter(cfg, seed, data=data)
-    ks, k = usable_ks(cfg, data.val), cfg.stage2.k
-
-    lists = filter_topk(filt, data.val, data.stores["val"], device=data.device)    # stage 1's lists, stage 2's input
-
-    def measure(ablation, at):
-        model, _ = trained_reranker(cfg, seed, ablation, data=data)
-        return evaluate_reranker(filt, model, data.val, data.stores["val"], lists, at, device=data.device,
-                                 **eval_speed(cfg))
-    main = measure(None, ks)
-    ablations = {a: measure(a, (k,))[f"K={k}"] for a in cfg.ablations}
-    return make_record(seed, k, max(ks), main, ablations)
 
 
 def seed_records(run: str | Path) -> tuple[list[dict], str]:

@@ -29,7 +29,7 @@ KEEP_ITM = [(pattern, why) for pattern, why in IGNORED if not pattern.startswith
 
 def load_blip_retrieval(path: str | Path, cfg: ModelConfig, trust: bool = False):
     """BLIP as transformers' BlipForImageTextRetrieval (ViT, text encoder, vision_proj,
-    text_proj, itm_head) and its temperature, from what `cirtutor.pipeline.init_weights`
+    text_proj, itm_head) and its temperature, from what `cirtutor.features.init_weights`
     returns: the mini-BLIP folder (tiny mode) or BLIP's `model_base.pth` (paper mode; ViT
     names mapped as `cirtutor.models.loading` does, position embedding resized to
     cfg.image_size, momentum encoder / queues / decoder left out). -> (model in eval mode, temp)."""

@@ -7,12 +7,14 @@
     RUN/seed{s}/zeroshot/              a zero-shot model: zeroshot.safetensors, metrics.json, stage1.csv, stage2.csv
 
 The cache's trained models (`cirtutor.trained`) are run folders of one seed with the same layout.
+The package's shipped study results lie in SHIPPED_STUDIES/<study>-<preset>.json (`cirtutor.study`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 STAGES = ("stage1", "topk", "stage2", "zeroshot")
+SHIPPED_STUDIES = Path(__file__).resolve().parent / "assets" / "studies"   # `cirtutor study`'s results, as shipped
 
 
 def stage_dir(run: str | Path, seed: int, stage: str, ablation: str | None = None) -> Path:

@@ -1,9 +1,10 @@
-"""The main job, stage by stage: what `cirtutor reproduce | train-stage1 | extract-topk |
-train-stage2 | evaluate` run (paper §3-§4; docs/authors_code.md, 'Training recipe'; docs/metrics.md).
+"""The stages of a run, each into one run folder: what `cirtutor train-stage1 | extract-topk |
+train-stage2 | evaluate | zeroshot` run, and `cirtutor reproduce` chains (`cirtutor.reproduce`;
+paper §3-§4; docs/authors_code.md, 'Training recipe'; docs/metrics.md).
 
 One run folder holds everything a run makes (`cirtutor/layout.py` names its folders):
 
-    RUN/config.json                      the resolved configuration
+    RUN/config.json                      the resolved configuration (`check_run_folder`, `record_run`)
     RUN/seed{s}/stage1/last.pt           training checkpoint (resumable), best.pt / final weights
     RUN/seed{s}/stage1/metrics.csv       loss per step; validation.csv per validation
     RUN/seed{s}/topk/                    stage-1 top-K lists of the validation split (our format)
@@ -11,49 +12,35 @@ One run folder holds everything a run makes (`cirtutor/layout.py` names its fold
     RUN/report.md, metrics.json, figures/   written by `reproduce`
 
 Every stage loads what the previous one wrote, so a run can be continued command by command
-and a killed training resumes with --resume. Tiny mode and paper mode share every line here;
-only the preset differs (data root, weights, dims, schedule).
+and a killed training resumes with --resume. The inputs every stage starts from (device, initial
+weights, datasets, cached image features) come from `cirtutor.features`. Tiny mode and paper mode
+share every line here; only the preset differs (data root, weights, dims, schedule).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import dataclasses
-import functools
-import hashlib
 import io
 import json
-import os
-import platform
 import shutil
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
-from cirtutor import findings
-from cirtutor.cache import cache_dir
-from cirtutor.config import ABLATIONS, Config, result_fields, validate
+from cirtutor.config import ABLATIONS, Config, result_fields
 from cirtutor.config import settings_diff as config_settings_diff
-from cirtutor.data.base import check_targets
-from cirtutor.data.folder import ImageFolder
-from cirtutor.data.preprocess import ImageTransform
-from cirtutor.data.registry import dataset_root, open_dataset
-from cirtutor.engine.features import FeatureStore, encode_gallery
+from cirtutor.data.registry import dataset_root
 from cirtutor.engine.loop import world
-from cirtutor.engine.pretrain import mini_blip_folder
-from cirtutor.engine.stage1 import FILTER_LIST, encode_queries, evaluate_filter, filter_topk, rank_with_filter, train_stage1
-from cirtutor.engine.stage2 import check_same_vision, evaluate_reranker, filter_negatives, hard_pools, score_lists, train_stage2
+from cirtutor.engine.stage1 import FILTER_LIST, encode_queries, evaluate_filter, filter_topk, train_stage1
+from cirtutor.engine.stage2 import check_same_vision, evaluate_reranker, filter_negatives, hard_pools, train_stage2
 from cirtutor.engine.zeroshot import (ZEROSHOT_FILE, build_zeroshot, evaluate_zeroshot, load_zeroshot, save_zeroshot,
                                       synthetic_captions, train_composing, train_mapping)
 from cirtutor.errors import CirtutorError
-from cirtutor.evaluation import TopK, authors_filename, check_lists, load_topk, rank_shift_by_initial, rank_table, save_topk
+from cirtutor.evaluation import TopK, authors_filename, check_lists, load_topk, save_topk
+from cirtutor.features import folder_store, is_tiny
 from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text, torch_load
 from cirtutor.layout import stage_dir
 from cirtutor.models import CandidateFilter, DualEncoderReranker
@@ -61,62 +48,10 @@ from cirtutor.models.loading import load_filter, load_reranker, reranker_from_fi
 from cirtutor.models.zeroshot import ZeroShotEncoder
 
 
-
 # ----------------------------------------------------------------------------- plumbing
-
-def resolve_device(cfg: Config) -> torch.device:
-    """cfg.device -> a torch device, with a clear error for a GPU that is not there."""
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CirtutorError(f"device={cfg.device!r} but this machine has no CUDA GPU visible to torch; "
-                            "use --set device=cpu (or auto)")
-    return device
-
-
-def is_tiny(cfg: Config) -> bool:
-    return cfg.weights is None
-
-
-def init_weights(cfg: Config, verbose: bool = True) -> Path:
-    """The initial weights both stages start from: BLIP (paper) or the pretrained mini-BLIP (tiny)."""
-    if is_tiny(cfg):
-        return mini_blip_folder(cfg, verbose)
-    path = Path(cfg.weights)
-    if not path.exists():
-        raise CirtutorError(f"initial weights {path} not found: download BLIP's model_base.pth with "
-                            "`python data_scripts/download_blip.py --out models` or point --set weights=PATH at it")
-    return path
-
-
-def weights_key(weights: Path) -> str:
-    """What identifies the initial weights for the caches: a SHA-256 of their files' contents
-    (a file, or a model folder's files) up to 64 MB each, and path + size + modification time
-    for larger files (hashing BLIP's 900 MB checkpoint on every run would cost seconds). A new
-    mini-BLIP at the same path therefore never reuses features or filters cached for the old one.
-    Files are hashed once per process while their size and modification time stay the same."""
-    weights = Path(weights).resolve()
-    files = sorted(p for p in weights.iterdir() if p.is_file()) if weights.is_dir() else [weights]
-    return _hash_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-
-
-@functools.lru_cache(maxsize=16)
-def _hash_files(stamps: tuple[tuple[str, int, int], ...]) -> str:
-    """`weights_key` of files given as (path, size, mtime_ns), memoised on exactly that."""
-    h = hashlib.sha256()
-    for path, size, mtime_ns in stamps:
-        h.update(f"{Path(path).name}\0{size}\0".encode())
-        h.update(Path(path).read_bytes() if size <= 64 * 2**20 else f"{path}\0{mtime_ns}".encode())
-    return h.hexdigest()
-
 
 def config_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
-
-
-def config_digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -130,79 +65,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-@contextmanager
-def timed(times: dict, name: str):
-    start = time.perf_counter()
-    yield
-    times[name] = times.get(name, 0.0) + time.perf_counter() - start
-
-
 def say(message: str) -> None:
     if world()[0] == 0:
         print(message, flush=True)
-
-
-# ----------------------------------------------------------------------------- data and features
-
-def datasets(cfg: Config):
-    """(train queries, validation queries) for the preset, subsampled when cfg.subsample says so."""
-    train = open_dataset(cfg.data, "train", load_images=False)
-    val = open_dataset(cfg.data, "val", load_images=False)
-    if cfg.subsample:
-        from cirtutor.data.subsample import subsample
-        train, val = subsample(train, val, cfg.subsample, seed=cfg.data.seed)
-    check_targets(val)                                       # a target that can never be found is no miss to count
-    return train, val
-
-
-def image_files_key(images, names: list[str] | None = None) -> str:
-    """What identifies the image files a feature store encodes: each one's name, size and modification
-    time (a missing file is named as such), so a changed, replaced or removed image is noticed."""
-    h = hashlib.sha256()
-    for name in images.gallery if names is None else names:
-        try:
-            stat = Path(images.image_path(name)).stat()
-            h.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        except (OSError, CirtutorError):
-            h.update(f"{name}\0missing\n".encode())
-    return h.hexdigest()
-
-
-def feature_store(cfg: Config, split: str, weights: Path, device, names: list[str] | None = None) -> FeatureStore:
-    """Frozen-ViT image tokens of every image of `split` (or only `names`, for a subsample),
-    computed once and cached on disk (safetensors, keyed by the weights' contents (`weights_key`)
-    + data + resolution + names + the image files themselves (`image_files_key`)); later runs load them."""
-    images = open_dataset(cfg.data, split, "gallery")
-    if names is not None:
-        images.gallery = list(names)
-    key = config_digest(weights_key(weights), result_fields(cfg.data), cfg.model.image_size, cfg.model.patch_size,
-                        names, image_files_key(images))
-    path = cache_dir() / "features" / f"{cfg.data.dataset}-{split}-{key}.safetensors"
-    return cached_features(cfg, path, lambda: images, weights, device)
-
-
-def cached_features(cfg: Config, path: Path, gallery: Callable[[], object], weights: Path, device) -> FeatureStore:
-    """The feature store at `path`, or the frozen ViT of `weights` run over `gallery()` (a
-    gallery-mode dataset) and saved there first (by rank 0 only under DDP)."""
-    if path.is_file():
-        return FeatureStore.load(path, mmap=not is_tiny(cfg))               # paper dims: mapped, rows read on demand
-    filt, _ = load_filter(weights, cfg.model)
-    filt.to(device)
-    dtype = torch.float32 if is_tiny(cfg) else torch.float16   # paper dims: 577 x 768 per image, halved on disk
-    gallery = gallery()
-    store = encode_gallery(filt.encode_images, gallery, batch_size=16 if not is_tiny(cfg) else 64,
-                           device=device, dtype=dtype, progress=sys.stderr.isatty())
-    if world()[0] == 0:
-        store.save(path)
-    return store
-
-
-def feature_stores(cfg: Config, train, val, weights: Path, device) -> dict[str, FeatureStore]:
-    """Image tokens of the train and val splits (only the subsample's images when subsampled)."""
-    names = (lambda ds: sorted(set(ds.gallery) | {n for q in ds.queries for n in (q["reference"], q.get("target")) if n})
-             ) if cfg.subsample else (lambda ds: None)
-    return {"train": feature_store(cfg, "train", weights, device, names(train)),
-            "val": feature_store(cfg, "val", weights, device, names(val))}
 
 
 # ----------------------------------------------------------------------------- stage 1
@@ -460,16 +325,6 @@ def run_stage2(cfg: Config, run: Path, seed: int, filt: CandidateFilter, *, trai
 
 # ----------------------------------------------------------------------------- zero-shot (notebook 09)
 
-def folder_store(cfg: Config, weights: Path, device) -> FeatureStore:
-    """Frozen-ViT image tokens of every image under `zeroshot.images`, computed once and cached
-    (keyed by the weights' contents, the folder's files (names, sizes, modification times) and the resolution)."""
-    folder = ImageFolder(cfg.zeroshot.images, ImageTransform(cfg.data.resolution))
-    key = config_digest(weights_key(weights), str(folder.root.resolve()), image_files_key(folder), cfg.data.resolution,
-                        cfg.model.image_size, cfg.model.patch_size)
-    path = cache_dir() / "features" / f"folder-{folder.root.name}-{key}.safetensors"
-    return cached_features(cfg, path, lambda: folder, weights, device)
-
-
 def zeroshot_dir(run: Path, seed: int) -> Path:
     return stage_dir(run, seed, "zeroshot")
 
@@ -505,143 +360,7 @@ def run_zeroshot(cfg: Config, run: Path, seed: int, *, train, val, stores, weigh
     return model, metrics
 
 
-def place_shipped(cfg: Config, run: Path, seed: int) -> bool:
-    """models="shipped", seed 0: copy `trained.trained_filter`'s and `trained_reranker`'s weights (tiny: the package's
-    shipped models) into the run's stage folders, where `run_stage1` and `run_stage2` find them ("found trained …") and
-    the run evaluates them. False (they are then trained in the run) for other seeds or when either is missing."""
-    if cfg.models not in ("train", "shipped"):
-        raise CirtutorError(f"models={cfg.models!r}; expected 'train' or 'shipped'")
-    from cirtutor import trained                                  # trained.py builds on this module
-
-    if cfg.models == "train" or seed != 0 or not (trained.has_trained_filter(cfg, 0)
-                                                 and trained.has_trained_reranker(cfg, 0, None)):
-        return False
-    with contextlib.redirect_stdout(io.StringIO()):
-        trained.trained_reranker(cfg, 0, verbose=False)           # unpacks both into the cache
-    for src, dst, name in ((stage1_dir(trained.trained_filter_dir(cfg, 0), 0), stage1_dir(run, 0), "filter.pt"),
-                           (stage_dir(trained.trained_reranker_dir(cfg, 0), 0, "stage2"),
-                            stage_dir(run, 0, "stage2"), "reranker.pt")):
-        if not (dst / name).is_file():
-            dst.mkdir(parents=True, exist_ok=True)
-            for f in (name, "metrics.json"):
-                atomic_write_bytes(dst / f, (src / f).read_bytes())
-    return True
-
-
-SHIPPED_SOURCE = "shipped seed-0 model, trained as long as R on the shipped seed-0 filter and evaluated with it"
-
-
-def run_ablation(cfg: Config, run: Path, seed: int, filt: CandidateFilter, ablation: str, **inputs) -> tuple[dict, str]:
-    """(the metrics of re-ranker variant `ablation` for `seed`, where they come from). Trained in the run
-    (`run_stage2`); or, with ablation_models="shipped", for seed 0, `trained.trained_reranker`'s model when it
-    and its full model are shipped with the package or cached (otherwise it is trained in the run), with the
-    metrics they were evaluated with on their own filter. Those go into the run's
-    seed0/stage2-<ablation>/metrics.json with the full model's ("full_model"): the scorecard pairs them."""
-    if cfg.ablation_models not in ("train", "shipped"):
-        raise CirtutorError(f"ablation_models={cfg.ablation_models!r}; expected 'train' or 'shipped'")
-    from cirtutor.trained import has_trained_reranker, trained_reranker   # trained.py builds on this module
-
-    if (cfg.ablation_models == "train" or seed != 0
-            or not (has_trained_reranker(cfg, 0, ablation) and has_trained_reranker(cfg, 0, None))):
-        return run_stage2(cfg, run, seed, filt, ablation=ablation, **inputs)[1], "trained"
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        _, metrics = trained_reranker(cfg, 0, ablation, verbose=False)
-        _, full = trained_reranker(cfg, 0, None, verbose=False)   # its full model, on the same filter
-    out = stage_dir(run, seed, "stage2", ablation)
-    k = f"K={cfg.stage2.k}"
-    metrics = {**metrics, "source": SHIPPED_SOURCE, "full_model": {k: full[k]}}
-    if world()[0] == 0:
-        atomic_write_json(out / "metrics.json", metrics, indent=2)
-    return metrics, SHIPPED_SOURCE
-
-
-def load_average() -> list[float] | None:
-    """The machine's 1, 5 and 15 minute load averages when the run ended (None where the OS has none):
-    timings from a busy machine are not comparable."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-# ----------------------------------------------------------------------------- analysis
-
-def inference_times(filt, model, val, stores, device, ks, lists: list[TopK], n: int = 64) -> dict:
-    """Fig. 7: wall time per query of the filter (encode the query, rank the gallery) and of
-    re-ranking its top-K for each K, on the first `n` queries of the validation split's first retrieval
-    group, batch 1 as the authors' evaluation (no keys/values shared across queries: a single query's
-    latency). The filter is timed on its own row; the re-ranker re-orders stage 1's `lists` (the run's top-K
-    files). Fixed overheads (model loading, image features) are reported apart."""
-    group, topk = val.retrieval_groups()[0], check_lists(lists, val, max(ks))[0]
-    idx = group.indices[:n]
-    start = time.perf_counter()
-    rank_with_filter(filt, val, stores["val"], group.gallery, indices=idx, remove_reference=group.remove_reference,
-                     top_k=max(ks), device=device)
-    filter_s = (time.perf_counter() - start) / len(idx)
-    _, z_ts = encode_queries(filt, val, stores["val"], indices=idx, device=device)
-    z_all = [None] * len(val.queries)
-    for i, z in zip(idx, z_ts):
-        z_all[i] = z
-    per_query = {}
-    for k in ks:
-        start = time.perf_counter()
-        score_lists(model, val, z_all, stores["val"], topk.sorted_index_names[:len(idx), :k], batch_size=1,
-                    device=device, indices=idx, share_kv=False)
-        per_query[str(k)] = filter_s + (time.perf_counter() - start) / len(idx)
-    return {"filter_per_query_s": filter_s, "per_query_s": per_query, "queries_timed": len(idx)}
-
-
-def query_item(val, details: dict, row: int, n: int = 6, k: int | None = None) -> dict:
-    """Row `row` of an evaluation's `details` as one qualitative item: the reference and text,
-    the filter's top `n` and the re-ranked top `n` (names and image paths), the target's name.
-    `k`: re-rank only the filter's first k candidates, as R_k does (default: the whole list)."""
-    q = val.queries[details["indices"][row]]
-    k = len(details["ranked"][row]) if k is None else k
-    order = np.argsort(-details["scores"][row][:k], kind="stable")
-    names_f = list(details["ranked"][row][:min(n, k)])
-    names_r = [details["ranked"][row][j] for j in order[:n]]
-    return {"reference": str(val.image_path(q["reference"])), "caption": val.query_text(details["indices"][row]),
-            "target": q["target"], "filtered": [(n_, str(val.image_path(n_))) for n_ in names_f],
-            "reranked": [(n_, str(val.image_path(n_))) for n_ in names_r]}
-
-
-def target_gain(details: dict) -> np.ndarray:
-    """Per row: how many places re-ranking moved the target up (negative: down; 0 where it is not in the list)."""
-    pos = lambda lab: np.where(lab.any(1), lab.argmax(1), 10**6)
-    return pos(details["stage1"]) - pos(details["stage2"])
-
-
-def qualitative_items(val, details: dict, n: int = 4) -> list[dict]:
-    """A few validation queries whose target the re-ranker moved up: reference, caption,
-    top-6 filtered and top-6 re-ranked (names and image paths) for the qualitative figure."""
-    if "stage1" not in details:                               # Fashion-IQ: the first category's lists
-        details = next(iter(details.values()))
-    gain = target_gain(details)
-    rows = [r for r in np.argsort(-gain, kind="stable")[:n] if gain[r] > 0] or list(range(min(n, len(gain))))
-    return [query_item(val, details, r) for r in rows]
-
-
-def rank_analysis(details: dict) -> dict:
-    """Table 7 and Fig. 8 over the largest evaluated K (docs/metrics.md, 'Rank analysis')."""
-    if "stage1" not in details:                               # Fashion-IQ: pool the categories
-        parts = list(details.values())
-        s1 = np.concatenate([p["stage1"] for p in parts])
-        s2 = np.concatenate([p["stage2"] for p in parts])
-    else:
-        s1, s2 = details["stage1"], details["stage2"]
-    shift = rank_shift_by_initial(s1, s2)
-    return {"k": int(s1.shape[1]), "table": rank_table(s1, s2),
-            "shift": {key: np.asarray(v).tolist() for key, v in shift.items()}}
-
-
-def coverage_curve(filter_metrics_labels: np.ndarray, ks=(1, 5, 10, 20, 50, 100, 200)) -> dict:
-    from cirtutor.evaluation import coverage_at_k
-    width = filter_metrics_labels.shape[1]
-    return {str(k): coverage_at_k(filter_metrics_labels, k) for k in ks if k <= width}
-
-
-# ----------------------------------------------------------------------------- the main job
+# ----------------------------------------------------------------------------- run folders
 
 def new_run_folder(cfg: Config, out: str | None) -> Path:
     if out:
@@ -689,111 +408,3 @@ def record_run(cfg: Config, run: Path, overwrite: bool = False) -> None:
         atomic_write_json(run / RUN_CONFIG, config_dict(cfg), indent=2)
     if size > 1:                                             # no rank looks into the folder before it is ready
         torch.distributed.barrier()
-
-
-def seed0_analysis(cfg: Config, run: Path, results: dict, details: dict, filt, model, val, stores, device,
-                   times: dict) -> list:
-    """Seed 0's rank analysis (Table 7, Fig. 8), coverage curve and inference timing (Fig. 7, on the run's
-    top-K lists), into `results`; returns the qualitative figure's items."""
-    results["rank_analysis"] = rank_analysis(details)
-    s1 = details["stage1"] if "stage1" in details else np.concatenate([d["stage1"] for d in details.values()])
-    results["coverage"] = coverage_curve(s1)
-    ks = usable_ks(cfg, val)
-    results["timing"] = inference_times(filt, model, val, stores, device, ks, run_topk(run, 0, val, max(ks)))
-    results["timing"]["fixed_s"] = {k: round(times[k], 2) for k in ("data", "image features") if k in times}
-    return qualitative_items(val, details)
-
-
-def run_ablations(cfg: Config, run: Path, seed: int, filt, results: dict, times: dict, **inputs) -> None:
-    """Every variant of `cfg.ablations` for one seed (the scorecard's F4-F6 pair them per seed); seed 0's
-    metrics and where each model came from go into `results`."""
-    acfg = ablation_budget(cfg)
-    results["epochs"] = {"stage2": cfg.stage2.epochs, "ablations": acfg.stage2.epochs}
-    for ablation in cfg.ablations:
-        label = ABLATIONS[ablation][0]
-        with timed(times, f"ablation {ablation}"):
-            a_metrics, source = run_ablation(acfg, run, seed, filt, ablation, **inputs)
-        if seed == 0:
-            results["ablations"][label] = a_metrics[f"K={cfg.stage2.k}"]
-            results.setdefault("ablation_sources", {})[label] = source
-            if "full_model" in a_metrics:
-                results["ablation_reference"] = a_metrics["full_model"][f"K={cfg.stage2.k}"]
-        say(f"{label} (seed {seed}{', ' + source if source != 'trained' else ''}): {short(a_metrics[f'K={cfg.stage2.k}'])}")
-
-
-def reproduce_seed(cfg: Config, run: Path, seed: int, results: dict, times: dict, **inputs) -> tuple[dict, list | None]:
-    """One seed of `reproduce`: stage 1, its top-K lists, stage 2 and the variants, and for seed 0 the analyses.
-    `inputs`: train, val, stores, weights, device, resume. Returns the seed's findings record and (seed 0) the
-    qualitative figure's items."""
-    qualitative, val, stores, device = None, inputs["val"], inputs["stores"], inputs["device"]
-    if place_shipped(cfg, run, seed):
-        results["model_source"] = "shipped"
-        say("seed 0: the shipped filter and re-ranker of this recipe, evaluated here "
-            "(--set models=train trains them in the run)")
-    with timed(times, "stage 1"):
-        filt, f_metrics = run_stage1(cfg, run, seed, **inputs)
-    say(f"F (seed {seed}): {short(f_metrics)}")
-    with timed(times, "top-K"):
-        extract_topk(run, seed, filt, val, stores["val"], device)
-    with timed(times, "stage 2"):
-        details, shared = {}, {}
-        model, metrics = run_stage2(cfg, run, seed, filt, **inputs, details=details, shared=shared)
-    main = metrics[f"K={cfg.stage2.k}"]
-    say(f"R_{cfg.stage2.k} (seed {seed}): {short(main)}")
-    results["seed_runs"].append({"seed": seed, "filter": metrics["filter"], "rerank": main})
-    if seed == 0:
-        results["filter"] = metrics["filter"]
-        results["rerank"] = {k: v for k, v in metrics.items() if k.startswith("K=")}
-        with timed(times, "analysis"):
-            qualitative = seed0_analysis(cfg, run, results, details, filt, model, val, stores, device, times)
-    run_ablations(cfg, run, seed, filt, results, times, **inputs, shared=shared)
-    record = findings.seed_record(run, seed, cfg.stage2.k, max(usable_ks(cfg, val)))
-    return record, qualitative
-
-
-def reproduce(cfg: Config, *, seeds: int = 1, out: str | None = None, resume: bool = False,
-              overwrite: bool = False) -> int:
-    """The whole pipeline for a preset: data, features, stage 1, top-K, stage 2 (+ ablations),
-    evaluation of F and R_K for several K, rank analysis, timing, report.md + metrics.json.
-    A run folder holding models of other settings is refused unless `overwrite` (they are removed)."""
-    t0, times = time.perf_counter(), {}
-    validate(cfg)
-    if seeds < 1:
-        raise CirtutorError(f"--seeds {seeds}: expected at least 1")
-    if resume and overwrite:
-        raise CirtutorError("--resume continues a run folder's trainings and --overwrite removes them: pass one")
-    device = resolve_device(cfg)
-    run = check_run_folder(cfg, new_run_folder(cfg, out), overwrite, "pass --overwrite")
-    mode = "tiny" if is_tiny(cfg) else "paper"
-    say(f"cirtutor reproduce: preset {cfg.name!r} ({mode} mode, {cfg.data.dataset} format), device {device}, run {run}")
-    with timed(times, "data"):
-        dataset_root(cfg.data, verbose=True)
-        train, val = datasets(cfg)
-        weights = init_weights(cfg)
-    with timed(times, "image features"):
-        stores = feature_stores(cfg, train, val, weights, device)
-    usable_ks(cfg, val)                                      # stage2.k must fit the gallery: known before training
-    record_run(cfg, run, overwrite)
-    results = {"preset": cfg.name, "dataset": cfg.data.dataset, "mode": mode, "subsample": cfg.subsample,
-               "seeds": list(range(seeds)), "k": cfg.stage2.k, "ablations": {}, "seed_runs": [],
-               "device": f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device),
-               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "platform": platform.platform()}
-    records, qualitative = [], None                          # each seed's findings record (`findings.seed_record`)
-    inputs = dict(train=train, val=val, stores=stores, weights=weights, device=device, resume=resume)
-    for seed in range(seeds):
-        record, items = reproduce_seed(cfg, run, seed, results, times, **inputs)
-        records.append(record)
-        if seed == 0:
-            qualitative = items
-    results["findings"] = findings.judge(records, cfg.data.dataset)      # the scorecard, from the run folder
-    if seeds == 1:
-        results.pop("seed_runs")
-    results["stage_times_s"] = {k: round(v, 1) for k, v in times.items()}
-    results["wall_time_s"] = round(time.perf_counter() - t0, 1)
-    results["load_average"] = load_average()
-    if world()[0] == 0:
-        from cirtutor.report import write_report
-        path = write_report(results, run, qualitative)
-        atomic_write_json(run / "results.json", results, indent=2)
-        say(f"done in {results['wall_time_s']:.0f} s: {path} and {run / 'metrics.json'}")
-    return 0

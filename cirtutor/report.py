@@ -27,12 +27,11 @@ if "ipykernel" not in sys.modules:  # scripts and tests draw to files only; a no
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cirtutor import viz  # noqa: E402
-from cirtutor.study import SHIPPED as SHIPPED_STUDIES  # noqa: E402
+from cirtutor import findings, viz  # noqa: E402
+from cirtutor.findings import CIRR_KEYS, categories, flat_metrics  # noqa: E402
 from cirtutor.io import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from cirtutor.layout import SHIPPED_STUDIES  # noqa: E402
 
-CIRR_KEYS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "avg")  # Table 6 columns, avg = (R@5 + Rs@1) / 2
-FIQ_CATEGORIES = ("dress", "shirt", "toptee")                             # the paper's column order (Table 5)
 CIRR_ABLATION_KEYS = ("R@1", "R@5", "Rs@1", "avg")                        # Table 4 columns
 FIQ_ABLATION_KEYS = ("R@10", "R@50", "avg")                               # Table 3 columns
 CIRR_SEED_KEYS = ("R@1", "R@5", "R@10", "Rs@1")                           # the seed table's columns
@@ -48,22 +47,6 @@ SUBSAMPLE_WARNING = "**These numbers come from a subsample"  # the bold warning 
 def is_fashioniq(results: dict) -> bool:
     """Fashion-IQ results carry per-category metrics; CIRR results the flat Table 6 keys."""
     return "per_category" in results["filter"]
-
-
-def categories(metrics: dict) -> list[str]:
-    """The Fashion-IQ categories present, in the paper's order first."""
-    present = list(metrics["per_category"])
-    return [c for c in FIQ_CATEGORIES if c in present] + [c for c in present if c not in FIQ_CATEGORIES]
-
-
-def flat_metrics(metrics: dict) -> dict:
-    """One flat {name: %} dict. CIRR: R@1 … Rs@3 and avg. Fashion-IQ: "dress R@10", "dress R@50",
-    … for each category present, then the category means R@10, R@50 and avg (Table 5's columns).
-    Anything else in `metrics` (e.g. R_K's "coverage") is left out."""
-    if "per_category" not in metrics:
-        return {key: float(metrics[key]) for key in CIRR_KEYS}
-    out = {f"{cat} {key}": float(metrics["per_category"][cat][key]) for cat in categories(metrics) for key in ("R@10", "R@50")}
-    return out | {key: float(metrics[key]) for key in ("R@10", "R@50", "avg")}
 
 
 def k_items(rerank: dict) -> list[tuple[int, dict]]:
@@ -236,8 +219,6 @@ def stage_table(results: dict) -> str:
 def findings_section(results: dict) -> list[str]:
     """"Which of the paper's findings this run reproduces": the scorecard (`cirtutor.findings`) beside
     the paper's numbers, where its ablation rows come from, and where the multi-seed one lives."""
-    from cirtutor import findings
-
     card = results["findings"]
     out = ["## Which of the paper's findings this run reproduces", "",
            f"Each finding is one quantity per seed, measured at K = {card['k']} (F8 also at K = {card['k_max']}), "

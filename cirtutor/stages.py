@@ -1,6 +1,6 @@
 """The per-stage commands (`cirtutor train-stage1 | extract-topk | train-stage2 | evaluate |
 submit | analyze`): each loads what the previous stage left in the run folder and runs one
-step of `cirtutor.pipeline`. `reproduce` runs them all in one go."""
+step of `cirtutor.pipeline`. `reproduce` (`cirtutor.reproduce`) runs them all in one go."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,15 +9,23 @@ import numpy as np
 import torch
 
 from cirtutor import pipeline as P
-from cirtutor.config import Config
+from cirtutor.config import Config, validate
 from cirtutor.data.registry import dataset_class, open_dataset
 from cirtutor.engine.stage1 import encode_queries
-from cirtutor.engine.stage2 import score_lists
+from cirtutor.engine.stage2 import check_same_vision, score_lists
+from cirtutor.engine.zeroshot import describe
 from cirtutor.errors import CirtutorError
-from cirtutor.evaluation import subset_ranking_by_scores, validate_cirr_submission, write_cirr_submission
+from cirtutor.evaluation import (load_topk, rank_shift_by_initial, rank_table, recall_at_k, subset_ranking_by_scores,
+                                 target_positions, validate_cirr_submission, write_cirr_submission)
+from cirtutor.evaluation.rank_analysis import paired_positions
 from cirtutor.evaluation.submission import LENGTHS
-from cirtutor.io import atomic_write_json
+from cirtutor.evaluation.topk import _torch_load, authors_topk
+from cirtutor.features import datasets, feature_store, feature_stores, init_weights, resolve_device
+from cirtutor.io import atomic_write_json, plain_text
 from cirtutor.layout import stage_dir
+from cirtutor.models.loading import load_filter, load_reranker
+from cirtutor.report import save_figure
+from cirtutor.viz import plot_rank_shift
 
 
 STARTS_AFRESH = ("train-stage1", "zeroshot")      # the commands that train from the initial weights
@@ -27,18 +35,18 @@ def context(cfg: Config, args, needs: tuple[str, ...] = (), data: bool = True) -
     """What a command works with (device, run folder, initial weights and, with `data`, the train and
     val datasets and their image features), after checking, before any work, the run folder and the
     files `needs` in it (relative paths); the run's config.json is written only once all of that holds."""
-    P.validate(cfg)
-    device = P.resolve_device(cfg)
+    validate(cfg)
+    device = resolve_device(cfg)
     overwrite = getattr(args, "overwrite", False)
     if overwrite and getattr(args, "resume", False):
         raise CirtutorError("--resume continues the run folder's training and --overwrite removes it: pass one")
     retrain = "pass --overwrite" if args.command in STARTS_AFRESH else "start it again with `cirtutor train-stage1 --overwrite`"
     run = P.check_run_folder(cfg, Path(args.run), overwrite, retrain)
     check_needs(run, needs, args)
-    ctx = dict(device=device, run=run, weights=P.init_weights(cfg))
+    ctx = dict(device=device, run=run, weights=init_weights(cfg))
     if data:
-        ctx["train"], ctx["val"] = P.datasets(cfg)
-        ctx["stores"] = P.feature_stores(cfg, ctx["train"], ctx["val"], ctx["weights"], device)
+        ctx["train"], ctx["val"] = datasets(cfg)
+        ctx["stores"] = feature_stores(cfg, ctx["train"], ctx["val"], ctx["weights"], device)
         if args.command in ("train-stage2", "evaluate"):
             P.usable_ks(cfg, ctx["val"])
     P.record_run(cfg, run, overwrite)
@@ -62,7 +70,7 @@ def trained_filter(cfg: Config, ctx: dict, seed: int):
     path = P.stage1_dir(ctx["run"], seed) / "filter.pt"
     if not path.is_file():
         raise CirtutorError(f"no trained filter at {path}: run `cirtutor train-stage1 --run-dir {ctx['run']}` first")
-    filt, _ = P.load_filter(ctx["weights"], cfg.model)
+    filt, _ = load_filter(ctx["weights"], cfg.model)
     return P.load_weights(filt, path).to(ctx["device"])
 
 
@@ -85,8 +93,6 @@ def train_stage1(cfg: Config, args) -> int:
 def zeroshot(cfg: Config, args) -> int:
     """Zero-shot CIR (`cirtutor.engine.zeroshot`): Stage I on the training images, Stage II when
     zeroshot.budget > 0, evaluated on the validation split."""
-    from cirtutor.engine.zeroshot import describe
-
     ctx = context(cfg, args)
     P.say(f"zero-shot (seed {args.seed}): {describe(cfg.zeroshot)}")
     _, metrics = P.run_zeroshot(cfg, ctx["run"], args.seed, train=ctx["train"], val=ctx["val"], stores=ctx["stores"],
@@ -102,7 +108,7 @@ def extract_topk(cfg: Config, args) -> int:
         dataset, store = ctx["val"], ctx["stores"]["val"]
     else:                                                   # a test split alone: no training captions needed
         dataset = open_dataset(cfg.data, args.split, load_images=False)
-        store = P.feature_store(cfg, args.split, ctx["weights"], ctx["device"])
+        store = feature_store(cfg, args.split, ctx["weights"], ctx["device"])
     filt = trained_filter(cfg, ctx, args.seed)
     for path in P.extract_topk(ctx["run"], args.seed, filt, dataset, store, ctx["device"], k=args.k):
         P.say(f"wrote {path}")
@@ -147,10 +153,10 @@ def submit(cfg: Config, args) -> int:
         raise CirtutorError(f"the top-K list of {server} has no subset order: write it again with "
                             f"`cirtutor extract-topk --run-dir {ctx['run']} --split {server}`")
     filt = trained_filter(cfg, ctx, args.seed)
-    store = P.feature_store(cfg, server, ctx["weights"], ctx["device"])
-    model, _ = P.load_reranker(ctx["weights"], P.variant_config(cfg, args.ablation).model)
+    store = feature_store(cfg, server, ctx["weights"], ctx["device"])
+    model, _ = load_reranker(ctx["weights"], P.variant_config(cfg, args.ablation).model)
     P.load_weights(model, ctx["run"] / reranker_file(args)).to(ctx["device"])
-    P.check_same_vision(filt, model)
+    check_same_vision(filt, model)
     z_ts = encode_queries(filt, test, store, device=ctx["device"])[1]
     ranked = topk.sorted_index_names                                           # (N, K_file), best first
     scores = score_lists(model, test, z_ts, store, ranked[:, :k], device=ctx["device"])
@@ -186,8 +192,6 @@ def _read_array(p: Path, trust: bool):
         except (ValueError, OSError, EOFError) as e:
             raise CirtutorError(f"{p} is not a readable .npy array ({plain(e)}): was it truncated? "
                                 "Write it again with numpy.save") from None
-    from cirtutor.evaluation import load_topk
-    from cirtutor.evaluation.topk import _torch_load, authors_topk
     if p.suffix in (".safetensors", ".json"):
         return load_topk(p).labels
     obj = _torch_load(p, trust)
@@ -222,7 +226,6 @@ def _labels(path: str, trust: bool) -> np.ndarray:
 
 def plain(error) -> str:
     """An error's first line without terminal escape codes (torch colours some of its messages)."""
-    from cirtutor.io import plain_text
     return plain_text(str(error)).splitlines()[0] if str(error) else type(error).__name__
 
 
@@ -231,7 +234,6 @@ RECALL_KS = (1, 5, 10, 20, 50, 100, 200)
 
 def recall_rows(labels: dict[str, np.ndarray]) -> list[str]:
     """Tables 5/6's recall rows: R@k of each label array (columns) for the k its lists are long enough for."""
-    from cirtutor.evaluation import recall_at_k
     width = min(a.shape[1] for a in labels.values())
     rows = [f"  {'':6}" + "".join(f"{name:>12}" for name in labels)]
     rows += [f"  R@{k:<4}" + "".join(f"{recall_at_k(a, k):12.2f}" for a in labels.values())
@@ -240,7 +242,6 @@ def recall_rows(labels: dict[str, np.ndarray]) -> list[str]:
 
 
 def mean_rank_line(labels: np.ndarray, name: str) -> str:
-    from cirtutor.evaluation import target_positions
     found = target_positions(labels)
     found = found[found >= 0]
     if not len(found):
@@ -258,8 +259,6 @@ def table7_line(table: dict) -> str:
 def analyze(args) -> int:
     """Table 7 and Figure 8 from both stages' label arrays; from the stage-2 array alone (the authors'
     released files), its recall rows and the re-ranked mean rank."""
-    from cirtutor.evaluation import rank_shift_by_initial, rank_table
-
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise CirtutorError(f"--out {args.out} is a file, not a folder: choose a folder for the figure and the table")
     if not (args.stage1 or args.stage2):
@@ -284,7 +283,6 @@ def analyze(args) -> int:
 
 def safe_rank_table(rank_table, s1: np.ndarray, s2: np.ndarray) -> dict:
     """Table 7's row; its % decrease is None when every target is already first (no rank to decrease)."""
-    from cirtutor.evaluation.rank_analysis import paired_positions
     initial, reranked = paired_positions(s1, s2)
     if not len(initial):
         raise CirtutorError("no query has its target in the stage-1 lists: Table 7 is undefined")
@@ -296,8 +294,6 @@ def safe_rank_table(rank_table, s1: np.ndarray, s2: np.ndarray) -> dict:
 
 
 def write_rank_analysis(out: Path, table: dict, shift: dict) -> None:
-    from cirtutor.report import save_figure
-    from cirtutor.viz import plot_rank_shift
     shift = {key: np.asarray(v).tolist() for key, v in shift.items()}
     save_figure(plot_rank_shift(shift), out / "rank_shift.png")
     atomic_write_json(out / "rank_analysis.json", {"table": table, "shift": shift}, indent=2)

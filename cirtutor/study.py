@@ -3,7 +3,7 @@
 A study is a named set of variants, each a list of `--set` overrides on one preset (`STUDIES`),
 and a runner (`RUNNERS`) that trains and evaluates one variant for one seed:
 
-* "reproduce" (the CaLa study): the main job (`pipeline.reproduce`, without the ablations) into
+* "reproduce" (the CaLa study): the main job (`reproduce.reproduce`, without the ablations) into
   root/<variant>/; each seed's "filter" and "rerank" metrics;
 * "findings" (the findings study): the main job with the variants F4-F6 need trained as long as R
   for every seed; each seed's findings record (`findings.seed_records`) and the scorecard;
@@ -33,9 +33,15 @@ from pathlib import Path
 
 import torch
 
+from cirtutor import findings
 from cirtutor.config import TINY_ABLATIONS, apply_overrides, get_preset
+from cirtutor.engine.zeroshot import build_zeroshot, training_free_baselines
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_json
+from cirtutor.layout import SHIPPED_STUDIES
+from cirtutor.report import mean_std
+from cirtutor.reproduce import reproduce
+from cirtutor.trained import filter_data, trained_zeroshot
 
 # The stage-2 recipe the shipped CaLa study ran with: the tiny preset's until the stage-2 speed work made it shorter (10 epochs
 # at BLIP's dropout 0.1, now 6 without dropout). Pinned, so that the study's re-ranker rows stay reproducible.
@@ -67,7 +73,7 @@ STUDIES = {
 TINY_PINS = {"cala": ("model.embed_dim=64",), "zeroshot": ("model.embed_dim=64",)}
 RUNNERS = {"cala": "reproduce", "zeroshot": "zeroshot", "findings": "findings"}
 KEEPS_ABLATIONS = {"findings"}                               # the other studies switch the re-ranker variants off
-SHIPPED = Path(__file__).resolve().parent / "assets" / "studies"
+SHIPPED = SHIPPED_STUDIES                                    # assets/studies/<study>-<preset>.json (`ship_study`)
 
 
 def variant_overrides(name: str) -> dict[str, tuple[str, ...]]:
@@ -98,8 +104,6 @@ def collect(results: dict) -> list[dict]:
 def stats(runs: list[dict]) -> dict:
     """{stage: {metric: {"mean", "std"}}} over the runs (sample std, as the report's seed table;
     0 for a single run)."""
-    from cirtutor.report import mean_std
-
     out = {}
     for stage in (k for k, v in runs[0].items() if k != "seed" and isinstance(v, dict)):
         keys = [k for k, v in runs[0][stage].items() if isinstance(v, (int, float))]
@@ -145,8 +149,6 @@ def run_study(name: str, preset: str = "tiny", seeds: int = 3, root: str | Path 
 
 def _run_reproduce(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
     """The "reproduce" runner: the main job for `seeds` seeds into `out`."""
-    from cirtutor.pipeline import reproduce
-
     reproduce(cfg, seeds=seeds, out=str(out))
     results = json.loads((out / "results.json").read_text())
     study["k"] = results["k"]
@@ -156,9 +158,6 @@ def _run_reproduce(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
 def _run_findings(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
     """The "findings" runner: the main job with every variant trained as long as R for every seed,
     then each seed's findings record (`findings.seed_records`) and the scorecard in study["findings"]."""
-    from cirtutor import findings
-    from cirtutor.pipeline import reproduce
-
     reproduce(cfg, seeds=seeds, out=str(out))
     records, dataset = findings.seed_records(out)
     study |= {"k": cfg.stage2.k, "dataset": dataset, "findings": findings.judge(records, dataset)}
@@ -168,9 +167,6 @@ def _run_findings(cfg, seeds: int, out: Path, study: dict) -> list[dict]:
 def _zeroshot_runner(study: dict, preset: str):
     """The "zeroshot" runner (the models go to the cache, `trained_zeroshot`); it first records the
     training-free reference rows of the preset's frozen backbone in study["references"]."""
-    from cirtutor.engine.zeroshot import build_zeroshot, training_free_baselines
-    from cirtutor.trained import filter_data, trained_zeroshot
-
     cfg = variant_config("zeroshot", "baseline", preset)        # the study's backbone (pinned in tiny mode)
     data = filter_data(cfg)
     study["references"] = training_free_baselines(build_zeroshot(data.weights, cfg).to(data.device), data.val,
@@ -212,7 +208,7 @@ def check_seed0(study: dict, variant: str, stage: str, measured: dict, keys=("R@
 
 
 def check_findings_seed0(study: dict, measured: dict, tol: float = 1e-6) -> None:
-    """Raise unless the findings study's seed-0 record equals `measured` (`findings.evaluated_record`
+    """Raise unless the findings study's seed-0 record equals `measured` (`trained.evaluated_record`
     of the same seed-0 models): F, R_K, R_K_max, every variant and the rank decrease."""
     run = next((r for r in study["variants"][next(iter(study["variants"]))]["runs"] if r["seed"] == 0), None)
     if run is None:

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
 import torch
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 from PIL import Image
@@ -531,9 +533,6 @@ def plot_findings(card: dict):
     (dots), the mean ± 2 standard errors (bar: the test of F1-F6), the paper's value (red diamond)
     and the verdict in the label (✓ reproduced, ✗ not, · not judged). F7 is a % decrease (dashed: its 15 %
     threshold), the others differences in recall points (grey band: F8's ±1 point)."""
-    import pandas as pd
-    import seaborn as sns
-
     rows = card["findings"]
     labels = [f"{r['id']} {'✓' if r['reproduced'] else ('✗' if r['reproduced'] is False else '·')}  "
               f"{textwrap.shorten(r['statement'], 52, placeholder='…')}" for r in rows]
@@ -571,9 +570,6 @@ def plot_epoch_losses(runs: list[dict], labels: dict[str, str], batch_size: int)
     """Each model's mean training loss per epoch, one panel per model and one line per seed (notebook 07),
     from a findings study's records ("epoch_losses"). The dashed line is ln B, the loss of a model that
     scores the B candidates of its batch alike: a curve that stays there never learned."""
-    import pandas as pd
-    import seaborn as sns
-
     rows = pd.DataFrame([{"model": labels.get(name, name), "seed": f"seed {r['seed']}", "epoch": e + 1, "loss": v}
                          for r in runs for name, losses in r.get("epoch_losses", {}).items()
                          for e, v in enumerate(losses)])

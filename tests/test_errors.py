@@ -389,7 +389,7 @@ def test_the_feature_cache_notices_a_changed_image(place):
 
     from cirtutor.config import apply_overrides, get_preset
     from cirtutor.data.registry import open_dataset
-    from cirtutor.pipeline import feature_store, init_weights
+    from cirtutor.features import feature_store, init_weights
 
     cfg = apply_overrides(get_preset("tiny"), ["data.synthetic_size=2"])
     weights = init_weights(cfg, verbose=False)

@@ -5,7 +5,7 @@ import pytest
 
 from cirtutor.errors import CirtutorError
 from cirtutor.explore import at_k, edit_types, explorer, gain_counts, recall_by_group
-from cirtutor.pipeline import query_item, target_gain
+from cirtutor.analysis import query_item, target_gain
 
 SMALL = ["data.synthetic_size=10", "data.synthetic_resolution=32", "data.resolution=32", "model.image_size=32"]
 

@@ -205,11 +205,12 @@ def test_the_shipped_findings_study_is_what_the_shipped_seed0_models_measure():
     (the tiny world is built into the cache once; about a minute on 2 CPU cores)."""
     from cirtutor.config import get_preset
     from cirtutor.study import check_findings_seed0, shipped_study
+    from cirtutor.trained import evaluated_record
 
     study = shipped_study("findings")
     cfg = get_preset("tiny")
     assert tuple(study["variants"]["tiny"]["runs"][0]["ablations"]) == cfg.ablations
-    check_findings_seed0(study, fd.evaluated_record(cfg, 0))
+    check_findings_seed0(study, evaluated_record(cfg, 0))
     card = fd.judge(*fd.study_records(study))
     assert card == study["findings"]                      # the stored scorecard is the judge's, not edited
 

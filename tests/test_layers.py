@@ -1,17 +1,20 @@
 """The package's layers point down: the building blocks (models, engine, data, evaluation) never
-import the modules that orchestrate runs (pipeline, stages, trained, study, report, cli), not even
-inside a function, so a reader can follow one query from data to score without going back up."""
+import the modules that orchestrate runs (features, pipeline, analysis, reproduce, stages, trained, study,
+report, cli), not even inside a function, so a reader can follow one query from data to score without
+going back up. Imports sit at the top of their modules (a short, explained list of exceptions), and the
+modules import each other without a cycle."""
 from __future__ import annotations
 
 import ast
+import fnmatch
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cirtutor"
 LOWER = ("models", "engine", "data", "evaluation")
-UPPER = ("cirtutor.pipeline", "cirtutor.stages", "cirtutor.trained", "cirtutor.study", "cirtutor.report",
-         "cirtutor.cli")
+UPPER = ("cirtutor.features", "cirtutor.pipeline", "cirtutor.analysis", "cirtutor.reproduce", "cirtutor.stages",
+         "cirtutor.trained", "cirtutor.study", "cirtutor.report", "cirtutor.cli")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -133,3 +136,94 @@ def test_the_reference_layer_takes_no_speed_path_arguments():
     for layer in (reranker.Attention, reranker.DualAttention, reranker.DualEncoderLayer, reranker.DualEncoder):
         params = set(inspect.signature(layer.forward).parameters)
         assert not params & {"grid", "index"}, f"{layer.__name__}.forward takes {params & {'grid', 'index'}}"
+
+
+# Imports inside a function, each with its reason; every other import sits at the top of its module, where a
+# reader sees what the module builds on. {"file:function" (fnmatch pattern): (modules it may import, why)}.
+INNER_IMPORTS = {
+    "cli.py:cmd_*": (("cirtutor.",), "the CLI's lazy dispatch: a command's module loads only when that command "
+                                     "runs, so `cirtutor --help` stays fast (cli.py's docstring)"),
+    "cli.py:distributed_context": (("torch",), "the same lazy dispatch: torch only for the commands that train"),
+    "evaluation/search.py:_faiss_top_k": (("faiss",), "optional dependency (pip install 'cirtutor[search]')"),
+    "evaluation/topk.py:_numpy_globals": (("numpy._core.", "numpy.core."),
+                                          "numpy 2 renamed numpy.core (try/except ImportError)"),
+    "explore.py:explorer": (("ipywidgets",), "optional dependency (the notebooks' extra)"),
+}
+
+
+def inner_imports(path: Path) -> list[tuple[str, str]]:
+    """(function, module) for every import inside a function of `path` (a method: Class.method;
+    imports in nested functions count for the outer one)."""
+    tree = ast.parse(path.read_text())
+    functions = [(node.name, node) for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    functions += [(f"{c.name}.{f.name}", f) for c in tree.body if isinstance(c, ast.ClassDef)
+                  for f in c.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    found = []
+    for name, function in functions:
+        for node in ast.walk(function):
+            if isinstance(node, ast.Import):
+                found += [(name, a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                found += [(name, f"{'.' * node.level}{node.module or ''}.{a.name}") for a in node.names]
+    return found
+
+
+def test_imports_sit_at_the_top_of_their_modules():
+    """No import inside a function beyond INNER_IMPORTS, and no entry there that nothing uses any more."""
+    unexplained, used = [], set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for function, module in inner_imports(path):
+            where = f"{path.relative_to(PACKAGE).as_posix()}:{function}"
+            allowed = [p for p, (prefixes, _) in INNER_IMPORTS.items() if fnmatch.fnmatchcase(where, p)
+                       and module.startswith(prefixes)]
+            used.update(allowed)
+            if not allowed:
+                unexplained.append(f"{where}: {module}")
+    assert not unexplained, ("imports inside functions (move them to the top of the module, or add an entry with "
+                             f"its reason to INNER_IMPORTS): {unexplained}")
+    assert used == set(INNER_IMPORTS), f"INNER_IMPORTS entries nothing needs any more: {set(INNER_IMPORTS) - used}"
+
+
+def test_the_inner_import_scan_sees_nested_functions_and_methods(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import os\n\ndef f():\n    def g():\n        import json\n    return g\n\n"
+                      "class C:\n    def m(self):\n        from cirtutor import trained\n")
+    assert inner_imports(module) == [("f", "json"), ("C.m", "cirtutor.trained")]
+
+
+def is_module(name: str) -> bool:
+    path = PACKAGE.parent / name.replace(".", "/")
+    return path.is_dir() or path.with_suffix(".py").is_file()
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The cirtutor modules `path` imports at its top level (`from cirtutor import x` names the module x)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {f"{node.module}.{a.name}" if is_module(f"{node.module}.{a.name}") else node.module
+                      for a in node.names}
+    return {n for n in names if n.startswith("cirtutor")}
+
+
+def test_the_modules_import_each_other_without_a_cycle():
+    """With every import at the top, a cycle between two modules would make one of them see the other half
+    imported: the graph of the package's top-level imports has none."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        graph[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = top_level_imports(path)
+    state = {}
+
+    def visit(module: str, trail: tuple[str, ...]) -> None:
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", f"import cycle: {' -> '.join(trail[trail.index(module):] + (module,))}"
+        state[module] = "open"
+        for other in sorted(graph.get(module, ())):
+            visit(other, trail + (module,))
+        state[module] = "done"
+    for module in sorted(graph):
+        visit(module, ())

@@ -11,7 +11,7 @@ import pytest
 
 from cirtutor.cli import main
 from cirtutor.config import get_preset
-from cirtutor.data.subsample import parse_spec
+from cirtutor.config import parse_spec
 from cirtutor.errors import CirtutorError
 
 SMALL = ["data.synthetic_size=20", "stage1.batch_size=10", "stage1.epochs=2", "stage2.batch_size=6", "stage2.epochs=1",
@@ -133,7 +133,7 @@ def test_models_shipped_evaluates_the_trained_models_a_run_made_and_adopt_checks
     numbers without training, and its report says so. A config with other settings cannot adopt them."""
     from cirtutor import trained
     from cirtutor.config import apply_overrides
-    from cirtutor.pipeline import place_shipped
+    from cirtutor.reproduce import place_shipped
 
     cfg = apply_overrides(get_preset("tiny"), SMALL + ["ablations=()"])
     own = cache / "own"
@@ -159,7 +159,7 @@ def test_models_shipped_evaluates_the_trained_models_a_run_made_and_adopt_checks
 def test_subsample_keeps_what_the_queries_need(cache):
     from cirtutor.config import apply_overrides, get_preset
     from cirtutor.data.subsample import subsample
-    from cirtutor.pipeline import datasets
+    from cirtutor.features import datasets
 
     cfg = apply_overrides(get_preset("tiny"), SMALL)
     train, val = datasets(cfg)
@@ -216,7 +216,7 @@ def test_variants_take_the_rerankers_own_dropout():
 
 
 def test_weights_key_follows_the_weights_contents(tmp_path):
-    from cirtutor.pipeline import weights_key
+    from cirtutor.features import weights_key
 
     a = tmp_path / "a"
     a.mkdir()

@@ -103,7 +103,8 @@ def test_select_best_survives_a_resume(small_world, tmp_path, monkeypatch):
     """The best validation so far comes back from the checkpoint's history: a resumed run replaces
     best.pt only with a better epoch, and the filter it keeps is that epoch's."""
     from cirtutor import pipeline
-    from cirtutor.pipeline import init_weights, run_stage1
+    from cirtutor.features import init_weights
+    from cirtutor.pipeline import run_stage1
 
     cfg, _, train, val, st, sv = small_world(["data.synthetic_size=4", "stage1.batch_size=10", "stage1.epochs=3",
                                               "stage1.validate_every=1", "stage1.select=best",

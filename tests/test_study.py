@@ -32,10 +32,8 @@ def fake_reproduce(cfg, *, seeds, out):
 
 
 def test_run_study_runs_each_variant_and_gathers_its_seeds(tmp_path, monkeypatch):
-    import cirtutor.pipeline
-
     fake_reproduce.calls = []
-    monkeypatch.setattr(cirtutor.pipeline, "reproduce", fake_reproduce)
+    monkeypatch.setattr(st, "reproduce", fake_reproduce)
     out = st.run_study("cala", seeds=3, root=tmp_path)
     assert fake_reproduce.calls == [("none", False, (), 3), ("cala", False, (), 3), ("cala", True, (), 3)]
     assert json.loads((tmp_path / "study.json").read_text()) == out
@@ -67,20 +65,17 @@ def test_unknown_studies_and_variants_say_what_exists():
 
 
 def test_the_zeroshot_runner_trains_each_variant_per_seed_and_records_the_references(tmp_path, monkeypatch):
-    import cirtutor.engine.zeroshot as ez
-    import cirtutor.trained as tr
-
     calls = []
 
     def fake_trained_zeroshot(cfg, seed, data=None):
         calls.append((cfg.zeroshot.budget, cfg.zeroshot.mapper, seed))
         return None, metrics(100 * cfg.zeroshot.budget + seed)
 
-    monkeypatch.setattr(tr, "filter_data", lambda cfg: SimpleNamespace(weights=None, device="cpu", val=None,
+    monkeypatch.setattr(st, "filter_data", lambda cfg: SimpleNamespace(weights=None, device="cpu", val=None,
                                                                        stores={"val": None}))
-    monkeypatch.setattr(ez, "build_zeroshot", lambda weights, cfg: torch.nn.Identity())
-    monkeypatch.setattr(ez, "training_free_baselines", lambda *a, **k: {"image only": metrics(50)})
-    monkeypatch.setattr(tr, "trained_zeroshot", fake_trained_zeroshot)
+    monkeypatch.setattr(st, "build_zeroshot", lambda weights, cfg: torch.nn.Identity())
+    monkeypatch.setattr(st, "training_free_baselines", lambda *a, **k: {"image only": metrics(50)})
+    monkeypatch.setattr(st, "trained_zeroshot", fake_trained_zeroshot)
     out = st.run_study("zeroshot", seeds=2, root=tmp_path, variants=["baseline", "stage2_5"])
     assert calls == [(0.0, "mlp", 0), (0.0, "mlp", 1), (0.05, "mlp", 0), (0.05, "mlp", 1)]
     assert out["references"] == {"image only": metrics(50)} and "k" not in out
@@ -112,7 +107,6 @@ def test_the_findings_runner_keeps_the_variants_and_judges_every_seed(tmp_path, 
     study records each seed's findings record and the scorecard."""
     import sys
 
-    import cirtutor.pipeline
     sys.path.insert(0, str(Path(__file__).parent))
     from test_findings import write_run
 
@@ -121,7 +115,7 @@ def test_the_findings_runner_keeps_the_variants_and_judges_every_seed(tmp_path, 
     def fake(cfg, *, seeds, out):
         calls.append((cfg.ablations, cfg.ablation_models, cfg.ablation_epochs, seeds))
         write_run(Path(out), seeds=range(seeds), ablations=cfg.ablations)
-    monkeypatch.setattr(cirtutor.pipeline, "reproduce", fake)
+    monkeypatch.setattr(st, "reproduce", fake)
     out = st.run_study("findings", seeds=3, root=tmp_path)
     assert calls == [(("no_text", "no_zt", "ref_cls_spatial"), "train", None, 3)]
     runs = out["variants"]["tiny"]["runs"]

@@ -177,7 +177,7 @@ def test_removing_phi_lowers_zero_shot_recall_at_1(tmp_path, monkeypatch):
     from cirtutor.config import get_preset
     from cirtutor.data.registry import open_dataset
     from cirtutor.engine.zeroshot import evaluate_zeroshot
-    from cirtutor.pipeline import feature_store, init_weights
+    from cirtutor.features import feature_store, init_weights
     from cirtutor.trained import trained_zeroshot
 
     monkeypatch.setenv("CIRTUTOR_CACHE", str(tmp_path))

@@ -12,26 +12,7 @@ from __future__ import annotations
 import copy
 import random
 
-from cirtutor.errors import CirtutorError
-
-KEYS = ("train", "val", "gallery")
-
-
-def parse_spec(spec: str) -> dict[str, float]:
-    """"train=0.1,val=500" -> {"train": 0.1, "val": 500.0}."""
-    out = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or key not in KEYS:
-            raise CirtutorError(f"--subsample part {part!r}: expected KEY=N with KEY in {', '.join(KEYS)}, "
-                                "e.g. train=0.1,val=500,gallery=2000")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise CirtutorError(f"--subsample {key}={value!r}: expected a fraction (< 1) or a count") from None
-        if out[key] <= 0:
-            raise CirtutorError(f"--subsample {key}={value}: must be positive")
-    return out
+from cirtutor.config import parse_spec
 
 
 def _size(amount: float, n: int) -> int:

@@ -78,6 +78,7 @@ from transformers import BlipForImageTextRetrieval
 
 from cirtutor.cache import cached
 from cirtutor.config import Config, DataConfig, ModelConfig, apply_overrides, get_preset
+from cirtutor.data import synthetic as world
 from cirtutor.data.base import read_json
 from cirtutor.data.registry import dataset_root, open_dataset
 from cirtutor.errors import CirtutorError
@@ -187,8 +188,6 @@ def edited_captions(names: list[str], captions: list[str], per_image: int = 4, s
     (add, remove, recolour, resize, move, shape) take turns in a random order, then one edit
     of the kind is drawn: uniform over all edits would be ~90 % "add" (any free cell x any
     unused description) and would never teach positions or shapes."""
-    from cirtutor.data import synthetic as world
-
     out = []
     for name, caption in zip(names, captions, strict=True):
         scene = world.parse_scene(caption)

@@ -34,7 +34,7 @@ from cirtutor.engine.stage1 import evaluate_filter, rank_with_filter
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_bytes
 from cirtutor.models.loading import load_filter
-from cirtutor.models.tokenizer import tokenize_text_only
+from cirtutor.models.tokenizer import blip_tokenizer, tokenize_text_only
 from cirtutor.models.zeroshot import ZeroShotEncoder, prompts
 
 TRAINABLE = ("mapper.", "injections.", "adapters.")
@@ -239,8 +239,6 @@ def training_free_baselines(model: ZeroShotEncoder, dataset, store: FeatureStore
 def nearest_words(model: ZeroShotEncoder, words: torch.Tensor, vocabulary: list[str], k: int = 5) -> list[list[tuple[str, float]]]:
     """For each pseudo word (N, d): the k words of `vocabulary` whose (single WordPiece) word
     embeddings are closest by cosine, as (word, cosine). Where in the word space phi's output lands."""
-    from cirtutor.models.tokenizer import blip_tokenizer
-
     tok = blip_tokenizer()
     pieces = {w: tok.convert_tokens_to_ids(w) for w in dict.fromkeys(vocabulary) if tok.tokenize(w) == [w]}
     table = model.text_encoder.embeddings.word_embeddings.weight[list(pieces.values())]     # (V, d)

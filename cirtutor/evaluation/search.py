@@ -14,11 +14,12 @@ Both are exact; on equal scores they may order ties differently.
 """
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 
 def faiss_available() -> bool:
-    import importlib.util
     return importlib.util.find_spec("faiss") is not None
 
 
