@@ -16,6 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import nbformat
+from nbconvert import HTMLExporter
+
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_text
 
@@ -51,8 +54,6 @@ def chapters(notebooks: str | Path) -> list[Chapter]:
 
 def read_notebook(path: Path):
     """The notebook at `path` as an nbformat v4 node; a file that is not one is a one-line error."""
-    import nbformat
-
     try:
         return nbformat.read(path, as_version=4)
     except (OSError, ValueError, KeyError, AttributeError) as e:     # NotJSONError is a ValueError
@@ -110,8 +111,6 @@ def without_widgets(nb):
 
 def render(chapter: Chapter, previous: Chapter | None, following: Chapter | None) -> str:
     """The notebook's page: nbconvert's lab template, titled, with links to the contents and neighbours."""
-    from nbconvert import HTMLExporter
-
     nb = without_widgets(read_notebook(chapter.source))
     body, _ = HTMLExporter().from_notebook_node(nb, resources={"metadata": {"name": chapter.title}})
     links = ['<a href="index.html">contents</a>']

@@ -16,6 +16,7 @@
     cirtutor download {fashioniq,cirr,blip,checkpoints} ...
     cirtutor pretrain-tiny --out DIR               pretrain tiny mode's mini-BLIP (ITC + ITM)
     cirtutor book [--out book]                     the executed notebooks as static HTML, with an index.html
+    cirtutor student [--out student]               the student edition (outputs cleared, self-check cells)
 
 Expected failures (bad settings, bad paths, malformed files) print one clear message and exit 2,
 before any work and without writing anything; data-stats exits 1 when it finds missing or corrupt
@@ -33,6 +34,7 @@ import importlib
 import json
 import os
 import sys
+import time
 
 from cirtutor.config import ABLATIONS, Config, apply_overrides, get_model_config, get_preset, validate
 from cirtutor.errors import CirtutorError
@@ -152,13 +154,19 @@ def cmd_stage(args) -> int:
 
 
 def cmd_book(args) -> int:
-    import time
-
     from cirtutor.book import build_book
 
     start = time.perf_counter()
     written = build_book(args.notebooks, args.out)
     print(f"book: {len(written) - 1} notebooks rendered in {time.perf_counter() - start:.1f} s; open {written[0]}")
+    return 0
+
+
+def cmd_student(args) -> int:
+    from cirtutor.student import write_student_edition
+
+    written = write_student_edition(args.notebooks, args.out)
+    print(f"student edition: {len(written)} notebooks written to {args.out}/")
     return 0
 
 
@@ -310,6 +318,11 @@ def tool_commands(sub) -> None:
     s.add_argument("--out", default="book", help="output folder: one page per notebook and index.html (default: book)")
     s.add_argument("--notebooks", default="notebooks", metavar="DIR", help="the notebooks folder (default: notebooks)")
     s.set_defaults(func=cmd_book)
+
+    s = sub.add_parser("student", help="write the student edition of the notebooks (outputs cleared, self-check cells)")
+    s.add_argument("--out", default="student", help="output folder (default: student)")
+    s.add_argument("--notebooks", default="notebooks", metavar="DIR", help="the notebooks folder (default: notebooks)")
+    s.set_defaults(func=cmd_student)
 
     # Listed for --help; `main` hands these to their modules' own parsers.
     sub.add_parser("download", help="fetch datasets and weights (see data_scripts/README.md)")

@@ -18,11 +18,11 @@ from cirtutor.data.preprocess import ImageTransform
 from cirtutor.data.synthetic import describe_scene, make_scene, Obj, render_scene
 from cirtutor.engine.pretrain import (batch_tokens, eval_pairs, evaluate, format_metrics, image_caption_pairs,
                                       pretrain_losses, pretraining_data)
+from cirtutor.features import init_weights
 from cirtutor.inspect_layers import attention_per_cell, blip_cross_attention, load_blip_retrieval, patch_maps
 from cirtutor.models.backbones import text_states
 from cirtutor.models.mini_blip import image_feats_of, itc_embeddings, itm_logits, META_FILE, SHIPPED
 from cirtutor.models.tokenizer import blip_tokenizer, tokenize, tokenize_text_only
-from cirtutor.pipeline import init_weights
 from cirtutor.viz import plot_pretraining_curve, plot_similarity_matrix, plot_token_attention, show_patch_grid
 
 # ---- notebook 02: The candidate filter: Eq. 1, the temperature, hard negatives, coverage
@@ -40,22 +40,23 @@ from cirtutor.models.reranker import DualEncoderLayer
 from cirtutor.viz import plot_per_layer
 
 # ---- notebook 04: Stage 2: training the dual-encoder re-ranker (Eq. 2)
+from cirtutor.analysis import qualitative_items
 from cirtutor.engine.stage1 import encode_queries
 from cirtutor.engine.stage2 import (BxBObjective, evaluate_reranker, hard_pools, batch_order as stage2_batch_order,
                                     stage2_inputs, train_stage2)
 from cirtutor.models.loading import reranker_from_filter
-from cirtutor.pipeline import qualitative_items, variant_config
+from cirtutor.pipeline import variant_config
 from cirtutor.trained import trained_reranker
 from cirtutor.viz import plot_qualitative, plot_recall_vs_k
 
 # ---- notebook 05: How many candidates to re-rank? The K ablation
-from cirtutor.pipeline import inference_times
+from cirtutor.analysis import inference_times
 from cirtutor.viz import plot_time_vs_k
 
 # ---- notebook 06: Looking at the results: qualitative examples, edit types, an explorer
+from cirtutor.analysis import query_item, target_gain
 from cirtutor.evaluation.rank_analysis import rank_shift_by_initial, rank_table
 from cirtutor.explore import at_k, edit_types, explorer, gain_counts, recall_by_group
-from cirtutor.pipeline import query_item, target_gain
 from cirtutor.viz import plot_rank_shift
 
 # ---- notebook 07: Which parts matter? The re-ranker's ablations, and which of the paper's findings hold here
@@ -77,8 +78,9 @@ from cirtutor.viz import plot_hinge, plot_logit_matrices, plot_study, to_display
 from cirtutor.engine.zeroshot import (budget_queries, build_zeroshot, caption_embeddings, evaluate_zeroshot,
                                       image_prompt_recall, mine_hard_negatives, nearest_words, query_alignment,
                                       synthetic_captions, training_free_baselines)
+from cirtutor.features import is_tiny
 from cirtutor.models.zeroshot import insert_pseudo_words, placeholder_id, prompts
-from cirtutor.pipeline import is_tiny, short
+from cirtutor.pipeline import short
 from cirtutor.study import markdown, zeroshot_rows
 from cirtutor.trained import trained_zeroshot, trained_zeroshot_history
 from cirtutor.viz import plot_zeroshot_study

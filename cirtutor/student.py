@@ -12,7 +12,7 @@ import copy
 import json
 from pathlib import Path
 
-from cirtutor.book import PATTERN
+PATTERN = "[0-9][0-9]_*.ipynb"        # the teaching notebooks (as cirtutor.book reads them)
 from cirtutor.check import EXERCISES
 from cirtutor.errors import CirtutorError
 from cirtutor.io import atomic_write_text
