@@ -6,8 +6,8 @@ the findings scorecard (`cirtutor.findings`) and the report (`cirtutor.report`):
     RUN/report.md, metrics.json, figures/  the report
     RUN/results.json                       every number the report prints
 
-With models="shipped" (tiny presets), seed 0's filter and re-ranker are the package's shipped models
-(`cirtutor.trained`), evaluated here; ablation_models="shipped" does the same for the variants.
+With models="shipped" (the tiny preset's setting), seed 0's filter and re-ranker come from `cirtutor.trained`
+(tiny: the package's shipped models) and are evaluated here; ablation_models="shipped" does the same for the variants.
 """
 from __future__ import annotations
 
