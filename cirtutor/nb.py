@@ -65,6 +65,7 @@ from cirtutor.config import ABLATIONS
 from cirtutor.evaluation.reliance import shifted_references, words_hidden
 from cirtutor.models import DualEncoderReranker
 from cirtutor.study import check_findings_seed0, shipped_study
+from cirtutor.trained import evaluated_record
 from cirtutor.viz import plot_epoch_losses, plot_findings
 
 # ---- notebook 08: CaLa: two training-only associations for the filter
@@ -180,6 +181,7 @@ USED_IN = {
     "ABLATIONS": ('07',),
     "check_findings_seed0": ('07',),
     "DualEncoderReranker": ('07',),
+    "evaluated_record": ('07',),
     "findings": ('07',),
     "plot_epoch_losses": ('07',),
     "plot_findings": ('07',),
