@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cirtutor.config import ABLATIONS
 from cirtutor.errors import CirtutorError
 from cirtutor.layout import seed_dirs, stage_dir, variant_dirs
 
@@ -108,6 +109,43 @@ PAPER = {
         "tables": {"rerank": "Table 5", "ablations": "Table 3", "rank": "Table 7"},
     },
 }
+
+
+SHOWN = {"cirr": ("R@1", "R@5", "R@10", "R@50", "Rs@1"), "fashioniq": ("R@10", "R@50", "avg"),
+         "rank": ("initial", "reranked", "percent_decrease")}
+TITLES = {"percent_decrease": "% decrease"}
+ROW_PAPER = {"F": ("filter", "rerank"), "R_K": ("rerank", "rerank"), "Table 7": ("rank", "rank")}   # row -> (PAPER key, table)
+
+
+def paper_row(name: str, dataset: str) -> tuple[dict, str]:
+    """The paper's values and their table for a row of `paper_vs_run`: "F", "R_K" (the paper's own K), "Table 7", or
+    a variant of `config.ABLATIONS` ("no_text", "no_zt", ...)."""
+    paper = PAPER[dataset]
+    key, table = ROW_PAPER.get(name, ("ablations", "ablations"))
+    values = paper[key][paper["k"]] if name == "R_K" else paper[key] if key != "ablations" else paper[key].get(name)
+    if values is None:
+        raise CirtutorError(f"the paper has no row {name!r} for {dataset}; rows: F, R_K, Table 7, "
+                            f"{', '.join(paper['ablations'])}")
+    return values, paper["tables"][table]
+
+
+def paper_vs_run(rows: dict[str, dict], dataset: str = "cirr", k: int | None = None) -> str:
+    """The paper's numbers (validation splits) above this run's, row by row, as plain text: `rows` maps a row of
+    `paper_row` to this run's metrics. The paper's R_K is at its own K (CIRR 50, Fashion-IQ 100); `k` names the run's."""
+    out = []
+    for name, measured in rows.items():
+        paper, table = paper_row(name, dataset)
+        keys = SHOWN["rank" if name == "Table 7" else dataset]
+        if not out or keys != header:
+            header = keys
+            out.append(f"{'':34s}" + "".join(f"{TITLES.get(key, key):>11s}" for key in keys))
+        label = {"R_K": f"R_{PAPER[dataset]['k']}", "Table 7": "mean target rank"}.get(name) or ABLATIONS.get(
+            name, (name,))[0]
+        mine = {"R_K": f"R_{k}" if k else "R_K"}.get(name, label)
+        cells = lambda m: "".join(f"{m[key]:11.2f}" if m.get(key) is not None else f"{'—':>11s}" for key in keys)  # noqa: E731
+        out.append(f"{label + ', paper (' + table + ')':34s}" + cells(paper))
+        out.append(f"{mine + ', this run':34s}" + cells(measured))
+    return "\n".join(out)
 
 # ----------------------------------------------------------------------------- the findings
 

@@ -28,6 +28,7 @@ from cirtutor.viz import plot_pretraining_curve, plot_similarity_matrix, plot_to
 # ---- notebook 02: The candidate filter: Eq. 1, the temperature, hard negatives, coverage
 from cirtutor.engine.stage1 import batch_order, evaluate_filter, filter_topk, stage1_inputs, train_stage1
 from cirtutor.evaluation import coverage_at_k
+from cirtutor.findings import paper_vs_run
 from cirtutor.models.loading import load_filter
 from cirtutor.trained import batch_breakdown, filter_data, trained_filter, trained_filter_history
 from cirtutor.viz import plot_coverage_vs_k, plot_softmax_vs_temperature, plot_training_loss
@@ -138,6 +139,7 @@ USED_IN = {
     "filter_data": ('02', '04', '05', '06', '07', '08', '09'),
     "filter_topk": ('02', '04', '05', '06', '07'),
     "load_filter": ('02', '03'),
+    "paper_vs_run": ('02', '05', '06', '07'),
     "plot_coverage_vs_k": ('02', '05'),
     "plot_softmax_vs_temperature": ('02',),
     "plot_training_loss": ('02', '04', '09'),

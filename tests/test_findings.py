@@ -228,3 +228,16 @@ def test_a_seed_record_keeps_each_models_loss_per_epoch(tmp_path):
     assert fig.axes[0].lines[-1].get_ydata()[0] == pytest.approx(np.log(10))       # the chance line
     with pytest.raises(ValueError, match="no epoch losses"):
         plot_epoch_losses([{"seed": 0}], {}, 10)
+
+
+def test_paper_vs_run_sets_the_papers_rows_above_the_runs():
+    from cirtutor.findings import PAPER, paper_vs_run
+    text = paper_vs_run({"F": {"R@1": 24.2, "R@5": 57.6, "R@10": 73.6, "R@50": 92.6, "Rs@1": 81.6},
+                         "R_K": {"R@1": 30.6}, "no_zt": {"R@1": 6.0}}, "cirr", k=20)
+    lines = text.splitlines()
+    assert lines[1].startswith("F, paper (Table 6)") and f"{PAPER['cirr']['filter']['R@1']:.2f}" in lines[1]
+    assert lines[3].startswith("R_50, paper (Table 6)") and "53.24" in lines[3] and lines[4].startswith("R_20, this run")
+    assert lines[5].startswith("w/o Encoder-z_t, paper (Table 4)") and "43.51" in lines[5] and "—" in lines[6]
+    assert "22.58" not in paper_vs_run({"Table 7": {"percent_decrease": 30.0}}, "fashioniq")      # the categories' mean
+    with pytest.raises(CirtutorError, match="no row 'ref_cls'"):
+        paper_vs_run({"ref_cls": {}}, "cirr")
