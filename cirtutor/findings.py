@@ -132,20 +132,24 @@ def paper_row(name: str, dataset: str) -> tuple[dict, str]:
 def paper_vs_run(rows: dict[str, dict], dataset: str = "cirr", k: int | None = None) -> str:
     """The paper's numbers (validation splits) above this run's, row by row, as plain text: `rows` maps a row of
     `paper_row` to this run's metrics. The paper's R_K is at its own K (CIRR 50, Fashion-IQ 100); `k` names the run's."""
-    out = []
+    lines = []                                      # (metric keys, label, values) per printed line
     for name, measured in rows.items():
         paper, table = paper_row(name, dataset)
         keys = SHOWN["rank" if name == "Table 7" else dataset]
-        if not out or keys != header:
-            header = keys
-            out.append(f"{'':34s}" + "".join(f"{TITLES.get(key, key):>11s}" for key in keys))
         label = {"R_K": f"R_{PAPER[dataset]['k']}", "Table 7": "mean target rank"}.get(name) or ABLATIONS.get(
             name, (name,))[0]
         mine = {"R_K": f"R_{k}" if k else "R_K"}.get(name, label)
-        cells = lambda m: "".join(f"{m[key]:11.2f}" if m.get(key) is not None else f"{'—':>11s}" for key in keys)  # noqa: E731
-        out.append(f"{label + ', paper (' + table + ')':34s}" + cells(paper))
-        out.append(f"{mine + ', this run':34s}" + cells(measured))
+        lines += [(keys, f"{label}, paper ({table})", paper), (keys, f"{mine}, this run", measured)]
+    width = max(len(label) for _, label, _ in lines) + 2
+    out, header = [], None
+    for keys, label, values in lines:
+        if keys != header:
+            header = keys
+            out.append(" " * width + "".join(f"{TITLES.get(key, key):>11s}" for key in keys))
+        out.append(f"{label:{width}s}" + "".join(f"{values[key]:11.2f}" if values.get(key) is not None
+                                                 else f"{'—':>11s}" for key in keys))
     return "\n".join(out)
+
 
 # ----------------------------------------------------------------------------- the findings
 
