@@ -1,6 +1,5 @@
 """The student edition (cirtutor/student.py, `make student`) is what the teaching notebooks make, and the
 exercises' self-checks (cirtutor/check.py) accept the right answer and hint at a wrong one without giving it."""
-import json
 from pathlib import Path
 
 import pytest
