@@ -94,6 +94,14 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_exercise(args) -> int:
+    from cirtutor.exercises import exercise_runs, make
+
+    exercise_runs(args.name)                                     # an unknown exercise is refused before anything loads
+    print(f"wrote {make(args.name, args.preset, args.seed, args.out)}")
+    return 0
+
+
 def cmd_probe(args) -> int:
     from cirtutor.data.registry import dataset_root
     from cirtutor.data.synthetic import CIRR_FAMILY, descriptions, synthetic_meta
@@ -237,6 +245,13 @@ def pipeline_commands(sub) -> None:
     s.add_argument("--run-dir", dest="run", metavar="DIR", help="the study folder (default: runs/study-<name>-<preset>)")
     s.add_argument("--variants", help="comma-separated subset of the study's variants (default: all)")
     s.set_defaults(func=cmd_study)
+
+    s = sub.add_parser("exercise", help="train and measure what an exercise asks (its solution's shipped result)")
+    s.add_argument("name", help="the exercise, NN.k (04.1, 04.3, 07.1, 07.2, 08.1-08.3, 09.1-09.5)")
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", metavar="FILE", help="where to write the result (default: the package's shipped copy)")
+    s.set_defaults(func=cmd_exercise)
 
     s = sub.add_parser("probe", help="tiny mode: how much of a scene the filter's one gallery vector keeps, against "
                                      "the image tokens the re-ranker reads (a linear probe)")
