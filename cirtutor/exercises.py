@@ -31,9 +31,12 @@ from cirtutor.engine.zeroshot import query_alignment
 from cirtutor.errors import CirtutorError
 from cirtutor.explore import logit_breakdown
 from cirtutor.io import atomic_write_json
-from cirtutor.engine.stage1 import CalaObjective
+from cirtutor.engine.stage1 import CalaObjective, filter_topk
+from cirtutor.engine.stage2 import evaluate_reranker
+from cirtutor.evaluation.reliance import shifted_references
+from cirtutor.pipeline import eval_speed
 from cirtutor.study import variant_config
-from cirtutor.trained import (filter_data, trained_cala, trained_filter_dir, trained_reranker, trained_reranker_dir,
+from cirtutor.trained import (filter_data, trained_cala, trained_filter, trained_filter_dir, trained_reranker, trained_reranker_dir,
                               trained_zeroshot, trained_zeroshot_dir, trained_zeroshot_history)
 
 SHIPPED_EXERCISES = Path(__file__).resolve().parent / "assets" / "exercises"
@@ -42,22 +45,31 @@ SHIPPED_EXERCISES = Path(__file__).resolve().parent / "assets" / "exercises"
 @dataclasses.dataclass(frozen=True)
 class ExerciseRun:
     label: str                          # the row's name in the solution's table
-    kind: str                           # "reranker" | "cala" | "zeroshot"
+    kind: str                           # "reranker" | "cala" | "zeroshot" (train) | "evaluate" (the shipped models)
     overrides: tuple[str, ...] = ()     # on top of the base: the exercise's change
     ablation: str | None = None         # a re-ranker variant of config.ABLATIONS
+    ks: tuple[int, ...] = ()            # "evaluate": the K to re-rank at (default: the preset's)
+    batch_size: int | None = None       # "evaluate": queries per forward (default: the preset's)
+    shift: int = 0                      # "evaluate": every reference image re-encoded shifted by this many pixels
 
 
 # The base each kind is trained from: the study of the notebook the exercise belongs to, so that its rows and the
 # run's are the same recipe (the findings study: R and every variant trained 10 epochs; CaLa and zero-shot: the
 # 64-dim mini-BLIP they were measured on).
-BASE = {"reranker": ("findings", "tiny"), "cala": ("cala", "cala"), "zeroshot": ("zeroshot", "baseline")}
+BASE = {"reranker": ("findings", "tiny"), "evaluate": ("findings", "tiny"), "cala": ("cala", "cala"),
+        "zeroshot": ("zeroshot", "baseline")}
+SHIFTS = (1, 2, 4, 8)
 
 EXERCISES: dict[str, tuple[ExerciseRun, ...]] = {
     "04.1": (ExerciseRun("R, random batches", "reranker", ("stage2.batch_composition=random",)),),
     "04.3": (ExerciseRun("R, z_t recomputed with dropout", "reranker", ("stage2.z_t=recompute",)),),
+    "05.1": (ExerciseRun("R, K up to 200", "evaluate", ks=(5, 10, 20, 50, 100, 200)),),
+    "05.2": (ExerciseRun("batch_size = 1", "evaluate", batch_size=1), ExerciseRun("batch_size = 8", "evaluate", batch_size=8)),
     "07.1": (ExerciseRun("Ref_CLS", "reranker", ablation="ref_cls"),),
     "07.2": (ExerciseRun("Full MLP merge", "reranker", ablation="full_mlp"),
              ExerciseRun("Dual FFN", "reranker", ablation="dual_ffn")),
+    "07.3": tuple(ExerciseRun(f"{name}, shifted {shift} px", "evaluate", ablation=ablation, shift=shift)
+                  for shift in SHIFTS for name, ablation in (("R", None), ("Ref_CLS + spatial", "ref_cls_spatial"))),
     "08.1": (ExerciseRun("cala, the paper's additive form", "cala", ("stage1.cala.form=paper",)),),
     "08.2": (ExerciseRun("cala, TBIA only (w_c = 0)", "cala", ("stage1.cala.w_c=0",)),
              ExerciseRun("cala, CTR only (w_t = 0)", "cala", ("stage1.cala.w_t=0",))),
@@ -80,7 +92,7 @@ def run_config(run: ExerciseRun, preset: str = "tiny"):
 def model_dir(run: ExerciseRun, preset: str = "tiny", seed: int = 0) -> Path:
     """The cache folder of `run`'s model; its name is a digest of everything the model depends on."""
     cfg = run_config(run, preset)
-    if run.kind == "reranker":
+    if run.kind in ("reranker", "evaluate"):
         return trained_reranker_dir(cfg, seed, run.ablation)
     return (trained_filter_dir if run.kind == "cala" else trained_zeroshot_dir)(cfg, seed)
 
@@ -92,6 +104,8 @@ def measure(run: ExerciseRun, preset: str = "tiny", seed: int = 0, data=None) ->
     if run.kind == "reranker":
         _, metrics = trained_reranker(cfg, seed, run.ablation, data=data)
         return {"metrics": metrics}
+    if run.kind == "evaluate":
+        return evaluated(run, cfg, seed, data)
     if run.kind == "cala":
         filt, cala, metrics = trained_cala(cfg, seed, data=data)
         with torch.no_grad():
@@ -102,6 +116,24 @@ def measure(run: ExerciseRun, preset: str = "tiny", seed: int = 0, data=None) ->
     with torch.no_grad():
         alignment = query_alignment(model, data.val, data.stores["val"], device=data.device)
     return {"metrics": metrics, "query_alignment": alignment, "stage1_loss": epoch_means(trained_zeroshot_history(cfg, seed))}
+
+
+def evaluated(run: ExerciseRun, cfg, seed: int, data) -> dict:
+    """The shipped (or cached) filter and re-ranker evaluated as `run` says: its K, batch size and reference shift;
+    with the wall time per query of the evaluation (the filter's ranking and the re-ranking)."""
+    filt, _ = trained_filter(cfg, seed, data=data)
+    model, _ = trained_reranker(cfg, seed, run.ablation, data=data)
+    store = data.stores["val"]
+    if run.shift:
+        references = sorted({q["reference"] for q in data.val.queries})
+        store = shifted_references(filt.visual_encoder, data.val, store, references, run.shift)
+    start = time.perf_counter()
+    with torch.no_grad():
+        lists = filter_topk(filt, data.val, store, k=max(run.ks or (cfg.stage2.k,)), device=data.device)
+        speed = eval_speed(cfg) | ({"batch_size": run.batch_size} if run.batch_size else {})
+        metrics = evaluate_reranker(filt, model, data.val, store, lists, run.ks or (cfg.stage2.k,), device=data.device,
+                                    **speed)
+    return {"metrics": metrics, "seconds_per_query": (time.perf_counter() - start) / len(data.val.queries)}
 
 
 def epoch_means(history: list[dict]) -> list[float]:
@@ -146,3 +178,12 @@ def shipped_exercise(exercise: str) -> dict:
             raise CirtutorError(f"{path.name} is stale: its row {run.label!r} is not the model {expected} the package "
                                 f"trains now; make it again with `{result['command']}`")
     return result
+
+
+def rows_table(rows: dict[str, dict], keys=("R@1", "R@5", "R@10", "R@50", "Rs@1")) -> str:
+    """{row label: metrics} as a fixed-width table of `keys` (solutions notebooks; "—" where a row lacks a key)."""
+    width = max(len(label) for label in rows) + 2
+    lines = [" " * width + "".join(f"{k:>8s}" for k in keys)]
+    for label, metrics in rows.items():
+        lines.append(f"{label:{width}s}" + "".join(f"{metrics[k]:8.1f}" if k in metrics else f"{'—':>8s}" for k in keys))
+    return "\n".join(lines)
