@@ -210,3 +210,6 @@ def test_the_looking_inside_helpers(world):
     align = query_alignment(model, val, store)
     assert set(align) == {"cos(q, reference)", "cos(q, target)", "closer to target (%)"}
     assert -1 <= align["cos(q, target)"] <= 1 and 0 <= align["closer to target (%)"] <= 100
+    halves = [query_alignment(model, val, store, indices=part) for part in (range(0, 3), range(3, len(val.queries)))]
+    pooled = (3 * halves[0]["cos(q, target)"] + (len(val.queries) - 3) * halves[1]["cos(q, target)"]) / len(val.queries)
+    assert pooled == pytest.approx(align["cos(q, target)"], abs=1e-5)       # a subset's means pool to the whole

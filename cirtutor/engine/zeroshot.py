@@ -262,14 +262,15 @@ def image_prompt_recall(model: ZeroShotEncoder, store: FeatureStore, names: list
 
 
 @torch.no_grad()
-def query_alignment(model: ZeroShotEncoder, dataset, store: FeatureStore, device="cpu") -> dict[str, float]:
-    """Where the composed queries point (all of `dataset`'s queries): the mean cosine of each
+def query_alignment(model: ZeroShotEncoder, dataset, store: FeatureStore, device="cpu", indices=None) -> dict[str, float]:
+    """Where the composed queries point (`dataset`'s queries `indices`, default all): the mean cosine of each
     query to its reference image and to its target, and the share (%) of queries closer to the
     target than to the reference. Composing means moving from the first to the second."""
-    indices = list(range(len(dataset.queries)))
+    indices = list(range(len(dataset.queries))) if indices is None else list(indices)
     q = query_embeddings(model, dataset, store, indices, device=device)                       # (N, e)
-    ref = model.gallery_embed(store[[x["reference"] for x in dataset.queries]].to(device)).cpu()
-    tgt = model.gallery_embed(store[[x["target"] for x in dataset.queries]].to(device)).cpu()
+    queries = [dataset.queries[i] for i in indices]
+    ref = model.gallery_embed(store[[x["reference"] for x in queries]].to(device)).cpu()
+    tgt = model.gallery_embed(store[[x["target"] for x in queries]].to(device)).cpu()
     to_ref, to_tgt = (q * ref).sum(1), (q * tgt).sum(1)
     return {"cos(q, reference)": to_ref.mean().item(), "cos(q, target)": to_tgt.mean().item(),
             "closer to target (%)": 100.0 * (to_tgt > to_ref).float().mean().item()}
