@@ -99,11 +99,14 @@ def explorer(dataset, details: dict, n: int = 6):
     k_max = np.shape(details["ranked"])[1]
     k = widgets.IntSlider(min=1, max=k_max, value=k_max, description="K")
     out = widgets.Output()
+    regrouping = []                        # set while a group change moves the slider: one redraw, not two
 
     def rows():
         return subsets[which.value.rsplit(" (", 1)[0]]
 
     def draw(*_):
+        if regrouping:
+            return
         with out:
             out.clear_output(wait=True)
             if not len(rows()):
@@ -114,8 +117,10 @@ def explorer(dataset, details: dict, n: int = 6):
             plt.show()
 
     def regroup(*_):
-        pick.max = max(len(rows()) - 1, 0)
+        regrouping.append(True)
         pick.value = 0
+        pick.max = max(len(rows()) - 1, 0)
+        regrouping.clear()
         draw()
 
     which.observe(regroup, names="value")

@@ -8,7 +8,7 @@ uses them. Two names differ from their home's, where two modules use the same on
 # ---- notebook 00: Overview: composed image retrieval in two stages
 from cirtutor.config import get_preset
 from cirtutor.data import collate
-from cirtutor.data.preprocess import load_image
+from cirtutor.data.preprocess import load_image, target_pad
 from cirtutor.data.registry import dataset_root, open_dataset
 from cirtutor.data.stats import data_stats, format_report
 from cirtutor.viz import plot_two_stage_overview, show_preprocessing, show_queries
@@ -45,8 +45,11 @@ from cirtutor.analysis import qualitative_items
 from cirtutor.engine.stage1 import encode_queries
 from cirtutor.engine.stage2 import (BxBObjective, evaluate_reranker, hard_pools, batch_order as stage2_batch_order,
                                     stage2_inputs, train_stage2)
+from cirtutor.evaluation.submission import validate_cirr_submission
+from cirtutor.features import feature_store
 from cirtutor.models.loading import reranker_from_filter
 from cirtutor.pipeline import variant_config
+from cirtutor.stages import server_files
 from cirtutor.trained import trained_reranker
 from cirtutor.viz import plot_qualitative, plot_recall_vs_k
 
@@ -65,8 +68,8 @@ from cirtutor import findings
 from cirtutor.config import ABLATIONS
 from cirtutor.evaluation.reliance import shifted_references, words_hidden
 from cirtutor.models import DualEncoderReranker
+from cirtutor.pipeline import usable_ks
 from cirtutor.study import check_findings_seed0, shipped_study
-from cirtutor.trained import evaluated_record
 from cirtutor.viz import plot_epoch_losses, plot_findings
 
 # ---- notebook 08: CaLa: two training-only associations for the filter
@@ -98,10 +101,11 @@ USED_IN = {
     "format_report": ('00',),
     "get_preset": ('00', '01', '02', '03', '04', '05', '06', '07'),
     "load_image": ('00',),
-    "open_dataset": ('00', '03'),
+    "open_dataset": ('00', '03', '04'),
     "plot_two_stage_overview": ('00',),
     "show_preprocessing": ('00',),
     "show_queries": ('00', '02', '03', '04', '09'),
+    "target_pad": ('00',),
     "attention_per_cell": ('01',),
     "batch_tokens": ('01',),
     "blip_cross_attention": ('01',),
@@ -158,15 +162,18 @@ USED_IN = {
     "BxBObjective": ('04',),
     "encode_queries": ('04',),
     "evaluate_reranker": ('04', '05', '06', '07'),
+    "feature_store": ('04',),
     "hard_pools": ('04',),
     "plot_qualitative": ('04', '06'),
     "plot_recall_vs_k": ('04', '05'),
     "qualitative_items": ('04', '06'),
     "reranker_from_filter": ('04',),
+    "server_files": ('04',),
     "stage2_batch_order": ('04',),
     "stage2_inputs": ('04',),
     "train_stage2": ('04',),
     "trained_reranker": ('04', '05', '06', '07'),
+    "validate_cirr_submission": ('04',),
     "variant_config": ('04', '07'),
     "inference_times": ('05',),
     "plot_time_vs_k": ('05',),
@@ -183,12 +190,12 @@ USED_IN = {
     "ABLATIONS": ('07',),
     "check_findings_seed0": ('07',),
     "DualEncoderReranker": ('07',),
-    "evaluated_record": ('07',),
     "findings": ('07',),
     "plot_epoch_losses": ('07',),
     "plot_findings": ('07',),
     "shifted_references": ('07',),
     "shipped_study": ('07', '08', '09'),
+    "usable_ks": ('07',),
     "words_hidden": ('07',),
     "CalaObjective": ('08',),
     "check_seed0": ('08', '09'),

@@ -157,19 +157,25 @@ def submit(cfg: Config, args) -> int:
     model, _ = load_reranker(ctx["weights"], P.variant_config(cfg, args.ablation).model)
     P.load_weights(model, ctx["run"] / reranker_file(args)).to(ctx["device"])
     check_same_vision(filt, model)
-    z_ts = encode_queries(filt, test, store, device=ctx["device"])[1]
+    paths = server_files(filt, model, test, store, topk, k, ctx["run"] / "submission", args.seed, ctx["device"])
+    return report_submission(paths, test)
+
+
+def server_files(filt, model, test, store, topk, k: int, out: Path, seed: int = 0, device="cpu") -> dict:
+    """Both stages' CIRR server files of the test split (notebook 04): the filter's order of `topk` (stage 1's list
+    of the split, with its subset order), and the re-ranker's order of its first `k` candidates, the rest kept
+    behind them, with its own order of each query's subset. {"stage1": {metric: path}, "stage2": {...}}."""
+    z_ts = encode_queries(filt, test, store, device=device)[1]
     ranked = topk.sorted_index_names                                           # (N, K_file), best first
-    scores = score_lists(model, test, z_ts, store, ranked[:, :k], device=ctx["device"])
+    scores = score_lists(model, test, z_ts, store, ranked[:, :k], device=device)
     order = np.argsort(-scores, axis=1, kind="stable")
     reranked = np.concatenate([np.take_along_axis(ranked[:, :k], order, 1), ranked[:, k:]], axis=1)
     subsets = [q["subset"] for q in test.queries]
     subset_ranked = subset_ranking_by_scores(subsets, score_lists(model, test, z_ts, store, np.asarray(subsets),
-                                                                  device=ctx["device"]))
+                                                                  device=device))
     pairids = [q["pairid"] for q in test.queries]
-    out = ctx["run"] / "submission"
-    paths = {"stage1": write_cirr_submission(out, f"stage1_seed{args.seed}", pairids, ranked, topk.subset_names),
-             "stage2": write_cirr_submission(out, f"stage2_seed{args.seed}", pairids, reranked, subset_ranked)}
-    return report_submission(paths, test)
+    return {"stage1": write_cirr_submission(out, f"stage1_seed{seed}", pairids, ranked, topk.subset_names),
+            "stage2": write_cirr_submission(out, f"stage2_seed{seed}", pairids, reranked, subset_ranked)}
 
 
 def report_submission(paths: dict, test) -> int:

@@ -60,7 +60,7 @@ def plot_two_stage_overview(k: int = 50):
 def _show(ax, ds, name: str, title: str, framed: bool = False):
     ax.imshow(load_image(ds.image_path(name)).convert("RGB"))
     ax.set_xticks([]), ax.set_yticks([])
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=CAPTION)
     if framed:
         h, w = ax.get_images()[0].get_array().shape[:2]
         ax.add_patch(Rectangle((0, 0), w - 1, h - 1, fill=False, ec=TARGET_COLOR, lw=4))
@@ -198,13 +198,16 @@ def _show_image(ax, path, title: str, framed: bool = False):
     """`_show` for a file path instead of a dataset name (the qualitative items carry paths)."""
     ax.imshow(load_image(path).convert("RGB"))
     ax.set_xticks([]), ax.set_yticks([])
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=CAPTION)
     if framed:
         h, w = ax.get_images()[0].get_array().shape[:2]
         ax.add_patch(Rectangle((0, 0), w - 1, h - 1, fill=False, ec=TARGET_COLOR, lw=4))
 
 
-def plot_qualitative(qualitative: Sequence[dict], width: int = 22):
+CAPTION = 13   # points: the qualitative figure is ~2000 px wide, so at 1280 px on a projector its captions stay ~10 px high
+
+
+def plot_qualitative(qualitative: Sequence[dict], width: int = 18):
     """One row per query (paper Figs. 4–6 style): the reference with its text, the filter's top
     candidates (F #1…), then the same list after re-ranking (R #1…); the target framed in green.
 
@@ -216,7 +219,7 @@ def plot_qualitative(qualitative: Sequence[dict], width: int = 22):
     fig, axes = plt.subplots(len(qualitative), n_cols, figsize=(1.5 * n_cols, 1.9 * len(qualitative)), squeeze=False)
     for r, q in enumerate(qualitative):
         _show_image(axes[r, 0], q["reference"], "reference")
-        axes[r, 0].set_ylabel("\n".join(textwrap.wrap(q["caption"], width)), fontsize=8, rotation=0,
+        axes[r, 0].set_ylabel("\n".join(textwrap.wrap(q["caption"], width)), fontsize=CAPTION, rotation=0,
                               ha="right", va="center", labelpad=10)
         for offset, tag, items, n in ((1, "F", q["filtered"], n_f), (1 + n_f, "R", q["reranked"], n_r)):
             for c in range(n):
@@ -227,7 +230,7 @@ def plot_qualitative(qualitative: Sequence[dict], width: int = 22):
                 name, path = items[c]
                 _show_image(ax, path, f"{tag} #{c + 1}", framed=name == q["target"])
     fig.suptitle("Reference + text | filter's top candidates (F) | after re-ranking (R); target framed in green",
-                 fontsize=10)
+                 fontsize=CAPTION + 2)
     fig.tight_layout()
     return fig
 
@@ -473,15 +476,17 @@ def plot_logit_matrices(S: dict, title: str = ""):
     return fig
 
 
-def plot_bars(ax, rows: dict[str, dict], keys: Sequence[str], title: str = "", colors: dict | None = None):
+def plot_bars(ax, rows: dict[str, dict], keys: Sequence[str], title: str = "", colors: dict | None = None,
+              hatches: dict | None = None):
     """Grouped bars on `ax`: one group per metric, one bar per row of {label: {metric: {"mean",
-    "std"}}}, error bars = the std (0: no bar)."""
+    "std"}}}, error bars = the std (0: no bar); `colors` / `hatches` by label (default: the C0… cycle, no hatch)."""
     width = 0.8 / len(rows)
     for i, (label, stats) in enumerate(rows.items()):
         x = np.arange(len(keys)) + (i - (len(rows) - 1) / 2) * width
         std = [stats[k]["std"] for k in keys]
         ax.bar(x, [stats[k]["mean"] for k in keys], width, yerr=std if any(std) else None, capsize=2,
-               label=label, color=(colors or {}).get(label, f"C{i % 10}"))
+               label=label, color=(colors or {}).get(label, f"C{i % 10}"), hatch=(hatches or {}).get(label),
+               edgecolor="white" if (hatches or {}).get(label) else None)
     ax.set_xticks(range(len(keys)), keys)
     ax.set(title=title, ylabel="recall (%)")
     ax.grid(axis="y", alpha=0.3)
@@ -499,12 +504,16 @@ def plot_study(study: dict, keys: Sequence[str] = ("R@1", "R@5", "R@10", "Rs@1")
 
 
 def plot_zeroshot_study(rows: dict[str, dict], keys: Sequence[str] = ("R@1", "R@5", "R@10", "Rs@1"), title: str = ""):
-    """The zero-shot comparison (`study.zeroshot_rows`): references grey, zero-shot variants in
-    colour, the supervised models black and dark grey, one group of bars per metric."""
-    greys = {label: shade for label, shade in zip([r for r in rows if "no training" in r], ("0.55", "0.7", "0.85"))}
-    greys |= {label: shade for label, shade in zip([r for r in rows if r.startswith("supervised")], ("0.1", "0.3"))}
+    """The zero-shot comparison (`study.zeroshot_rows`): references in greys, each with its own hatch, zero-shot
+    variants in colour (never grey), the supervised models black and hatched dark grey, one group of bars per metric."""
+    references = [r for r in rows if "no training" in r]
+    supervised = [r for r in rows if r.startswith("supervised")]
+    variants = [r for r in rows if r not in references and r not in supervised]
+    colors = dict(zip(variants, [f"C{i}" for i in range(10) if i != 7]))       # tab10 without its grey (C7)
+    colors |= dict(zip(references, ("0.45", "0.65", "0.82"))) | dict(zip(supervised, ("0.05", "0.3")))
+    hatches = dict(zip(references, ("//", "..", "xx"))) | dict(zip(supervised[1:], ("\\\\",)))
     fig, ax = plt.subplots(figsize=(12, 3.8), layout="constrained")
-    plot_bars(ax, rows, keys, title, colors=greys)
+    plot_bars(ax, rows, keys, title, colors=colors, hatches=hatches)
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     return fig
 

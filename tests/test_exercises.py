@@ -36,7 +36,7 @@ def test_a_stale_or_missing_result_is_refused_in_one_line(tmp_path, monkeypatch)
         shipped_exercise("09.2")
     assert "\n" not in str(err.value)
     with pytest.raises(CirtutorError, match="answered live"):
-        shipped_exercise("05.1")
+        shipped_exercise("06.1")
 
 
 def test_make_writes_every_run_with_its_model_and_measurements(tmp_path, monkeypatch):

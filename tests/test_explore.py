@@ -3,6 +3,7 @@ on hand-made details and a small synthetic world."""
 import numpy as np
 import pytest
 
+from cirtutor import explore
 from cirtutor.errors import CirtutorError
 from cirtutor.explore import at_k, edit_types, explorer, gain_counts, recall_by_group
 from cirtutor.analysis import query_item, target_gain
@@ -68,7 +69,7 @@ def test_edit_types_come_from_the_synthetic_extras(world):
         edit_types(apply_overrides(cfg, ["data.root=/some/real/cirr_dataset"]), val)
 
 
-def test_query_item_and_explorer_draw_a_query(world):
+def test_query_item_and_explorer_draw_a_query(world, monkeypatch):
     cfg, _, _, val, _, _ = world
     n, k = len(val.queries), 6
     rng = np.random.default_rng(0)
@@ -88,8 +89,12 @@ def test_query_item_and_explorer_draw_a_query(world):
     assert which.options[0] == f"all ({n})" and pick.max == n - 1 and k_slider.max == k
     k_slider.value = 2                                     # redraws R_2
     pick.value = 1                                         # redraws without error
-    which.value = which.options[-1]
-    assert pick.value == 0
+    pick.value = 2
+    drawn = []
+    monkeypatch.setattr(explore, "plot_qualitative", lambda items: drawn.append(items[0]["caption"]))
+    group = next(o for o in which.options[1:] if not o.endswith("(0)"))
+    which.value = group                                    # a new group: one redraw, of its first query
+    assert pick.value == 0 and len(drawn) == 1
 
 
 def test_logit_breakdown_scores_each_cala_logit_on_training_batches(world):

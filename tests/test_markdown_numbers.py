@@ -97,7 +97,7 @@ def prose(source: str) -> str:
     source = re.sub(r"```.*?```|`[^`]*`|\$\$.*?\$\$|\$[^$\n]*\$", " ", source, flags=re.S)
     source = re.sub(r"\]\([^)]*\)", "]", source)
     source = re.sub(r"^(\s*)\d+\.\s", r"\1", source, flags=re.M)                   # "1. " of an exercise list
-    return re.sub(r"^(#+\s*)\d+", r"\1", source, flags=re.M)                         # "# 03 ·" / "## 2 ·"
+    return re.sub(r"^#+ .*$", "", source, flags=re.M)                                # headings are titles
 
 
 def paragraph_of(text: str, start: int) -> str:
@@ -174,3 +174,9 @@ def test_the_check_finds_a_number_the_outputs_do_not_show(tmp_path):
     found = unexplained(path)
     assert len(found) == 2 and "31.7" in found[0] and "53.3" in found[1]
     assert is_paper_value(7.0, 1, "Table 4") and is_paper_value(46.8, 1, "Table 6") and not is_paper_value(46.9, 1, "Table 6")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_notebook_opens_with_its_runtime(path):
+    first = "".join(json.loads(path.read_text())["cells"][0]["source"])
+    assert re.search(r"\bruntime:", first, re.I), f"{path.name}: the first cell should say how long the notebook runs"
