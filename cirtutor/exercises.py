@@ -168,11 +168,12 @@ def exercise_runs(exercise: str) -> tuple[ExerciseRun, ...]:
 def shipped_exercise(exercise: str) -> dict:
     """The shipped result of `exercise` (solutions notebooks), refused if its models are no longer what the
     package's configs would train (then `cirtutor exercise NN.k` makes it again)."""
+    runs = exercise_runs(exercise)
     path = SHIPPED_EXERCISES / f"{exercise}.json"
     if not path.is_file():
         raise CirtutorError(f"{path} is missing: make it with `cirtutor exercise {exercise}`")
     result = json.loads(path.read_text())
-    for run in exercise_runs(exercise):
+    for run in runs:
         expected = model_dir(run, result["preset"], result["seed"]).name
         if result["runs"].get(run.label, {}).get("model") != expected:
             raise CirtutorError(f"{path.name} is stale: its row {run.label!r} is not the model {expected} the package "
