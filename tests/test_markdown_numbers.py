@@ -26,7 +26,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "solut
 NUMBER = re.compile(r"(?<![\w.@/_])(?<![A-Za-z]-)[-+−]?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
 REFERENCE = re.compile(r"(§|\bSection|\bsections?|\bTables?|\bFig\.|\bFigure|\bEqs?\.|\bnotebooks?|\bNotebooks?|"
                        r"\bexercises?|\bExercises?|\bstep|\bpart|\bversion|\bseeds?|\bentry|\bentries|\blayers?|\bimages?|\brows?)\s*[\d.,–\- and]*$")
-RUNTIME = re.compile(r"\bruntime\b|CPU cores?")                  # a notebook's runtime note: measured, not printed
+RUNTIME = re.compile(r"\bruntime\b|CPU cores?|\bminutes\b|\bhours\b")  # run times: measured elsewhere, not printed
 CITATION = re.compile(r"(et al\.|TMLR|SIGIR|CVPR|ICCV|ECCV|NeurIPS),?\s*$")
 
 # Facts of the setup a notebook states without computing them, each with where it comes from.
@@ -78,8 +78,8 @@ def decimals(text: str) -> int:
     return len(text.split(".")[1]) if "." in text else 0
 
 
-def shown_numbers(nb: dict) -> list[float]:
-    """The numbers of a notebook's code and text outputs."""
+def shown_numbers(nb: dict) -> list[tuple[float, int]]:
+    """The numbers of a notebook's code and text outputs, each with the decimals it is printed with."""
     text = []
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
@@ -89,7 +89,7 @@ def shown_numbers(nb: dict) -> list[float]:
             text.append("".join(out.get("text", "")))
             data = out.get("data", {})
             text += ["".join(data.get(kind, "")) for kind in ("text/plain", "text/markdown")]
-    return [value(m.group()) for m in NUMBER.finditer("\n".join(text))]
+    return [(value(m.group()), decimals(m.group())) for m in NUMBER.finditer("\n".join(text))]
 
 
 def prose(source: str) -> str:
@@ -105,14 +105,10 @@ def paragraph_of(text: str, start: int) -> str:
     return text[text.rfind("\n\n", 0, start) + 1:end if end >= 0 else len(text)]
 
 
-def is_difference(x: float, d: int, values: list[float]) -> bool:
-    """Whether x is, at d decimals, the difference of two shown numbers stated at the same precision (a margin)."""
-    pool = {round(v, d) for v in values if decimals_of(v) == d}
+def is_difference(x: float, d: int, shown: list[tuple[float, int]]) -> bool:
+    """Whether x is, at d decimals, the difference of two numbers shown at that precision (a margin)."""
+    pool = {round(v, d) for v, places in shown if places == d}
     return any(round(a - x, d) in pool for a in pool)
-
-
-def decimals_of(v: float) -> int:
-    return len(repr(v).split(".")[1].rstrip("0")) if "." in repr(v) else 0
 
 
 def is_paper_value(x: float, d: int, table: str) -> bool:
@@ -141,7 +137,7 @@ def unexplained(path: Path) -> list[str]:
             if REFERENCE.search(before) or RUNTIME.search(sentence_of(text, m.start())) or (CITATION.search(before) and len(raw) == 4) or raw in stated:
                 continue
             x, d = value(raw), decimals(raw)
-            if any(round(v, d) == x for v in shown) or (d and is_difference(x, d, shown)):
+            if any(round(v, d) == x for v, _ in shown) or (d and is_difference(x, d, shown)):
                 continue
             cited = re.search(r"docs/[\w/]+\.md", sentence_of(text, m.start()))
             if cited and (ROOT / cited.group()).is_file() and re.search(rf"(?<![\d.]){re.escape(raw)}(?![\d])",
