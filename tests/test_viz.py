@@ -44,7 +44,10 @@ def test_logit_matrices_and_study_figures():
     rows = {"image only (no training)": stat, "baseline": stat, "supervised filter F": stat}
     fig = plot_zeroshot_study(rows, keys=("R@1", "R@5"))
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == list(rows) and len(fig.axes[0].patches) == 6
-    assert fig.axes[0].patches[0].get_facecolor()[:3] == (0.55, 0.55, 0.55)   # references grey
+    reference, variant = fig.axes[0].patches[0], fig.axes[0].patches[2]
+    assert reference.get_facecolor()[:3] == (0.45, 0.45, 0.45) and reference.get_hatch() == "//"   # references grey, hatched
+    r, g, b = variant.get_facecolor()[:3]
+    assert max(r, g, b) - min(r, g, b) > 0.2               # a zero-shot variant in colour, never one of the greys
 
 
 def test_hinge_figure():

@@ -174,13 +174,13 @@ def test_removing_phi_lowers_zero_shot_recall_at_1():
     """The shipped seed-0 Pic2Word baseline of the tiny preset (notebook 09's), on the tiny
     validation split (built into the cache once, shared with the notebooks): it scores what it recorded,
     and with its pseudo word replaced by the zero vector ("a photo of <nothing> that {text}") R@1 falls."""
-    from cirtutor.config import get_preset
     from cirtutor.data.registry import open_dataset
     from cirtutor.engine.zeroshot import evaluate_zeroshot
     from cirtutor.features import feature_store, init_weights
+    from cirtutor.study import variant_config
     from cirtutor.trained import trained_zeroshot
 
-    cfg = get_preset("tiny")
+    cfg = variant_config("zeroshot", "baseline")                               # as the zero-shot study ran it
     model, recorded = trained_zeroshot(cfg, verbose=False)                    # the shipped copy: no training
     val = open_dataset(cfg.data, "val")
     store = feature_store(cfg, "val", init_weights(cfg, verbose=False), "cpu")
