@@ -17,6 +17,7 @@
     cirtutor pretrain-tiny --out DIR               pretrain tiny mode's mini-BLIP (ITC + ITM)
     cirtutor book [--out book]                     the executed notebooks as static HTML, with an index.html
     cirtutor student [--out student]               the student edition (outputs cleared, self-check cells)
+    cirtutor exercise 07.1 [--out FILE]            train and measure what an exercise asks (its solution's shipped result)
 
 Expected failures (bad settings, bad paths, malformed files) print one clear message and exit 2,
 before any work and without writing anything; data-stats exits 1 when it finds missing or corrupt
