@@ -29,7 +29,7 @@ REFERENCE = re.compile(r"(§|\bSection|\bsections?|\bTables?|\bFig\.|\bFigure|\b
 RUNTIME = re.compile(r"\bruntime\b|CPU cores?|\bminutes\b|\bhours\b")  # run times: measured elsewhere, not printed
 CITATION = re.compile(r"(et al\.|TMLR|SIGIR|CVPR|ICCV|ECCV|NeurIPS),?\s*$")
 
-# Facts of the setup a notebook states without computing them, each with where it comes from.
+# What a notebook states about its setup without computing it, each with where it comes from.
 STATED = {
     "00": {"256": "BLIP's ITC embedding width (docs/authors_code.md)",
            "576": "BLIP's 24 x 24 patch grid at 384 px"},

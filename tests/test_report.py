@@ -262,7 +262,7 @@ def test_plot_qualitative_frames_the_target(tmp_path):
     fig = plot_qualitative(items)
     assert len(fig.axes) == 2 * 13  # reference + 6 filtered + 6 re-ranked per row
     assert framed_titles(fig) == ["F #4", "R #1"]  # only query 0 has its target in the lists
-    assert fig.axes[0].get_title() == "reference" and "query 0" in fig.axes[0].get_ylabel()
+    assert fig.axes[0].get_title() == "reference" and "query 0" in fig.axes[0].get_ylabel().replace("\n", " ")
 
 
 def test_report_with_qualitative(cirr_results, tmp_path):
