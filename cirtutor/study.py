@@ -208,8 +208,8 @@ def check_seed0(study: dict, variant: str, stage: str, measured: dict, keys=("R@
 
 
 def check_findings_seed0(study: dict, measured: dict, tol: float = 1e-6) -> None:
-    """Raise unless the findings study's seed-0 record equals `measured` (`trained.evaluated_record`
-    of the same seed-0 models): F, R_K, R_K_max, every variant and the rank decrease."""
+    """Raise unless the findings study's seed-0 record equals `measured` (`findings.make_record` of the same
+    seed-0 models evaluated again, as notebook 07 does): F, R_K, R_K_max, every variant and the rank decrease."""
     run = next((r for r in study["variants"][next(iter(study["variants"]))]["runs"] if r["seed"] == 0), None)
     if run is None:
         raise CirtutorError("the findings study has no seed-0 run")

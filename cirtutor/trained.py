@@ -19,8 +19,7 @@ filter), for the main re-ranker and each ablation, under cache_dir()/trained/{pr
 and `trained_zeroshot(cfg, seed)` for the zero-shot models (`pipeline.run_zeroshot`: the
 data, model and zeroshot sections) under cache_dir()/trained/{preset}-zeroshot-{digest}/.
 
-Also here: `filter_data` (what stage 1 trains and evaluates on, in one object),
-`evaluated_record` (a seed's findings record, measured now from these models) and
+Also here: `filter_data` (what stage 1 trains and evaluates on, in one object) and
 `batch_breakdown` (Eq. 1 on batches of one composition, and where each query's softmax goes:
 its own target, its same-reference siblings, other scenes; notebook 02's hard-negative test).
 """
@@ -41,11 +40,9 @@ from cirtutor.compact import pack, unpack
 from cirtutor.config import ABLATIONS, Config, result_fields, settings_diff
 from cirtutor.data.registry import dataset_root
 from cirtutor.engine.features import FeatureStore
-from cirtutor.engine.stage1 import filter_topk, first_batches
-from cirtutor.engine.stage2 import evaluate_reranker
+from cirtutor.engine.stage1 import first_batches
 from cirtutor.engine.zeroshot import ZEROSHOT_FILE, build_zeroshot, describe, load_zeroshot
 from cirtutor.errors import CirtutorError
-from cirtutor.findings import make_record
 from cirtutor.io import atomic_write_bytes, atomic_write_json
 from cirtutor.layout import stage_dir
 from cirtutor.models import CandidateFilter, DualEncoderReranker
@@ -53,8 +50,8 @@ from cirtutor.models.cala import CaLa
 from cirtutor.models.zeroshot import ZeroShotEncoder
 from cirtutor.models.loading import load_filter, load_reranker, reranker_from_filter
 from cirtutor.features import config_digest, datasets, feature_stores, init_weights, is_tiny, resolve_device, weights_key
-from cirtutor.pipeline import (AUX_MODULES, config_dict, eval_speed, extract_topk, load_weights, run_stage1, run_stage2,
-                               run_zeroshot, stage1_dir, state_bytes, usable_ks, variant_config, zeroshot_dir)
+from cirtutor.pipeline import (AUX_MODULES, config_dict, extract_topk, load_weights, run_stage1, run_stage2, run_zeroshot,
+                               stage1_dir, state_bytes, variant_config, zeroshot_dir)
 
 SHIPPED = Path(__file__).resolve().parent / "assets" / "trained"   # compact copies of the tiny models (`ship`)
 COMPACT = "model.compact.safetensors"
@@ -236,25 +233,6 @@ def trained_zeroshot(cfg: Config, seed: int = 0, verbose: bool = True,
     with contextlib.redirect_stdout(io.StringIO()):
         model = load_zeroshot(build_zeroshot(init_weights(cfg, verbose=False), cfg, seed), out / ZEROSHOT_FILE)
     return model.to(resolve_device(cfg)).eval(), json.loads((out / "metrics.json").read_text())
-
-
-def evaluated_record(cfg, seed: int = 0, data=None) -> dict:
-    """Seed `seed`'s findings record (`findings.make_record`) measured now: the trained filter, re-ranker and
-    each of `cfg.ablations` (cached, shipped or trained), evaluated on the validation split exactly as
-    a run evaluates them (notebook 07 and the tests compare it with the shipped findings study)."""
-    data = data or filter_data(cfg)
-    filt, _ = trained_filter(cfg, seed, data=data)
-    ks, k = usable_ks(cfg, data.val), cfg.stage2.k
-
-    lists = filter_topk(filt, data.val, data.stores["val"], device=data.device)    # stage 1's lists, stage 2's input
-
-    def measure(ablation, at):
-        model, _ = trained_reranker(cfg, seed, ablation, data=data)
-        return evaluate_reranker(filt, model, data.val, data.stores["val"], lists, at, device=data.device,
-                                 **eval_speed(cfg))
-    main = measure(None, ks)
-    ablations = {a: measure(a, (k,))[f"K={k}"] for a in cfg.ablations}
-    return make_record(seed, k, max(ks), main, ablations)
 
 
 # ----------------------------------------------------------------------------- shipped copies
