@@ -129,7 +129,7 @@ def evaluated(run: ExerciseRun, cfg, seed: int, data) -> dict:
         store = shifted_references(filt.visual_encoder, data.val, store, references, run.shift)
     start = time.perf_counter()
     with torch.no_grad():
-        lists = filter_topk(filt, data.val, store, k=max(run.ks or (cfg.stage2.k,)), device=data.device)
+        lists = filter_topk(filt, data.val, store, device=data.device)          # the top 200, as a run's top-K file
         speed = eval_speed(cfg) | ({"batch_size": run.batch_size} if run.batch_size else {})
         metrics = evaluate_reranker(filt, model, data.val, store, lists, run.ks or (cfg.stage2.k,), device=data.device,
                                     **speed)
