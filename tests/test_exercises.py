@@ -9,10 +9,7 @@ from cirtutor.errors import CirtutorError
 from cirtutor.exercises import EXERCISES, SHIPPED_EXERCISES, make, rows_table, shipped_exercise
 
 ROOT = Path(__file__).resolve().parents[1]
-# Exercises whose result is not shipped yet; their solution says so and gives the command. Once the file exists,
-# `test_awaited_results_are_not_shipped_yet` fails until the entry is removed here.
-AWAITING = {"04.3": "stage 2 with z_t recomputed every step, about half an hour on 2 CPU cores"}
-SHIPPED = [e for e in EXERCISES if e not in AWAITING]
+SHIPPED = list(EXERCISES)
 
 
 @pytest.mark.parametrize("exercise", SHIPPED)
@@ -27,12 +24,6 @@ def test_each_trained_exercise_ships_a_current_result_its_solution_loads(exercis
 
 def test_no_shipped_result_without_its_exercise():
     assert sorted(p.stem for p in SHIPPED_EXERCISES.glob("*.json")) == sorted(SHIPPED)
-
-
-@pytest.mark.parametrize("exercise", list(AWAITING))
-def test_awaited_results_are_not_shipped_yet_and_their_solution_says_how_to_make_them(exercise):
-    assert exercise in EXERCISES and not (SHIPPED_EXERCISES / f"{exercise}.json").exists()
-    assert f"cirtutor exercise {exercise}" in (ROOT / "solutions" / f"{exercise[:2]}_solutions.ipynb").read_text()
 
 
 def test_a_stale_or_missing_result_is_refused_in_one_line(tmp_path, monkeypatch):
