@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from cirtutor.config import apply_overrides
 from cirtutor.engine.zeroshot import query_alignment
 from cirtutor.errors import CirtutorError
 from cirtutor.explore import logit_breakdown
+from cirtutor.findings import epoch_means
 from cirtutor.io import atomic_write_json
 from cirtutor.engine.stage1 import CalaObjective, filter_topk
 from cirtutor.engine.stage2 import evaluate_reranker
@@ -86,7 +86,7 @@ EXERCISES: dict[str, tuple[ExerciseRun, ...]] = {
 
 def run_config(run: ExerciseRun, preset: str = "tiny"):
     """The config `run` trains with: its notebook's study base plus the exercise's overrides."""
-    return apply_overrides(variant_config(*BASE[run.kind][:1], BASE[run.kind][1], preset), list(run.overrides))
+    return apply_overrides(variant_config(*BASE[run.kind], preset), list(run.overrides))
 
 
 def model_dir(run: ExerciseRun, preset: str = "tiny", seed: int = 0) -> Path:
@@ -134,12 +134,6 @@ def evaluated(run: ExerciseRun, cfg, seed: int, data) -> dict:
         metrics = evaluate_reranker(filt, model, data.val, store, lists, run.ks or (cfg.stage2.k,), device=data.device,
                                     **speed)
     return {"metrics": metrics, "seconds_per_query": (time.perf_counter() - start) / len(data.val.queries)}
-
-
-def epoch_means(history: list[dict]) -> list[float]:
-    """A training log's mean loss per epoch (rows with "epoch" and "loss")."""
-    epochs = sorted({int(r["epoch"]) for r in history})
-    return [round(statistics.fmean(float(r["loss"]) for r in history if int(r["epoch"]) == e), 4) for e in epochs]
 
 
 def make(exercise: str, preset: str = "tiny", seed: int = 0, out: Path | None = None) -> Path:

@@ -318,10 +318,15 @@ def epoch_losses(path: Path) -> list[float]:
     study records whether each model learned (notebook 07 draws them)."""
     if not path.is_file():
         return []
-    sums: dict[int, list[float]] = {}
     with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            sums.setdefault(int(row["epoch"]), []).append(float(row["loss"]))
+        return epoch_means(csv.DictReader(f))
+
+
+def epoch_means(rows) -> list[float]:
+    """The mean loss of each epoch of a training log's rows ({"epoch", "loss", ...}), in epoch order."""
+    sums: dict[int, list[float]] = {}
+    for row in rows:
+        sums.setdefault(int(row["epoch"]), []).append(float(row["loss"]))
     return [round(float(np.mean(v)), 4) for _, v in sorted(sums.items())]
 
 
