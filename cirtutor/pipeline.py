@@ -34,8 +34,9 @@ from cirtutor.config import ABLATIONS, Config, result_fields
 from cirtutor.config import settings_diff as config_settings_diff
 from cirtutor.data.registry import dataset_root
 from cirtutor.engine.loop import world
-from cirtutor.engine.stage1 import FILTER_LIST, encode_queries, evaluate_filter, filter_topk, train_stage1
-from cirtutor.engine.stage2 import check_same_vision, evaluate_reranker, filter_negatives, hard_pools, train_stage2
+from cirtutor.engine.stage1 import FILTER_LIST, evaluate_filter, filter_topk, train_stage1
+from cirtutor.engine.stage2 import (check_same_vision, evaluate_reranker, filter_negatives, hard_pools, train_stage2,
+                                    TrainingZt)
 from cirtutor.engine.zeroshot import (ZEROSHOT_FILE, build_zeroshot, evaluate_zeroshot, load_zeroshot, save_zeroshot,
                                       synthetic_captions, train_composing, train_mapping)
 from cirtutor.errors import CirtutorError
@@ -254,8 +255,10 @@ def stage2_training_inputs(cfg: Config, filt, train, stores, device, shared: dic
     """(cached z_t of the training queries, hard-batch pools, filter top-K negatives), each computed
     only when the config needs it, and once per filter when `shared` is passed (the ablations reuse them)."""
     shared = {} if shared is None else shared
+    if hasattr(train, "set_epoch"):     # rank every training query by its first epoch's text, whatever ran before
+        train.set_epoch(0)
     if cfg.stage2.z_t == "cached" and "z_ts" not in shared:
-        shared["z_ts"] = encode_queries(filt, train, stores["train"], device=device)[1]
+        shared["z_ts"] = TrainingZt(filt, train, stores["train"], device=device)
     if cfg.stage2.batch_composition == "hard" and "pools" not in shared:
         shared["pools"] = hard_pools(filt, train, stores["train"], cfg.stage2.hard_pool, device=device)
     if cfg.stage2.negatives == "filter_topk" and "negatives" not in shared:

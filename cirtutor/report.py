@@ -129,6 +129,23 @@ def main_table(results: dict) -> str:
     return _table(header, [[label, *cells(m), cov] for label, m, cov in rows])
 
 
+def k_table(metrics: dict, ks) -> str:
+    """`evaluate_reranker`'s numbers as plain text, a row for F and one per R_K (notebook 05): CIRR's R@1 … Rs@1,
+    or Fashion-IQ's R@10 and R@50 per category, then their means and avg; the last column is the coverage."""
+    fiq = is_fashioniq(metrics)
+    cats = categories(metrics["filter"]) if fiq else []
+    cols = [(c, f"{c} R@{n}") for c in cats for n in (10, 50)] + [(None, k) for k in FIQ_CURVE_KEYS if fiq] \
+        + [(None, k) for k in CIRR_CURVE_KEYS if not fiq]
+    value = lambda m, c, key: m["per_category"][c][key.split()[-1]] if c else m[key]  # noqa: E731
+    rows = [("F", metrics["filter"], None)] + [(f"R_{k}", metrics[f"K={k}"], metrics[f"K={k}"]["coverage"]) for k in ks]
+    width = max(9, *(len(key) + 1 for _, key in cols))
+    lines = [" " * 7 + "".join(f"{key:>{width}s}" for _, key in cols) + f"{'coverage':>10s}"]
+    for label, m, cov in rows:
+        lines.append(f"{label:7s}" + "".join(f"{value(m, c, key):{width}.1f}" for c, key in cols)
+                     + (f"{cov:10.1f}" if cov is not None else f"{'—':>10s}"))
+    return "\n".join(lines)
+
+
 def ablation_table(results: dict) -> str | None:
     """Table 4 (CIRR: R@1, R@5, Rs@1, avg) / Table 3 (Fashion-IQ: avg R@10, avg R@50, avg) layout:
     the full model R_K at the main K, then each variant at the same K; F for reference."""

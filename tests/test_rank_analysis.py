@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cirtutor.evaluation import EvaluationError, rank_shift_by_initial, rank_table, target_positions
+from cirtutor.evaluation import EvaluationError, positions_of, rank_shift_by_initial, rank_table, target_positions
 
 K = 200
 
@@ -23,6 +23,13 @@ def spread(total, n):
 
 def test_target_positions():
     assert target_positions(labels_at([3, None, 0], k=5)).tolist() == [3, -1, 0]
+
+
+def test_positions_of_names_in_ranked_lists():
+    ranked = np.array([["a", "b", "c"], ["c", "a", "b"], ["b", "c", "a"]])
+    assert positions_of(ranked, ["a", "b", "z"]).tolist() == [0, 2, -1]
+    with pytest.raises(EvaluationError, match="a ranked list"):
+        positions_of(ranked, ["a"])
 
 
 def test_cirr_row_of_table_7_with_the_rounding_quirk():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cirtutor.report import SEED_DDOF, SUBSAMPLE_WARNING, write_report
+from cirtutor.report import SEED_DDOF, SUBSAMPLE_WARNING, k_table, write_report
 from cirtutor.viz import TARGET_COLOR, plot_qualitative, plot_rank_shift
 
 CIRR_KEYS = ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "avg"]
@@ -219,6 +219,20 @@ def test_fiq_table_5_layout_and_metrics_json(fiq_results, tmp_path):
     for inner in [m["filter"], m["rerank"]["K=10"], m["ablations"]["w/o Encoder-z_t"]]:
         assert list(inner) == keys
     assert m["filter"]["toptee R@50"] == 51.77 and m["rerank"]["K=10"]["avg"] == r["avg"]
+
+
+def test_k_table_prints_each_datasets_columns_and_the_coverage(fiq_results, cirr_results):
+    fiq = {"filter": fiq_results["filter"], **fiq_results["rerank"]}
+    lines = k_table(fiq, [10]).splitlines()
+    assert lines[0].split() == ["dress", "R@10", "dress", "R@50", "toptee", "R@10", "toptee", "R@50",
+                                "R@10", "R@50", "avg", "coverage"]
+    assert lines[1].split() == ["F", "20.4", "44.9", "25.1", "51.8", "22.7", "48.3", "35.5", "—"]
+    assert lines[2].split() == ["R_10", "24.8", "30.1", "29.4", "38.9", "27.1", "34.5", "30.8", "34.5"]
+    cirr = {"filter": cirr_results["filter"], **cirr_results["rerank"]}
+    lines = k_table(cirr, [10, 20]).splitlines()
+    assert lines[0].split() == ["R@1", "R@5", "R@10", "R@50", "Rs@1", "coverage"]
+    assert [line.split()[0] for line in lines[1:]] == ["F", "R_10", "R_20"]
+    assert lines[3].split()[1:] == ["27.9", "58.1", "70.4", "75.9", "55.9", "75.9"]
 
 
 def test_fiq_seeds(fiq_results, tmp_path):

@@ -7,8 +7,9 @@ import torch
 
 from cirtutor.config import apply_overrides
 from cirtutor.engine.stage1 import encode_queries, evaluate_filter, filter_topk, rank_with_filter
-from cirtutor.engine.stage2 import (BxBObjective, batch_order, evaluate_reranker, filter_negatives, hard_pools,
-                                    kv_bytes_per_candidate, make_stage2_optimizer, query_inputs, sample_negatives, score_lists, train_stage2)
+from cirtutor.engine.stage2 import (BxBObjective, TrainingZt, batch_order, evaluate_reranker, filter_negatives, hard_pools,
+                                    kv_bytes_per_candidate, make_stage2_optimizer, query_inputs, sample_negatives, score_lists,
+                                    train_stage2, varying_texts)
 from cirtutor.models import DualEncoderReranker
 from cirtutor.models import reranker_fast
 
@@ -51,6 +52,25 @@ def test_new_parts_get_the_head_learning_rate(world):
     assert new["lr_mult"] == 10 and rest["lr_mult"] == 1
     n_new = sum(p.numel() for p in new["params"])
     assert n_new == sum(p.numel() for n, p in model.named_parameters() if "merge_layer" in n or n.startswith("cls_head"))
+
+
+def test_fashion_iq_training_reads_the_z_t_of_the_text_each_epoch_draws(small_world):
+    """Fashion-IQ redraws each training query's text every epoch: the cached z_t must be that text's."""
+    cfg, filt, train, _, st, _ = small_world(["data.dataset=fashioniq", *SMALL])
+    z_ts = TrainingZt(filt, train, st)
+    assert varying_texts(train) and len(z_ts.z_t) > len(train.queries)
+    idx = list(range(8))
+    for epoch in range(3):
+        train.set_epoch(epoch)
+        expect = encode_queries(filt, train, st, idx)[1]                  # this epoch's texts
+        _, mask, z_t = query_inputs(train, idx, z_ts, "cpu")
+        for row, z in enumerate(expect):
+            torch.testing.assert_close(z_t[row, : int(mask[row].sum())], z)
+    s2 = dataclasses.replace(cfg.stage2, batch_composition="random", epochs=2)
+    with pytest.raises(ValueError, match="TrainingZt"):                    # one z_t per query cannot follow the texts
+        train_stage2(DualEncoderReranker(cfg.model), train, encode_queries(filt, train, st)[1], st, s2)
+    history = train_stage2(DualEncoderReranker(cfg.model), train, z_ts, st, s2, log=lambda _: None).train
+    assert len(history) == 2 * (len(train.queries) // 6) and all(np.isfinite(h["loss"]) for h in history)
 
 
 def test_training_runs_seeded_with_hard_batches(world):

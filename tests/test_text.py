@@ -1,7 +1,7 @@
 """Fashion-IQ caption handling (docs/data_formats.md, 'Fashion-IQ modification texts')."""
 import pytest
 
-from cirtutor.data.text import compose_captions, join_captions, sample_caption, strip_caption
+from cirtutor.data.text import all_compositions, compose_captions, join_captions, sample_caption, strip_caption
 
 
 def test_join_matches_the_documented_example():
@@ -32,3 +32,10 @@ def test_sample_caption_is_seeded_and_redrawn_per_epoch():
     assert draws(0, 0) != draws(0, 1)
     assert draws(0, 0) != draws(1, 0)
     assert set(draws(0, 0)) == {"A and b", "B and a", "A", "B"}
+
+
+def test_all_compositions_are_every_text_training_can_draw():
+    texts = all_compositions("is red.", "has a star")
+    assert texts == ["Is red and has a star", "Has a star and is red", "Is red", "Has a star"]
+    assert {sample_caption("is red.", "has a star", 0, e, 3) for e in range(40)} == set(texts)
+    assert all_compositions("x", "x") == ["X and x", "X"]      # equal captions: two distinct texts

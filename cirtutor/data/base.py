@@ -139,6 +139,10 @@ class CIRDataset(torch.utils.data.Dataset):
     def query_text(self, index: int) -> str:
         raise NotImplementedError
 
+    def training_texts(self, index: int) -> list[str]:
+        """Every text query `index` can read in training (the re-ranker's cached z_t needs one per text)."""
+        return [self.query_text(index)]
+
     def retrieval_groups(self) -> list[RetrievalGroup]:
         """How this split's queries are ranked: one group per gallery (the retrieval protocol)."""
         raise NotImplementedError

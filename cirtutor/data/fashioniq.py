@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from cirtutor.data.base import CIRDataset, RetrievalGroup, check_choice, read_json, require_fields, require_strings
-from cirtutor.data.text import join_captions, sample_caption
+from cirtutor.data.text import all_compositions, join_captions, sample_caption
 from cirtutor.errors import DataError
 
 CATEGORIES = ("dress", "shirt", "toptee")
@@ -111,6 +111,11 @@ class FashionIQ(CIRDataset):
     def set_epoch(self, epoch: int) -> None:
         """Training captions are redrawn per epoch (deterministically for a seed)."""
         self.epoch = epoch
+
+    def training_texts(self, index: int) -> list[str]:
+        """The evaluation join, or in "random" mode the four compositions an epoch may draw."""
+        c1, c2 = self.queries[index]["captions"]
+        return [join_captions(c1, c2)] if self.caption_mode == "join" else all_compositions(c1, c2)
 
     def query_text(self, index: int) -> str:
         c1, c2 = self.queries[index]["captions"]

@@ -39,6 +39,11 @@ def compose_captions(c1: str, c2: str, r: float) -> str:
     return b.capitalize()
 
 
+def all_compositions(c1: str, c2: str) -> list[str]:
+    """Every text `compose_captions` can give for one triplet (up to four, distinct, in the rule's order)."""
+    return list(dict.fromkeys(compose_captions(c1, c2, r) for r in (0.0, 0.3, 0.6, 0.8)))
+
+
 def sample_caption(c1: str, c2: str, seed: int, epoch: int, index: int) -> str:
     """Training text for triplet `index` in `epoch`: a reproducible draw of `compose_captions`."""
     r = random.Random(f"fiq-caption/{seed}/{epoch}/{index}").random()

@@ -164,16 +164,19 @@ def train_stage1(model: CandidateFilter, train_set, store: FeatureStore, cfg: St
 
 @torch.no_grad()
 def encode_queries(model: CandidateFilter, dataset, store: FeatureStore, indices=None, batch_size: int = 32,
-                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[torch.Tensor]]:
+                   device: str | torch.device = "cpu",
+                   texts: list[str] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Eval-mode query embeddings (N, e) and each query's z_t, unpadded (L_i, d), for a
     queries-mode dataset (or its `indices`), in order; texts padded per batch of 32 as the
-    authors do (docs/metrics.md, 'Ranking the gallery'). Padding never changes the unpadded positions (it is masked)."""
+    authors do (docs/metrics.md, 'Ranking the gallery'). Padding never changes the unpadded positions (it is masked).
+    `texts` (one per index) replaces the queries' own texts."""
     model.eval()
     indices = list(range(len(dataset.queries)) if indices is None else indices)
+    texts = [dataset.query_text(i) for i in indices] if texts is None else list(texts)
     embs, z_ts = [], []
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
-        ids, mask = tokenize([dataset.query_text(i) for i in idx], device)
+        ids, mask = tokenize(texts[start:start + batch_size], device)
         ref_feats = store[[dataset.queries[i]["reference"] for i in idx]].to(device)
         query_emb, z_t = model(ids, mask, ref_feats)
         embs.append(query_emb.cpu())

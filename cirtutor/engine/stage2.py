@@ -2,8 +2,8 @@
 
 Training: for a batch of B queries, score every query against every batch target in one
 forward (B x B logits) and take the cross-entropy against the diagonal. z_t, the filter's
-output sequence, is computed once per query with the trained filter in eval mode and
-cached (the paper notes it can be pre-computed; the authors recompute it every step with
+output sequence, is computed once per query (once per text: Fashion-IQ draws one of four per
+epoch, `TrainingZt`) with the trained filter in eval mode and cached (the paper notes it can be pre-computed; the authors recompute it every step with
 dropout on — a documented deviation). Image tokens come from the frozen-ViT feature store.
 
 Evaluation: the filter's top-K list of every query is re-ordered by the re-ranker's scores;
@@ -38,10 +38,39 @@ def pad_z_t(z_ts: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.rnn.pad_sequence(z_ts, batch_first=True)
 
 
-def query_inputs(dataset, indices, z_ts: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tokens, mask and padded z_t of the queries `indices` (same padding length for both, docs/data_formats.md, 'Tokenisation')."""
-    ids, mask = tokenize([dataset.query_text(i) for i in indices], device)
-    z_t = pad_z_t([z_ts[i] for i in indices]).to(device)
+class TrainingZt:
+    """The cached z_t of the training queries, one per text a query can read in training (paper §3.2: z_t can
+    be computed once per query): CIRR's one caption, or each of the four compositions of a Fashion-IQ
+    triplet's two captions, one drawn per epoch (docs/data_formats.md, 'Fashion-IQ modification texts').
+    Computed once, with the filter in eval mode, in batches of 32 in dataset order, so that a resumed run
+    reads the same tensors. `z_ts[i, text]` -> (L, d)."""
+
+    def __init__(self, filter_model: CandidateFilter, dataset, store: FeatureStore, device="cpu"):
+        texts = [dataset.training_texts(i) for i in range(len(dataset.queries))]
+        self.z_t: dict[tuple[int, str], torch.Tensor] = {}
+        for j in range(max(map(len, texts), default=0)):           # the j-th text of every query that has one
+            idx = [i for i, t in enumerate(texts) if len(t) > j]
+            z_ts = encode_queries(filter_model, dataset, store, idx, device=device, texts=[texts[i][j] for i in idx])[1]
+            self.z_t.update({(i, texts[i][j]): z for i, z in zip(idx, z_ts)})
+
+    def __getitem__(self, key: tuple[int, str]) -> torch.Tensor:
+        return self.z_t[key]
+
+
+def varying_texts(dataset) -> bool:
+    """Whether some query of `dataset` can read more than one text in training (Fashion-IQ's compositions)."""
+    return any(len(dataset.training_texts(i)) > 1 for i in range(len(dataset.queries)))
+
+
+def query_inputs(dataset, indices, z_ts: list[torch.Tensor] | TrainingZt,
+                 device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens, mask and padded z_t of the queries `indices` (same padding length for both, docs/data_formats.md,
+    'Tokenisation'). `z_ts`: one z_t per query (`encode_queries`, for a split whose texts are fixed) or the
+    training queries' `TrainingZt`, looked up by the text each query reads now."""
+    texts = [dataset.query_text(i) for i in indices]
+    ids, mask = tokenize(texts, device)
+    by_text = isinstance(z_ts, TrainingZt)
+    z_t = pad_z_t([z_ts[i, t] if by_text else z_ts[i] for i, t in zip(indices, texts)]).to(device)
     if z_t.shape[1] != ids.shape[1]:
         raise ValueError("z_t and the tokens disagree in length: was z_t computed for the same texts?")
     return ids, mask, z_t
@@ -172,7 +201,7 @@ def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_
         need_refs = model.cfg.zt_input != "z_t" or filter_model is not None
         refs = image_feats([q["reference"] for q in queries]) if need_refs else None
         if filter_model is None:
-            ids, mask, z_t = query_inputs(train_set, batch, z_ts, device)
+            ids, mask, z_t = query_inputs(train_set, batch, z_ts, device)    # z_t of each query's text this epoch
         else:
             ids, mask = tokenize([train_set.query_text(i) for i in batch], device)
             was_training = filter_model.training
@@ -183,20 +212,23 @@ def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_
     return inputs
 
 
-def train_stage2(model: DualEncoderReranker, train_set, z_ts: list[torch.Tensor] | None, store: FeatureStore,
-                 cfg: Stage2Config, *, pools=None, negatives: list[list[str]] | None = None, seed: int = 0,
+def train_stage2(model: DualEncoderReranker, train_set, z_ts: TrainingZt | list[torch.Tensor] | None,
+                 store: FeatureStore, cfg: Stage2Config, *, pools=None, negatives: list[list[str]] | None = None, seed: int = 0,
                  device="cpu", filter_model: CandidateFilter | None = None,
                  log: Callable[[str], None] = print, log_every: int = 50,
                  on_epoch_end: Callable[[int], dict | None] | None = None, checkpoint=None, resume: bool = False,
                  meta: dict | None = None, stop_after: int | None = None, progress: bool | None = None) -> History:
     """Train the re-ranker on a queries-mode dataset with the shared loop (checkpoints, exact
-    resume, DDP). z_t comes from the cache `z_ts` (cfg.z_t="cached"), or is recomputed every
-    step by `filter_model` in train mode (cfg.z_t="recompute"). cfg.negatives="filter_topk" needs
-    `negatives` (from `filter_negatives`); "hard" batches need `pools` (`hard_pools`). Returns the history."""
+    resume, DDP). z_t comes from the cache `z_ts` (cfg.z_t="cached": a `TrainingZt`, a z_t for every text a
+    query reads in training, or one per query where each query has one text), or is recomputed every step by
+    `filter_model` in train mode (cfg.z_t="recompute"). cfg.negatives="filter_topk" needs `negatives` (from `filter_negatives`); "hard" batches need `pools` (`hard_pools`). Returns the history."""
     if cfg.z_t == "recompute" and filter_model is None:
         raise ValueError("stage2.z_t='recompute' needs the trained filter (filter_model)")
     if cfg.z_t not in ("cached", "recompute"):
         raise ValueError(f"stage2.z_t={cfg.z_t!r}; expected 'cached' or 'recompute'")
+    if cfg.z_t == "cached" and not isinstance(z_ts, TrainingZt) and varying_texts(train_set):
+        raise ValueError("this training set draws a new text per query each epoch: cache z_t with "
+                         "TrainingZt(filter, train_set, store), one per text, not one per query")
     if not 0 <= cfg.drop_path < 1:
         raise ValueError(f"stage2.drop_path={cfg.drop_path}; expected a rate in [0, 1)")
     if cfg.negatives not in ("in_batch", "filter_topk"):

@@ -22,8 +22,8 @@ from cirtutor.evaluation.metrics import (
     subset_ranking_by_scores,
     summary,
 )
-from cirtutor.evaluation.rank_analysis import (paired_positions, rank_decrease, rank_shift_by_initial, rank_table,
-                                              target_positions)
+from cirtutor.evaluation.rank_analysis import (paired_positions, positions_of, rank_decrease, rank_shift_by_initial,
+                                              rank_table, target_positions)
 from cirtutor.evaluation.submission import submission_paths, validate_cirr_submission, write_cirr_submission
 from cirtutor.evaluation.topk import TopK, authors_filename, check_lists, load_topk, read_authors_topk, save_topk, write_authors_topk
 
@@ -32,6 +32,6 @@ __all__ = [
     "subset_ranking", "subset_ranking_by_scores", "recall_subset_at_k", "fashioniq_summary", "cirr_summary", "summary",
     "rerank_labels", "rerank_labels_for_ks",
     "TopK", "check_lists", "save_topk", "load_topk", "read_authors_topk", "write_authors_topk", "authors_filename",
-    "target_positions", "paired_positions", "rank_table", "rank_decrease", "rank_shift_by_initial",
+    "target_positions", "positions_of", "paired_positions", "rank_table", "rank_decrease", "rank_shift_by_initial",
     "submission_paths", "write_cirr_submission", "validate_cirr_submission",
 ]

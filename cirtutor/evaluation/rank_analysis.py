@@ -20,6 +20,15 @@ def target_positions(labels) -> np.ndarray:
     return np.where(labels.any(axis=1), labels.argmax(axis=1), -1)
 
 
+def positions_of(ranked, names) -> np.ndarray:
+    """0-based position of `names[i]` in the ranked list `ranked[i]`, −1 when it is not there: (N,) int.
+    Notebook 05 finds with it where Fashion-IQ's filter puts each query's own reference (kept in the gallery)."""
+    ranked = np.asarray(ranked)
+    if ranked.ndim != 2 or len(ranked) != len(names):
+        raise EvaluationError(f"expected a ranked list (N, K) per name, got shape {ranked.shape} for {len(names)} names")
+    return target_positions(ranked == np.asarray(names, dtype=ranked.dtype)[:, None])
+
+
 def paired_positions(stage1_labels, stage2_labels) -> tuple[np.ndarray, np.ndarray]:
     """Initial and re-ranked positions of the queries whose target is in the list: (n,), (n,)."""
     if np.shape(stage1_labels) != np.shape(stage2_labels):
