@@ -19,7 +19,7 @@ import numpy as np
 
 from cirtutor.config import get_preset
 from cirtutor.data.registry import open_dataset
-from cirtutor.engine.stage1 import filter_topk
+from cirtutor.engine.stage1 import filter_topk, rank_with_filter
 from cirtutor.errors import CirtutorError
 from cirtutor.evaluation import coverage_at_k
 from cirtutor.models import DualEncoderReranker
@@ -60,6 +60,21 @@ def modules_without_encoder_t(preset: str = "tiny") -> set[str]:
     return both - names(DualEncoderReranker(dataclasses.replace(cfg, streams="z_t")))
 
 
+def r10_gain_without_reference(preset: str = "tiny_fashioniq") -> tuple[float, ...]:
+    """Exercise 05.3: how many points the trained filter's R@10 gains in each Fashion-IQ category (the paper's order)
+    when each query's reference is removed from its list, as CIRR does: both rankings made afresh."""
+    cfg = get_preset(preset)
+    data = filter_data(cfg, verbose=False)
+    filt, _ = trained_filter(cfg, data=data, verbose=False)
+    gains = []
+    for g in data.val.retrieval_groups():
+        targets = np.array([data.val.queries[i]["target"] for i in g.indices])[:, None]
+        r10 = [100 * (rank_with_filter(filt, data.val, data.stores["val"], g.gallery, indices=g.indices, top_k=10,
+                                       remove_reference=drop) == targets).any(axis=1).mean() for drop in (False, True)]
+        gains.append(float(r10[1] - r10[0]))
+    return tuple(gains)
+
+
 EXERCISES = {
     "00.2": Exercise("queries whose target is among their own subset (an int)", subset_holds_target,
                      "count over `val.queries`: each query has 'target' and 'subset' (a list of names)"),
@@ -68,6 +83,10 @@ EXERCISES = {
     "03.3": Exercise("the names of layer 0's modules that disappear without Encoder-t (a set of str)",
                      modules_without_encoder_t,
                      "compare {n for n, _ in layers[0].named_modules()} of the two models"),
+    "05.3": Exercise("the filter's R@10 gain per category without the reference, in points (a tuple: dress, shirt, "
+                     "toptee)", r10_gain_without_reference,
+                     "a reference ranked above the target frees one place: the target at position p moves to p - 1",
+                     tolerance=0.05),
 }
 
 

@@ -42,9 +42,8 @@ from cirtutor.viz import plot_per_layer
 
 # ---- notebook 04: Stage 2: training the dual-encoder re-ranker (Eq. 2)
 from cirtutor.analysis import qualitative_items
-from cirtutor.engine.stage1 import encode_queries
 from cirtutor.engine.stage2 import (BxBObjective, evaluate_reranker, hard_pools, batch_order as stage2_batch_order,
-                                    stage2_inputs, train_stage2)
+                                    stage2_inputs, train_stage2, TrainingZt)
 from cirtutor.evaluation.submission import validate_cirr_submission
 from cirtutor.features import feature_store
 from cirtutor.models.loading import reranker_from_filter
@@ -55,6 +54,8 @@ from cirtutor.viz import plot_qualitative, plot_recall_vs_k
 
 # ---- notebook 05: How many candidates to re-rank? The K ablation
 from cirtutor.analysis import inference_times
+from cirtutor.evaluation.rank_analysis import positions_of, target_positions
+from cirtutor.report import k_table
 from cirtutor.viz import plot_time_vs_k
 
 # ---- notebook 06: Looking at the results: qualitative examples, edit types, an explorer
@@ -160,7 +161,6 @@ USED_IN = {
     "stream_similarity": ('03',),
     "streams_identical": ('03',),
     "BxBObjective": ('04',),
-    "encode_queries": ('04',),
     "evaluate_reranker": ('04', '05', '06', '07'),
     "feature_store": ('04',),
     "hard_pools": ('04',),
@@ -173,10 +173,14 @@ USED_IN = {
     "stage2_inputs": ('04',),
     "train_stage2": ('04',),
     "trained_reranker": ('04', '05', '06', '07'),
+    "TrainingZt": ('04',),
     "validate_cirr_submission": ('04',),
     "variant_config": ('04', '07'),
     "inference_times": ('05',),
+    "k_table": ('05',),
     "plot_time_vs_k": ('05',),
+    "positions_of": ('05',),
+    "target_positions": ('05',),
     "at_k": ('06',),
     "edit_types": ('06', '07'),
     "explorer": ('06',),

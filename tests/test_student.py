@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cirtutor.check import EXERCISES, check, modules_without_encoder_t, smallest_covering_k
+from cirtutor.check import EXERCISES, check, modules_without_encoder_t, r10_gain_without_reference, smallest_covering_k
 from cirtutor.config import get_preset
 from cirtutor.data.registry import open_dataset
 from cirtutor.errors import CirtutorError
@@ -32,7 +32,7 @@ def test_a_student_notebook_has_no_outputs_no_solutions_and_its_checks():
     assert out["cells"][0]["outputs"] == [] and out["cells"][0]["execution_count"] is None
     assert out["cells"][0]["metadata"] == {"tags": ["x"]}
     assert 'check("00.2", ...)' in out["cells"][2]["source"] and nb["cells"][0]["outputs"]   # the input is untouched
-    assert len(student_notebook(nb, "05")["cells"]) == 2                                   # no checks for 05
+    assert len(student_notebook(nb, "06")["cells"]) == 2                                   # no checks for 06
 
 
 def test_student_edition_errors_are_one_line(tmp_path):
@@ -58,10 +58,30 @@ def test_checks_accept_the_answer_and_hint_without_giving_it(capsys):
     assert check("03.3", sorted(gone)) and not check("03.3", gone - {next(iter(gone))})
     with pytest.raises(CirtutorError, match="no self-check"):
         check("99.1", 0)
-    assert set(EXERCISES) == {"00.2", "02.3", "03.3"}
+    assert set(EXERCISES) == {"00.2", "02.3", "03.3", "05.3"}
 
 
 def test_the_coverage_check_takes_the_first_k_at_each_share():
     k90, k95 = smallest_covering_k()
     assert 1 <= k90 <= k95 <= 200
     assert check("02.3", (k90, k95)) and not check("02.3", (k90 + 1, k95)) and not check("02.3", k90)
+
+
+def test_the_reference_check_counts_the_places_a_removed_reference_frees():
+    """05.3 from the ranked lists: a reference above the target frees a place, so R@10 can only rise."""
+    import numpy as np
+
+    from cirtutor.nb import filter_data, filter_topk, positions_of, target_positions, trained_filter
+
+    gains = r10_gain_without_reference()
+    cfg = get_preset("tiny_fashioniq")
+    data = filter_data(cfg, verbose=False)
+    filt, _ = trained_filter(cfg, data=data, verbose=False)
+    mine = []
+    for g, t in zip(data.val.retrieval_groups(), filter_topk(filt, data.val, data.stores["val"], k=20)):
+        ref = positions_of(t.sorted_index_names, [data.val.queries[i]["reference"] for i in g.indices])
+        tgt = target_positions(t.labels)
+        freed = (tgt >= 0) & (tgt - ((ref >= 0) & (ref < tgt)) < 10)
+        mine.append(100 * (freed.mean() - ((tgt >= 0) & (tgt < 10)).mean()))
+    assert np.allclose(gains, mine) and all(g >= 0 for g in gains) and len(gains) == 3
+    assert check("05.3", tuple(mine)) and not check("05.3", tuple(g + 1 for g in mine))

@@ -213,6 +213,8 @@ def test_the_shipped_trained_models_are_the_tiny_presets_own():
     tiny = get_preset("tiny")
     expected = [tr.trained_filter_dir(tiny)] + [tr.trained_reranker_dir(tiny, ablation=a)
                                                  for a in (None, *tiny.ablations)]   # notebooks 04-07
+    fiq = get_preset("tiny_fashioniq")
+    expected += [tr.trained_filter_dir(fiq), tr.trained_reranker_dir(fiq)]                # notebook 05, section 3
     expected += [tr.trained_filter_dir(variant_config("cala", v)) for v in STUDIES["cala"]]  # notebook 08
     expected += [tr.trained_zeroshot_dir(variant_config("zeroshot", v)) for v in STUDIES["zeroshot"]]  # notebook 09
     missing = [d.name for d in expected if not (tr.SHIPPED / d.name).is_dir()]
