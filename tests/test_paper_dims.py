@@ -6,25 +6,10 @@ from cirtutor.config import get_model_config
 from cirtutor.models import CandidateFilter, DualEncoderReranker, tokenize
 
 
-def test_paper_dims_forward_shapes():
-    torch.manual_seed(0)
-    cfg = get_model_config("paper")
-    ids, mask = tokenize(["is shiny and silver with shorter sleeves and fit and flare"])
-    with torch.no_grad():
-        stage1 = CandidateFilter(cfg).eval()
-        feats = stage1.encode_images(torch.randn(2, 3, 384, 384))          # reference, candidate
-        assert feats.shape == (2, 577, 768)
-        query_emb, z_t = stage1(ids, mask, feats[:1])
-        assert query_emb.shape == (1, 256) and z_t.shape == (1, ids.shape[1], 768)
-        del stage1
-        stage2 = DualEncoderReranker(cfg).eval()
-        scores = stage2.score_candidates(ids, mask, z_t, feats[None])         # 1 query x 2 candidates
-        assert scores.shape == (1, 2) and torch.isfinite(scores).all()
-
-
-def test_one_optimisation_step_of_each_stage_at_paper_dims():
-    """Stage 1 (Eq. 1) and stage 2 (Eq. 2, B x B) each take one AdamW step at BLIP-base dims,
-    batch 2, on CPU: the trainable tensors move, the frozen ViT does not."""
+def test_paper_dims_forward_shapes_then_one_optimisation_step_of_each_stage():
+    """Both stages at BLIP-base dims, built once each (building is most of the time): a forward with the
+    paper's shapes, then one AdamW step, batch 2 — stage 1 (Eq. 1) and stage 2 (Eq. 2, B x B). The trainable
+    tensors move, the frozen ViT does not."""
     from cirtutor.config import get_preset
     from cirtutor.engine.optim import make_optimizer
     from cirtutor.engine.stage1 import FilterObjective
@@ -32,9 +17,18 @@ def test_one_optimisation_step_of_each_stage_at_paper_dims():
 
     torch.manual_seed(0)
     cfg = get_preset("paper_cirr")
+    assert cfg.model == get_model_config("paper")
+    one = tokenize(["is shiny and silver with shorter sleeves and fit and flare"])
     ids, mask = tokenize(["has two dogs instead of one", "the same place at night"])
     feats = torch.randn(4, 577, 768)                                          # 2 references, 2 targets
+
     stage1 = CandidateFilter(cfg.model)
+    with torch.no_grad():
+        images = stage1.eval().encode_images(torch.randn(2, 3, 384, 384))    # reference, candidate
+        assert images.shape == (2, 577, 768)
+        query_emb, z_one = stage1(*one, images[:1])
+        assert query_emb.shape == (1, 256) and z_one.shape == (1, one[0].shape[1], 768)
+    stage1.train()
     opt = make_optimizer(stage1, cfg.stage1.lr, cfg.stage1.weight_decay)
     before = {n: p.detach().clone() for n, p in stage1.named_parameters() if n in ("text_proj.weight", "temp")}
     vit = stage1.visual_encoder.embeddings.patch_embedding.weight.detach().clone()
@@ -46,7 +40,12 @@ def test_one_optimisation_step_of_each_stage_at_paper_dims():
     with torch.no_grad():
         z_t = stage1(ids, mask, feats[:2])[1]
     del stage1, opt
+
     stage2 = DualEncoderReranker(cfg.model)
+    with torch.no_grad():
+        scores = stage2.eval().score_candidates(*one, z_one, images[None])    # 1 query x 2 candidates
+        assert scores.shape == (1, 2) and torch.isfinite(scores).all()
+    stage2.train()
     opt = make_stage2_optimizer(stage2, cfg.stage2)
     head = stage2.cls_head[0].weight.detach().clone()
     loss = BxBObjective(stage2)(ids, mask, z_t, feats[2:])
