@@ -13,6 +13,19 @@ from cirtutor.models.zeroshot import ZeroShotEncoder, insert_pseudo_words, place
 TINY = get_model_config("tiny")
 
 
+class EpochRecorder:
+    """A dataset as it is, that records the epochs it is set to (Fashion-IQ draws its training texts per epoch)."""
+
+    def __init__(self, dataset):
+        self.dataset, self.epochs = dataset, []
+
+    def __getattr__(self, name):
+        return getattr(self.dataset, name)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
 def encoder(cfg: ZeroShotConfig | None = None, seed: int = 0) -> ZeroShotEncoder:
     torch.manual_seed(seed)
     filt = CandidateFilter(TINY)
@@ -132,8 +145,10 @@ def test_stage_two_uses_its_budget_and_mined_negatives_and_saves_what_it_trained
     model, _ = stage1(world, cfg, seed=0)
     negatives = mine_hard_negatives(model, train, store, [0, 1, 2], h=3)
     assert all(len(n) == 3 and train.queries[i]["target"] not in n for i, n in zip([0, 1, 2], negatives))
-    history, used = train_composing(model, train, store, cfg, seed=0, log=lambda _: None, progress=False)
+    recording = EpochRecorder(train)
+    history, used = train_composing(model, recording, store, cfg, seed=0, log=lambda _: None, progress=False)
     assert len(used) == round(0.5 * len(train.queries)) and len(history.train) >= 2
+    assert recording.epochs[0] == 0 and set(recording.epochs) == {0, 1}    # mined at epoch 0, texts drawn per epoch
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if n.startswith("adapters.") and "up" in n)
     save_zeroshot(model, tmp_path / "z.safetensors")
     again = ZeroShotEncoder(filt.text_encoder, filt.text_proj, filt.vision_proj, 0.07, cfg)
