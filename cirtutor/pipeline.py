@@ -255,8 +255,7 @@ def stage2_training_inputs(cfg: Config, filt, train, stores, device, shared: dic
     """(cached z_t of the training queries, hard-batch pools, filter top-K negatives), each computed
     only when the config needs it, and once per filter when `shared` is passed (the ablations reuse them)."""
     shared = {} if shared is None else shared
-    if hasattr(train, "set_epoch"):     # rank every training query by its first epoch's text, whatever ran before
-        train.set_epoch(0)
+    train.set_epoch(0)                  # rank every training query by its first epoch's text, whatever ran before
     if cfg.stage2.z_t == "cached" and "z_ts" not in shared:
         shared["z_ts"] = TrainingZt(filt, train, stores["train"], device=device)
     if cfg.stage2.batch_composition == "hard" and "pools" not in shared:

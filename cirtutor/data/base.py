@@ -139,6 +139,9 @@ class CIRDataset(torch.utils.data.Dataset):
     def query_text(self, index: int) -> str:
         raise NotImplementedError
 
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the dataset which epoch is read: a no-op where each query has one text (Fashion-IQ draws one per epoch)."""
+
     def training_texts(self, index: int) -> list[str]:
         """Every text query `index` can read in training (the re-ranker's cached z_t needs one per text)."""
         return [self.query_text(index)]

@@ -117,8 +117,7 @@ def stage1_objective(model: CandidateFilter, cfg: Stage1Config, seed: int = 0) -
 def stage1_inputs(train_set, store: FeatureStore, device):
     """`inputs(batch, epoch)` for the loop: tokens and cached image tokens of a batch of queries."""
     def inputs(batch, epoch):
-        if hasattr(train_set, "set_epoch"):                                # Fashion-IQ: caption composition per epoch
-            train_set.set_epoch(epoch)
+        train_set.set_epoch(epoch)                                         # Fashion-IQ: caption composition per epoch
         ids, mask = tokenize([train_set.query_text(i) for i in batch], device)
         queries = [train_set.queries[i] for i in batch]
         ref_feats = store[[q["reference"] for q in queries]].to(device)     # (B, L_v, d_v)

@@ -3,8 +3,8 @@
 Training: for a batch of B queries, score every query against every batch target in one
 forward (B x B logits) and take the cross-entropy against the diagonal. z_t, the filter's
 output sequence, is computed once per query (once per text: Fashion-IQ draws one of four per
-epoch, `TrainingZt`) with the trained filter in eval mode and cached (the paper notes it can be pre-computed; the authors recompute it every step with
-dropout on — a documented deviation). Image tokens come from the frozen-ViT feature store.
+epoch, `TrainingZt`) with the trained filter in eval mode and cached (the paper notes it can be
+pre-computed; the authors recompute it every step with dropout on — a documented deviation). Image tokens come from the frozen-ViT feature store.
 
 Evaluation: the filter's top-K list of every query is re-ordered by the re-ranker's scores;
 one scoring pass over the largest K serves every smaller K. CIRR's subset metric scores the
@@ -190,8 +190,7 @@ def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_
         return stochastic_image_tokens(model.visual_encoder, images)
 
     def inputs(batch, epoch):
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)
+        train_set.set_epoch(epoch)
         queries = [train_set.queries[i] for i in batch]
         targets = image_feats([q["target"] for q in queries])                    # (B, L_v, d_v)
         extra = None
@@ -213,15 +212,16 @@ def stage2_inputs(model: DualEncoderReranker, train_set, store: FeatureStore, z_
 
 
 def train_stage2(model: DualEncoderReranker, train_set, z_ts: TrainingZt | list[torch.Tensor] | None,
-                 store: FeatureStore, cfg: Stage2Config, *, pools=None, negatives: list[list[str]] | None = None, seed: int = 0,
-                 device="cpu", filter_model: CandidateFilter | None = None,
+                 store: FeatureStore, cfg: Stage2Config, *, pools=None, negatives: list[list[str]] | None = None,
+                 seed: int = 0, device="cpu", filter_model: CandidateFilter | None = None,
                  log: Callable[[str], None] = print, log_every: int = 50,
                  on_epoch_end: Callable[[int], dict | None] | None = None, checkpoint=None, resume: bool = False,
                  meta: dict | None = None, stop_after: int | None = None, progress: bool | None = None) -> History:
     """Train the re-ranker on a queries-mode dataset with the shared loop (checkpoints, exact
     resume, DDP). z_t comes from the cache `z_ts` (cfg.z_t="cached": a `TrainingZt`, a z_t for every text a
     query reads in training, or one per query where each query has one text), or is recomputed every step by
-    `filter_model` in train mode (cfg.z_t="recompute"). cfg.negatives="filter_topk" needs `negatives` (from `filter_negatives`); "hard" batches need `pools` (`hard_pools`). Returns the history."""
+    `filter_model` in train mode (cfg.z_t="recompute"). cfg.negatives="filter_topk" needs `negatives` (from
+    `filter_negatives`); "hard" batches need `pools` (`hard_pools`). Returns the history."""
     if cfg.z_t == "recompute" and filter_model is None:
         raise ValueError("stage2.z_t='recompute' needs the trained filter (filter_model)")
     if cfg.z_t not in ("cached", "recompute"):

@@ -188,8 +188,7 @@ def train_composing(model: ZeroShotEncoder, dataset, store: FeatureStore, cfg: Z
     """Stage II: freeze Stage I, add the adapters, train them on `cfg.budget` of the triplets
     with mined hard negatives. Returns (history, the queries used)."""
     model.to(device)
-    if hasattr(dataset, "set_epoch"):            # Fashion-IQ: mine with the first epoch's texts, whatever ran before
-        dataset.set_epoch(0)
+    dataset.set_epoch(0)                         # Fashion-IQ: mine with the first epoch's texts, whatever ran before
     used = budget_queries(len(dataset.queries), cfg.budget, seed)
     negatives = dict(zip(used, mine_hard_negatives(model, dataset, store, used, cfg.hard_negatives, device)))
     model.add_adapters()
@@ -201,8 +200,7 @@ def train_composing(model: ZeroShotEncoder, dataset, store: FeatureStore, cfg: Z
         return [order[i:i + size] for i in range(0, len(order) - size + 1, size)]
 
     def inputs(batch, epoch):
-        if hasattr(dataset, "set_epoch"):        # Fashion-IQ: a caption composition drawn per epoch, as stages 1 and 2
-            dataset.set_epoch(epoch)
+        dataset.set_epoch(epoch)                 # Fashion-IQ: a caption composition drawn per epoch, as stages 1 and 2
         queries = [dataset.queries[i] for i in batch]
         ids, mask = tokenize_text_only(prompts([dataset.query_text(i) for i in batch], cfg.query_template, cfg.k), device)
         columns = list(dict.fromkeys([q["target"] for q in queries] + [n for i in batch for n in negatives[i]]))
